@@ -1,0 +1,552 @@
+//! The authorization endpoint as a sequence of steps: validate the request (client and
+//! redirect URI first, and never redirect anywhere unvalidated), log in, consent, and finally
+//! redirect back with a one-time code, `state` and `iss` (RFC 9207).
+
+use url::Url;
+
+use super::AuthorizationServer;
+use super::clients::{Client, ClientKind};
+use super::error::{ErrorCode, OAuthError};
+use super::params::Params;
+use super::redirect::redirect_matches;
+use crate::crypto;
+use crate::login::LoginOutcome;
+use crate::store::{AuthCodeRecord, PendingAuthorization};
+
+/// What the login and consent pages show, and the handles their forms post back.
+#[derive(Debug, Clone)]
+pub struct PageContext {
+    pub handle: String,
+    pub csrf: String,
+    pub client_id: String,
+    pub client_name: Option<String>,
+    /// For CIMD clients: the host that vouches for the client's identity.
+    pub verified_domain: Option<String>,
+    pub redirect_host: String,
+    pub scopes: Vec<String>,
+    pub resource: String,
+    pub username: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum AuthorizeStep {
+    Login {
+        ctx: PageContext,
+        error: Option<String>,
+        status: u16,
+    },
+    Consent {
+        ctx: PageContext,
+    },
+    /// Back to the client (with a code or an error).
+    Redirect(String),
+}
+
+/// An error that cannot be sent to the client's redirect URI: shown to the person.
+#[derive(Debug)]
+pub struct PageError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl PageError {
+    fn bad(message: impl Into<String>) -> Self {
+        Self {
+            status: 400,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<OAuthError> for PageError {
+    fn from(e: OAuthError) -> Self {
+        let status = match e.code {
+            ErrorCode::ServerError => 500,
+            ErrorCode::TemporarilyUnavailable => 503,
+            _ => 400,
+        };
+        Self {
+            status,
+            message: e.description,
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for PageError {
+    fn from(e: crate::store::StoreError) -> Self {
+        OAuthError::from(e).into()
+    }
+}
+
+/// A browser session created by a successful login; `web` sets it as a cookie.
+#[derive(Debug)]
+pub struct NewSession {
+    pub secret: String,
+    pub max_age: i64,
+}
+
+impl AuthorizationServer {
+    fn error_redirect(&self, redirect_uri: &str, state: Option<&str>, e: &OAuthError) -> String {
+        self.redirect_with(
+            redirect_uri,
+            &[
+                ("error", e.code.as_str()),
+                ("error_description", &e.description),
+            ],
+            state,
+        )
+    }
+
+    fn redirect_with(
+        &self,
+        redirect_uri: &str,
+        pairs: &[(&str, &str)],
+        state: Option<&str>,
+    ) -> String {
+        match Url::parse(redirect_uri) {
+            Ok(mut u) => {
+                {
+                    let mut q = u.query_pairs_mut();
+                    for (k, v) in pairs {
+                        q.append_pair(k, v);
+                    }
+                    if let Some(s) = state {
+                        q.append_pair("state", s);
+                    }
+                    q.append_pair("iss", &self.settings.issuer);
+                }
+                u.to_string()
+            }
+            // Registered URIs were parsed at registration; this cannot happen for them.
+            Err(_) => redirect_uri.to_string(),
+        }
+    }
+
+    /// GET /authorize.
+    /// `binding` is the browser-binding cookie's value (the caller creates one when the
+    /// browser has none): the forms of this request are accepted only with it.
+    pub async fn begin_authorization(
+        &self,
+        params: &Params,
+        session_user: Option<String>,
+        binding: &str,
+    ) -> Result<AuthorizeStep, PageError> {
+        let client_id = params
+            .get("client_id")
+            .map_err(|e| PageError::bad(e.description))?
+            .ok_or_else(|| PageError::bad("The request names no client (client_id is missing)."))?;
+        let client = self
+            .find_client(client_id)
+            .await
+            .map_err(|e| {
+                if e.code == ErrorCode::InvalidClient {
+                    PageError::bad(format!(
+                        "The client could not be verified: {}",
+                        e.description
+                    ))
+                } else {
+                    PageError::from(e)
+                }
+            })?
+            .ok_or_else(|| PageError::bad("The client is not known to this server."))?;
+        let presented = params
+            .get("redirect_uri")
+            .map_err(|e| PageError::bad(e.description))?;
+        let redirect_uri = match presented {
+            Some(p) => {
+                if !client.redirect_uris.iter().any(|r| redirect_matches(r, p)) {
+                    return Err(PageError::bad(
+                        "The redirect_uri is not one this client registered, so the request was stopped here.",
+                    ));
+                }
+                p.to_string()
+            }
+            None => match client.redirect_uris.as_slice() {
+                [only] => only.clone(),
+                _ => {
+                    return Err(PageError::bad(
+                        "The request has no redirect_uri, and the client has several.",
+                    ));
+                }
+            },
+        };
+        // From here on, errors go back to the client.
+        let state = params.get("state").ok().flatten();
+        let fail = |e: OAuthError| {
+            Ok(AuthorizeStep::Redirect(self.error_redirect(
+                &redirect_uri,
+                state,
+                &e,
+            )))
+        };
+        match self.check_authorization_request(params, &client) {
+            Err(e) => fail(e),
+            Ok((scopes, resource, code_challenge)) => {
+                let prompt_none = params.get("prompt").ok().flatten() == Some("none");
+                let now = self.clock.now();
+                let handle = crypto::new_secret("");
+                let mut pending = PendingAuthorization {
+                    id: crypto::hash_secret(&handle),
+                    client_id: client.client_id.clone(),
+                    redirect_uri: redirect_uri.clone(),
+                    redirect_given: presented.is_some(),
+                    scopes,
+                    resource,
+                    state: state.map(str::to_string),
+                    code_challenge,
+                    csrf_token: crypto::new_secret(""),
+                    binding_hash: crypto::hash_secret(binding),
+                    user_id: None,
+                    created_at: now,
+                    expires_at: now + self.settings.request_ttl,
+                };
+                let user = match &session_user {
+                    Some(id) => self.store.user_by_id(id).await?,
+                    None => None,
+                };
+                if prompt_none {
+                    let Some(user) = user else {
+                        return fail(OAuthError::new(
+                            ErrorCode::LoginRequired,
+                            "prompt=none, and nobody is signed in",
+                        ));
+                    };
+                    if !self.consent_remembered(&user.id, &pending).await? {
+                        return fail(OAuthError::new(
+                            ErrorCode::ConsentRequired,
+                            "prompt=none, and this request needs the user's consent",
+                        ));
+                    }
+                    pending.user_id = Some(user.id);
+                    return Ok(AuthorizeStep::Redirect(self.issue_code(&pending).await?));
+                }
+                pending.user_id = user.as_ref().map(|u| u.id.clone());
+                self.store.put_pending(&pending).await?;
+                match user {
+                    None => Ok(AuthorizeStep::Login {
+                        ctx: self.page_context(&pending, &handle, &client, None),
+                        error: None,
+                        status: 200,
+                    }),
+                    Some(user) => {
+                        self.after_login(&pending, &handle, &client, &user.id, &user.username)
+                            .await
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_authorization_request(
+        &self,
+        params: &Params,
+        client: &Client,
+    ) -> Result<(Vec<String>, String, String), OAuthError> {
+        if let Some(name) = params.first_repeated(&["resource"]) {
+            return Err(OAuthError::invalid_request(format!(
+                "the `{name}` parameter is repeated"
+            )));
+        }
+        if params.get("request")?.is_some() || params.get("request_uri")?.is_some() {
+            return Err(OAuthError::invalid_request(
+                "request objects are not supported",
+            ));
+        }
+        match params.get("response_type")? {
+            Some("code") => {}
+            Some(other) => {
+                return Err(OAuthError::new(
+                    ErrorCode::UnsupportedResponseType,
+                    format!("response_type `{other}` is not supported; use `code`"),
+                ));
+            }
+            None => return Err(OAuthError::invalid_request("response_type is missing")),
+        }
+        if let Some(mode) = params.get("response_mode")?
+            && mode != "query"
+        {
+            return Err(OAuthError::invalid_request(
+                "only response_mode=query is supported",
+            ));
+        }
+        if !client.allows_grant("authorization_code") {
+            return Err(OAuthError::new(
+                ErrorCode::UnauthorizedClient,
+                "this client may not use the authorization code grant",
+            ));
+        }
+        let challenge = params.get("code_challenge")?.ok_or_else(|| {
+            OAuthError::invalid_request("PKCE is required: code_challenge is missing")
+        })?;
+        match params.get("code_challenge_method")? {
+            Some("S256") => {}
+            Some(m) => {
+                return Err(OAuthError::invalid_request(format!(
+                    "code_challenge_method `{m}` is not supported; use S256"
+                )));
+            }
+            None => {
+                return Err(OAuthError::invalid_request(
+                    "code_challenge_method is missing (its default, plain, is not supported); use S256",
+                ));
+            }
+        }
+        if !crypto::is_valid_s256_challenge(challenge) {
+            return Err(OAuthError::invalid_request(
+                "code_challenge must be the base64url SHA-256 of the verifier (43 characters)",
+            ));
+        }
+        let resource = self.resolve_resource(params.all("resource"))?;
+        let scopes = self.check_scopes(params.get("scope")?, client)?;
+        Ok((scopes, resource.url.clone(), challenge.to_string()))
+    }
+
+    fn page_context(
+        &self,
+        p: &PendingAuthorization,
+        handle: &str,
+        client: &Client,
+        username: Option<&str>,
+    ) -> PageContext {
+        let redirect_host = Url::parse(&p.redirect_uri)
+            .ok()
+            .map(|u| match u.host_str() {
+                Some(h) => match u.port() {
+                    Some(port) if !super::redirect::is_loopback(&u) => format!("{h}:{port}"),
+                    _ => h.to_string(),
+                },
+                None => format!("{}:", u.scheme()),
+            })
+            .unwrap_or_default();
+        let verified_domain = (client.kind == ClientKind::Metadata)
+            .then(|| {
+                Url::parse(&client.client_id)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_string))
+            })
+            .flatten();
+        PageContext {
+            handle: handle.to_string(),
+            csrf: p.csrf_token.clone(),
+            client_id: client.client_id.clone(),
+            client_name: client.name.clone(),
+            verified_domain,
+            redirect_host,
+            scopes: p.scopes.clone(),
+            resource: p.resource.clone(),
+            username: username.map(str::to_string),
+        }
+    }
+
+    async fn consent_remembered(
+        &self,
+        user_id: &str,
+        p: &PendingAuthorization,
+    ) -> Result<bool, OAuthError> {
+        Ok(self.settings.remember_consent
+            && self
+                .store
+                .has_consent(
+                    user_id,
+                    &p.client_id,
+                    &p.redirect_uri,
+                    &p.resource,
+                    &p.scopes,
+                )
+                .await?)
+    }
+
+    async fn after_login(
+        &self,
+        p: &PendingAuthorization,
+        handle: &str,
+        client: &Client,
+        user_id: &str,
+        username: &str,
+    ) -> Result<AuthorizeStep, PageError> {
+        if self.consent_remembered(user_id, p).await? {
+            let mut p = p.clone();
+            p.user_id = Some(user_id.to_string());
+            self.store.delete_pending(&p.id).await?;
+            return Ok(AuthorizeStep::Redirect(self.issue_code(&p).await?));
+        }
+        Ok(AuthorizeStep::Consent {
+            ctx: self.page_context(p, handle, client, Some(username)),
+        })
+    }
+
+    async fn pending_for_form(
+        &self,
+        handle: &str,
+        csrf: &str,
+        binding: Option<&str>,
+    ) -> Result<(PendingAuthorization, Client), PageError> {
+        let expired = || {
+            PageError::bad(
+                "This sign-in request is unknown or has expired. Start again from your application.",
+            )
+        };
+        if handle.is_empty() || handle.len() > 100 {
+            return Err(expired());
+        }
+        let p = self
+            .store
+            .pending(&crypto::hash_secret(handle), self.clock.now())
+            .await?
+            .ok_or_else(expired)?;
+        if !crypto::constant_time_eq(p.csrf_token.as_bytes(), csrf.as_bytes()) {
+            return Err(PageError::bad(
+                "The form was not valid (its security token did not match). Start again from your application.",
+            ));
+        }
+        let same_browser = binding.is_some_and(|b| {
+            b.len() <= 100
+                && crypto::constant_time_eq(
+                    p.binding_hash.as_bytes(),
+                    crypto::hash_secret(b).as_bytes(),
+                )
+        });
+        if !same_browser {
+            return Err(PageError::bad(
+                "This form was not opened in this browser (or its cookies are blocked). Start again from your application.",
+            ));
+        }
+        let client = self
+            .find_client(&p.client_id)
+            .await?
+            .ok_or_else(|| PageError::bad("The client is no longer known to this server."))?;
+        Ok((p, client))
+    }
+
+    /// POST of the login form.
+    pub async fn submit_login(
+        &self,
+        handle: &str,
+        csrf: &str,
+        username: &str,
+        password: &str,
+        ip: &str,
+        binding: Option<&str>,
+    ) -> Result<(AuthorizeStep, Option<NewSession>), PageError> {
+        let (p, client) = self.pending_for_form(handle, csrf, binding).await?;
+        let login_again = |error: &str, status: u16| AuthorizeStep::Login {
+            ctx: self.page_context(&p, handle, &client, None),
+            error: Some(error.to_string()),
+            status,
+        };
+        match self.accounts.verify(username, password, ip).await? {
+            LoginOutcome::Invalid => Ok((login_again("Wrong username or password.", 401), None)),
+            LoginOutcome::Throttled { retry_after } => {
+                tracing::warn!(ip, "login throttled");
+                Ok((
+                    login_again(
+                        &format!(
+                            "Too many failed sign-ins. Try again in {} minutes.",
+                            retry_after.div_ceil(60)
+                        ),
+                        429,
+                    ),
+                    None,
+                ))
+            }
+            LoginOutcome::Success(user) => {
+                let now = self.clock.now();
+                let secret = crypto::new_secret("");
+                let max_age = self.accounts_session_ttl();
+                self.store
+                    .put_session(&crypto::hash_secret(&secret), &user.id, now, now + max_age)
+                    .await?;
+                self.store.set_pending_user(&p.id, &user.id).await?;
+                tracing::info!(user = %user.username, client_id = %client.client_id, "login");
+                let step = self
+                    .after_login(&p, handle, &client, &user.id, &user.username)
+                    .await?;
+                Ok((step, Some(NewSession { secret, max_age })))
+            }
+        }
+    }
+
+    fn accounts_session_ttl(&self) -> i64 {
+        self.session_ttl
+    }
+
+    /// POST of the consent form.
+    pub async fn submit_consent(
+        &self,
+        handle: &str,
+        csrf: &str,
+        allow: bool,
+        session_user: Option<String>,
+        binding: Option<&str>,
+    ) -> Result<AuthorizeStep, PageError> {
+        let (p, _client) = self.pending_for_form(handle, csrf, binding).await?;
+        let (Some(user), Some(owner)) = (session_user, p.user_id.clone()) else {
+            return Err(PageError::bad(
+                "You are not signed in any more. Start again from your application.",
+            ));
+        };
+        if user != owner {
+            return Err(PageError::bad(
+                "This request belongs to another sign-in. Start again from your application.",
+            ));
+        }
+        self.store.delete_pending(&p.id).await?;
+        if !allow {
+            let e = OAuthError::new(ErrorCode::AccessDenied, "the user denied the request");
+            return Ok(AuthorizeStep::Redirect(self.error_redirect(
+                &p.redirect_uri,
+                p.state.as_deref(),
+                &e,
+            )));
+        }
+        if self.settings.remember_consent {
+            self.store
+                .put_consent(
+                    &user,
+                    &p.client_id,
+                    &p.redirect_uri,
+                    &p.resource,
+                    &p.scopes,
+                    self.clock.now(),
+                )
+                .await?;
+        }
+        Ok(AuthorizeStep::Redirect(self.issue_code(&p).await?))
+    }
+
+    async fn issue_code(&self, p: &PendingAuthorization) -> Result<String, OAuthError> {
+        let Some(user_id) = &p.user_id else {
+            return Err(OAuthError::server_error());
+        };
+        let now = self.clock.now();
+        let code = crypto::new_secret(crypto::CODE_PREFIX);
+        self.store
+            .insert_code(&AuthCodeRecord {
+                code_hash: crypto::hash_secret(&code),
+                client_id: p.client_id.clone(),
+                user_id: user_id.clone(),
+                redirect_uri: p.redirect_uri.clone(),
+                redirect_given: p.redirect_given,
+                resource: p.resource.clone(),
+                scopes: p.scopes.clone(),
+                code_challenge: p.code_challenge.clone(),
+                created_at: now,
+                expires_at: now + self.settings.code_ttl,
+                consumed_at: None,
+                grant_id: None,
+            })
+            .await?;
+        Ok(self.redirect_with(&p.redirect_uri, &[("code", &code)], p.state.as_deref()))
+    }
+
+    /// The user behind a browser session cookie, if it is live.
+    pub async fn session_user(&self, cookie_secret: &str) -> Result<Option<String>, OAuthError> {
+        if cookie_secret.is_empty() || cookie_secret.len() > 100 {
+            return Ok(None);
+        }
+        Ok(self
+            .store
+            .session_user(&crypto::hash_secret(cookie_secret), self.clock.now())
+            .await?)
+    }
+}

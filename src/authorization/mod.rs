@@ -1,0 +1,256 @@
+//! The OAuth 2.1 authorization server for MCP clients: metadata, client registration,
+//! authorization (login and consent are steps of it), tokens, revocation and introspection.
+//! Nothing here knows about HTTP framing; `web` turns requests into calls and results into
+//! responses.
+
+pub mod authorize;
+pub mod cimd;
+pub mod clients;
+pub mod error;
+pub mod metadata;
+pub mod params;
+pub mod redirect;
+pub mod token;
+
+use std::sync::Arc;
+
+use url::Url;
+
+use crate::clock::SharedClock;
+use crate::config::{Config, DcrMode};
+use crate::crypto;
+use crate::login::LocalAccounts;
+use crate::net::SafeFetcher;
+use crate::store::SharedStore;
+
+pub use clients::Client;
+pub use error::{ErrorCode, OAuthError};
+
+/// A protected resource (an MCP endpoint) that tokens can be minted for.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    /// Its identifier (RFC 8707), an absolute URL: the public URL plus `path`.
+    pub url: String,
+    pub path: String,
+    pub name: String,
+    /// Scopes a token needs to use it.
+    pub scopes: Vec<String>,
+    /// Which configured upstream serves it; `None` for the built-in `whoami`.
+    pub upstream: Option<usize>,
+    /// For a legacy HTTP+SSE upstream: the path its clients POST messages to.
+    pub messages_path: Option<String>,
+}
+
+/// Settings the authorization server reads on every request, derived once from `Config`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub issuer: String,
+    /// The path prefix of the issuer URL ("" at the root).
+    pub base_path: String,
+    pub scopes: Vec<String>,
+    pub default_scopes: Vec<String>,
+    pub access_token_ttl: i64,
+    pub refresh_token_ttl: i64,
+    pub code_ttl: i64,
+    pub refresh_retry_window: i64,
+    pub remember_consent: bool,
+    pub request_ttl: i64,
+    pub dcr: DcrMode,
+    pub initial_access_token_hashes: Vec<String>,
+    pub max_clients: i64,
+    pub unused_client_ttl: i64,
+    pub dcr_per_ip_per_hour: i64,
+    pub cimd: bool,
+    pub secure_cookies: bool,
+}
+
+pub struct AuthorizationServer {
+    pub settings: Settings,
+    pub store: SharedStore,
+    pub clock: SharedClock,
+    pub accounts: LocalAccounts,
+    pub resources: Vec<Resource>,
+    session_ttl: i64,
+    static_clients: Vec<Client>,
+    cimd: cimd::CimdResolver,
+    pub tokens: token::TokenCache,
+}
+
+impl AuthorizationServer {
+    pub fn new(
+        config: &Config,
+        store: SharedStore,
+        clock: SharedClock,
+    ) -> Result<Arc<Self>, String> {
+        let issuer = config.public_url();
+        let issuer_url = Url::parse(&issuer).map_err(|e| format!("server.public_url: {e}"))?;
+        let base_path = issuer_url.path().trim_end_matches('/').to_string();
+        let mut resources = Vec::new();
+        if config.whoami.enabled {
+            resources.push(Resource {
+                url: format!("{issuer}{}", config.whoami.path),
+                path: format!("{base_path}{}", config.whoami.path),
+                name: "whoami".into(),
+                scopes: config.whoami.scopes.clone(),
+                upstream: None,
+                messages_path: None,
+            });
+        }
+        for (i, u) in config.upstreams.iter().enumerate() {
+            let path = Config::upstream_path(u);
+            resources.push(Resource {
+                url: format!("{issuer}{path}"),
+                path: format!("{base_path}{path}"),
+                name: u.name.clone(),
+                scopes: u
+                    .scopes
+                    .clone()
+                    .unwrap_or_else(|| config.authorization.default_scopes.clone()),
+                upstream: Some(i),
+                messages_path: (u.transport == crate::config::UpstreamTransport::Sse)
+                    .then(|| format!("{base_path}{path}/messages")),
+            });
+        }
+        let settings = Settings {
+            secure_cookies: issuer_url.scheme() == "https",
+            issuer,
+            base_path,
+            scopes: config.authorization.scopes.clone(),
+            default_scopes: config.authorization.default_scopes.clone(),
+            access_token_ttl: config.authorization.access_token_ttl_secs,
+            refresh_token_ttl: config.authorization.refresh_token_ttl_secs,
+            code_ttl: config.authorization.code_ttl_secs,
+            refresh_retry_window: config.authorization.refresh_retry_window_secs,
+            remember_consent: config.authorization.remember_consent,
+            request_ttl: config.authorization.request_ttl_secs,
+            dcr: config.registration.dcr,
+            initial_access_token_hashes: config
+                .registration
+                .initial_access_tokens
+                .iter()
+                .map(|t| crypto::hash_secret(t))
+                .collect(),
+            max_clients: config.registration.max_clients,
+            unused_client_ttl: config.registration.unused_client_ttl_secs,
+            dcr_per_ip_per_hour: config.registration.per_ip_per_hour,
+            cimd: config.registration.cimd,
+        };
+        let fetcher = SafeFetcher::new(config.registration.cimd_allow_http_loopback)
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(Self {
+            accounts: LocalAccounts::new(store.clone(), clock.clone(), &config.login),
+            settings,
+            store,
+            clock,
+            resources,
+            session_ttl: config.login.session_ttl_secs,
+            static_clients: config.clients.iter().map(Client::from_config).collect(),
+            cimd: cimd::CimdResolver::new(fetcher, config.registration.cimd_default_cache_secs),
+            tokens: token::TokenCache::default(),
+        }))
+    }
+
+    pub fn configured_clients(&self) -> &[Client] {
+        &self.static_clients
+    }
+
+    /// The resource a `resource` parameter names (RFC 8707), compared in normal form and
+    /// ignoring one trailing slash; `None` when absent and there is exactly one resource.
+    pub fn resolve_resource(&self, requested: &[String]) -> Result<&Resource, OAuthError> {
+        match requested {
+            [] => match self.resources.as_slice() {
+                [only] => Ok(only),
+                [] => Err(OAuthError::new(
+                    ErrorCode::InvalidTarget,
+                    "this gateway protects no resource",
+                )),
+                _ => Err(OAuthError::new(
+                    ErrorCode::InvalidTarget,
+                    "the `resource` parameter is required: this gateway protects several resources",
+                )),
+            },
+            [one] => self.find_resource(one).ok_or_else(|| {
+                OAuthError::new(
+                    ErrorCode::InvalidTarget,
+                    format!("`{one}` is not a resource protected by this gateway"),
+                )
+            }),
+            _ => Err(OAuthError::new(
+                ErrorCode::InvalidTarget,
+                "tokens are issued for one resource at a time; send one `resource` parameter",
+            )),
+        }
+    }
+
+    pub fn find_resource(&self, requested: &str) -> Option<&Resource> {
+        let url = Url::parse(requested).ok()?;
+        if url.fragment().is_some() {
+            return None;
+        }
+        let normal = url.as_str().trim_end_matches('/');
+        self.resources
+            .iter()
+            .find(|r| r.url.trim_end_matches('/') == normal)
+    }
+
+    /// Scopes asked for, checked against what the server and the client may have; the
+    /// configured defaults when none are asked for.
+    pub fn check_scopes(
+        &self,
+        requested: Option<&str>,
+        client: &Client,
+    ) -> Result<Vec<String>, OAuthError> {
+        let scopes = match requested {
+            None => self
+                .settings
+                .default_scopes
+                .iter()
+                .filter(|s| {
+                    client
+                        .scopes
+                        .as_ref()
+                        .is_none_or(|allowed| allowed.contains(s))
+                })
+                .cloned()
+                .collect(),
+            Some(s) => {
+                let mut out: Vec<String> = Vec::new();
+                for sc in s.split(' ').filter(|x| !x.is_empty()) {
+                    if !self.settings.scopes.iter().any(|k| k == sc) {
+                        return Err(OAuthError::new(
+                            ErrorCode::InvalidScope,
+                            format!("unknown scope `{sc}`"),
+                        ));
+                    }
+                    if let Some(allowed) = &client.scopes
+                        && !allowed.iter().any(|a| a == sc)
+                    {
+                        return Err(OAuthError::new(
+                            ErrorCode::InvalidScope,
+                            format!("this client may not ask for `{sc}`"),
+                        ));
+                    }
+                    if !out.iter().any(|o| o == sc) {
+                        out.push(sc.to_string());
+                    }
+                }
+                out
+            }
+        };
+        if scopes.is_empty() {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidScope,
+                "no scope could be granted",
+            ));
+        }
+        Ok(scopes)
+    }
+
+    /// Deletes expired state; run periodically.
+    pub async fn sweep(&self) -> Result<crate::store::SweepCounts, crate::store::StoreError> {
+        let now = self.clock.now();
+        self.store
+            .sweep(now, now - self.settings.unused_client_ttl)
+            .await
+    }
+}

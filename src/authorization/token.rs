@@ -1,0 +1,627 @@
+//! The token endpoint (authorization_code, refresh_token, client_credentials), revocation
+//! (RFC 7009), introspection (RFC 7662), and the bearer check used by protected resources.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::AuthorizationServer;
+use super::clients::Client;
+use super::error::{ErrorCode, OAuthError};
+use super::params::Params;
+use crate::crypto;
+use crate::store::{
+    AccessTokenRecord, GrantFilter, GrantRecord, RedeemOutcome, RefreshTokenRecord, RotateOutcome,
+    TokenInfo,
+};
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    pub scope: String,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("access_token", &"<redacted>")
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+/// Who is calling a protected resource, as established from a valid bearer token.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user_id: Option<String>,
+    pub username: Option<String>,
+    pub email: Option<String>,
+    pub groups: Vec<String>,
+    pub client_id: String,
+    pub scopes: Vec<String>,
+    pub resource: String,
+    pub expires_at: i64,
+}
+
+/// Valid access tokens recently seen, so that the MCP path does not read the store on every
+/// request. An entry is trusted for `TOKEN_CACHE_SECS` at most; every revocation made
+/// through this instance empties the cache at once. A revocation made elsewhere (the CLI,
+/// another instance) takes effect here within `TOKEN_CACHE_SECS`.
+#[derive(Default)]
+pub struct TokenCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (TokenInfo, i64)>>,
+}
+
+pub const TOKEN_CACHE_SECS: i64 = 5;
+const TOKEN_CACHE_MAX: usize = 50_000;
+
+impl TokenCache {
+    fn get(&self, hash: &str, now: i64) -> Option<TokenInfo> {
+        let m = self.entries.lock().ok()?;
+        let (info, cached_at) = m.get(hash)?;
+        (now < cached_at + TOKEN_CACHE_SECS && now < info.token.expires_at).then(|| info.clone())
+    }
+
+    fn put(&self, hash: String, info: TokenInfo, now: i64) {
+        if let Ok(mut m) = self.entries.lock() {
+            if m.len() >= TOKEN_CACHE_MAX {
+                m.retain(|_, (_, at)| now < *at + TOKEN_CACHE_SECS);
+                if m.len() >= TOKEN_CACHE_MAX {
+                    m.clear();
+                }
+            }
+            m.insert(hash, (info, now));
+        }
+    }
+
+    /// Empties the cache whenever the store reports a revocation (by any instance).
+    pub async fn follow(&self, mut events: tokio::sync::mpsc::Receiver<()>) {
+        while events.recv().await.is_some() {
+            self.clear();
+        }
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut m) = self.entries.lock() {
+            m.clear();
+        }
+    }
+}
+
+/// Why a bearer token was not accepted at a protected resource.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BearerError {
+    Missing,
+    Invalid(&'static str),
+    InsufficientScope,
+    Unavailable,
+}
+
+impl AuthorizationServer {
+    /// POST /token.
+    pub async fn token(
+        &self,
+        params: &Params,
+        basic: Option<(String, String)>,
+    ) -> Result<TokenResponse, OAuthError> {
+        if let Some(name) = params.first_repeated(&["resource"]) {
+            return Err(OAuthError::invalid_request(format!(
+                "the `{name}` parameter is repeated"
+            )));
+        }
+        let grant_type = params.require("grant_type")?;
+        let client = self.authenticate_client(params, basic).await?;
+        match grant_type {
+            "authorization_code" | "refresh_token" | "client_credentials"
+                if !client.allows_grant(grant_type) =>
+            {
+                Err(OAuthError::new(
+                    ErrorCode::UnauthorizedClient,
+                    format!("this client is not allowed the {grant_type} grant"),
+                ))
+            }
+            "authorization_code" => self.exchange_code(params, &client).await,
+            "refresh_token" => self.refresh(params, &client).await,
+            "client_credentials" => self.client_credentials(params, &client).await,
+            other => Err(OAuthError::new(
+                ErrorCode::UnsupportedGrantType,
+                format!("grant_type `{other}` is not supported"),
+            )),
+        }
+    }
+
+    fn mint_access(
+        &self,
+        grant_id: Option<&str>,
+        client_id: &str,
+        user_id: Option<&str>,
+        resource: &str,
+        scopes: &[String],
+    ) -> (String, AccessTokenRecord) {
+        let now = self.clock.now();
+        let token = crypto::new_secret(crypto::ACCESS_TOKEN_PREFIX);
+        let record = AccessTokenRecord {
+            token_hash: crypto::hash_secret(&token),
+            grant_id: grant_id.map(str::to_string),
+            client_id: client_id.to_string(),
+            user_id: user_id.map(str::to_string),
+            resource: resource.to_string(),
+            scopes: scopes.to_vec(),
+            created_at: now,
+            expires_at: now + self.settings.access_token_ttl,
+        };
+        (token, record)
+    }
+
+    fn mint_refresh(&self, grant_id: &str, client_id: &str) -> (String, RefreshTokenRecord) {
+        let now = self.clock.now();
+        let token = crypto::new_secret(crypto::REFRESH_TOKEN_PREFIX);
+        let record = RefreshTokenRecord {
+            token_hash: crypto::hash_secret(&token),
+            grant_id: grant_id.to_string(),
+            client_id: client_id.to_string(),
+            created_at: now,
+            expires_at: now + self.settings.refresh_token_ttl,
+            used_at: None,
+            successor_hash: None,
+            retry_sealed: None,
+            retry_until: None,
+        };
+        (token, record)
+    }
+
+    /// A `resource` on the token request must name the one bound at authorization.
+    fn check_bound_resource(&self, params: &Params, bound: &str) -> Result<(), OAuthError> {
+        match params.all("resource") {
+            [] => Ok(()),
+            [one] if self.find_resource(one).is_some_and(|r| r.url == bound) => Ok(()),
+            [_] => Err(OAuthError::new(
+                ErrorCode::InvalidTarget,
+                "the resource differs from the one this grant was authorized for",
+            )),
+            _ => Err(OAuthError::new(
+                ErrorCode::InvalidTarget,
+                "send one `resource` parameter",
+            )),
+        }
+    }
+
+    async fn exchange_code(
+        &self,
+        params: &Params,
+        client: &Client,
+    ) -> Result<TokenResponse, OAuthError> {
+        let code = params.require("code")?;
+        let verifier = params.get("code_verifier")?.ok_or_else(|| {
+            OAuthError::invalid_request("code_verifier is missing (PKCE is required)")
+        })?;
+        let code_hash = crypto::hash_secret(code);
+        let now = self.clock.now();
+        let Some(record) = self.store.code(&code_hash).await? else {
+            return Err(OAuthError::invalid_grant(
+                "the authorization code is not valid",
+            ));
+        };
+        if record.client_id != client.client_id {
+            return Err(OAuthError::invalid_grant(
+                "the authorization code was issued to another client",
+            ));
+        }
+        if let Some(grant_id) = &record.grant_id
+            && record.consumed_at.is_some()
+        {
+            // RFC 6749 §4.1.2 / RFC 9700 §4.5: a replayed code revokes what it issued.
+            self.revoke_grant_after_replay(grant_id, "authorization code")
+                .await?;
+            return Err(OAuthError::invalid_grant(
+                "the authorization code was used already",
+            ));
+        }
+        if record.expires_at <= now {
+            return Err(OAuthError::invalid_grant(
+                "the authorization code has expired",
+            ));
+        }
+        match params.get("redirect_uri")? {
+            Some(r) if r != record.redirect_uri => {
+                return Err(OAuthError::invalid_grant(
+                    "redirect_uri does not match the authorization request",
+                ));
+            }
+            None if record.redirect_given => {
+                return Err(OAuthError::invalid_grant(
+                    "redirect_uri is required because the authorization request had one",
+                ));
+            }
+            _ => {}
+        }
+        if !crypto::is_valid_pkce_verifier(verifier) {
+            return Err(OAuthError::invalid_grant(
+                "code_verifier is malformed (RFC 7636: 43 to 128 characters)",
+            ));
+        }
+        if !crypto::pkce_s256_matches(verifier, &record.code_challenge) {
+            return Err(OAuthError::invalid_grant(
+                "code_verifier does not match the code_challenge",
+            ));
+        }
+        self.check_bound_resource(params, &record.resource)?;
+        let grant = GrantRecord {
+            id: crypto::new_id(),
+            user_id: Some(record.user_id.clone()),
+            client_id: client.client_id.clone(),
+            resource: record.resource.clone(),
+            scopes: record.scopes.clone(),
+            created_at: now,
+            revoked_at: None,
+        };
+        let (access, access_rec) = self.mint_access(
+            Some(&grant.id),
+            &client.client_id,
+            Some(&record.user_id),
+            &record.resource,
+            &record.scopes,
+        );
+        let refresh = client
+            .allows_grant("refresh_token")
+            .then(|| self.mint_refresh(&grant.id, &client.client_id));
+        match self
+            .store
+            .redeem_code(
+                &code_hash,
+                now,
+                &grant,
+                &access_rec,
+                refresh.as_ref().map(|(_, r)| r),
+            )
+            .await?
+        {
+            RedeemOutcome::Issued => Ok(TokenResponse {
+                access_token: access,
+                token_type: "Bearer".into(),
+                expires_in: self.settings.access_token_ttl,
+                refresh_token: refresh.map(|(t, _)| t),
+                scope: record.scopes.join(" "),
+            }),
+            RedeemOutcome::Replayed { grant_id } => {
+                if let Some(g) = grant_id {
+                    self.revoke_grant_after_replay(&g, "authorization code")
+                        .await?;
+                }
+                Err(OAuthError::invalid_grant(
+                    "the authorization code was used already",
+                ))
+            }
+            RedeemOutcome::Invalid => Err(OAuthError::invalid_grant(
+                "the authorization code is not valid",
+            )),
+        }
+    }
+
+    async fn revoke_grant_after_replay(
+        &self,
+        grant_id: &str,
+        what: &str,
+    ) -> Result<(), OAuthError> {
+        let n = self
+            .store
+            .revoke_grants(
+                &GrantFilter {
+                    grant_id: Some(grant_id.to_string()),
+                    ..Default::default()
+                },
+                self.clock.now(),
+            )
+            .await?;
+        tracing::warn!(
+            grant_id,
+            what,
+            revoked = n,
+            "replayed credential; grant revoked"
+        );
+        self.tokens.clear();
+        Ok(())
+    }
+
+    async fn refresh(&self, params: &Params, client: &Client) -> Result<TokenResponse, OAuthError> {
+        let presented = params.require("refresh_token")?;
+        let old_hash = crypto::hash_secret(presented);
+        let now = self.clock.now();
+        let Some(old) = self.store.refresh_token(&old_hash, now).await? else {
+            return Err(OAuthError::invalid_grant("the refresh token is not valid"));
+        };
+        if old.client_id != client.client_id {
+            return Err(OAuthError::invalid_grant(
+                "the refresh token was issued to another client",
+            ));
+        }
+        let grant = match self.store.grant(&old.grant_id).await? {
+            Some(g) if g.revoked_at.is_none() => g,
+            _ => return Err(OAuthError::invalid_grant("the grant has been revoked")),
+        };
+        self.check_bound_resource(params, &grant.resource)?;
+        // Down-scoping is allowed; widening is not (RFC 6749 §6).
+        let scopes = match params.get("scope")? {
+            None => grant.scopes.clone(),
+            Some(s) => {
+                let asked = crate::store::split_scopes(s);
+                if let Some(bad) = asked.iter().find(|a| !grant.scopes.contains(a)) {
+                    return Err(OAuthError::new(
+                        ErrorCode::InvalidScope,
+                        format!("`{bad}` was not granted originally"),
+                    ));
+                }
+                asked
+            }
+        };
+        if old.used_at.is_some() {
+            return self.refresh_reused(presented, old).await;
+        }
+        let (access, access_rec) = self.mint_access(
+            Some(&grant.id),
+            &client.client_id,
+            grant.user_id.as_deref(),
+            &grant.resource,
+            &scopes,
+        );
+        let (refresh, refresh_rec) = self.mint_refresh(&grant.id, &client.client_id);
+        let response = TokenResponse {
+            access_token: access,
+            token_type: "Bearer".into(),
+            expires_in: self.settings.access_token_ttl,
+            refresh_token: Some(refresh),
+            scope: scopes.join(" "),
+        };
+        let plain = serde_json::to_vec(&response).map_err(|_| OAuthError::server_error())?;
+        let sealed = crypto::seal_with_secret(presented, &old_hash, &plain)
+            .ok_or_else(OAuthError::server_error)?;
+        match self
+            .store
+            .rotate_refresh(
+                &old_hash,
+                now,
+                &access_rec,
+                &refresh_rec,
+                &sealed,
+                now + self.settings.refresh_retry_window,
+            )
+            .await?
+        {
+            RotateOutcome::Rotated => Ok(response),
+            RotateOutcome::AlreadyUsed {
+                record,
+                successor_used,
+            } => {
+                // Lost a race with another refresh of the same token.
+                self.refresh_reused_with(presented, record, successor_used)
+                    .await
+            }
+            RotateOutcome::Invalid => {
+                Err(OAuthError::invalid_grant("the refresh token is not valid"))
+            }
+        }
+    }
+
+    async fn refresh_reused(
+        &self,
+        presented: &str,
+        old: RefreshTokenRecord,
+    ) -> Result<TokenResponse, OAuthError> {
+        let successor_used = match &old.successor_hash {
+            Some(h) => {
+                !matches!(self.store.refresh_token(h, self.clock.now()).await?, Some(s) if s.used_at.is_none())
+            }
+            None => true,
+        };
+        self.refresh_reused_with(presented, old, successor_used)
+            .await
+    }
+
+    /// A rotated refresh token presented again: within the retry window and before its
+    /// successor was used, the same answer again; otherwise it is treated as stolen and the
+    /// whole grant is revoked (RFC 9700 §4.14.2).
+    async fn refresh_reused_with(
+        &self,
+        presented: &str,
+        old: RefreshTokenRecord,
+        successor_used: bool,
+    ) -> Result<TokenResponse, OAuthError> {
+        let now = self.clock.now();
+        if !successor_used
+            && old.retry_until.is_some_and(|u| now <= u)
+            && let Some(sealed) = &old.retry_sealed
+            && let Some(plain) = crypto::open_with_secret(presented, &old.token_hash, sealed)
+            && let Ok(mut response) = serde_json::from_slice::<TokenResponse>(&plain)
+        {
+            let issued_at = old.used_at.unwrap_or(now);
+            response.expires_in = (response.expires_in - (now - issued_at)).max(1);
+            return Ok(response);
+        }
+        self.revoke_grant_after_replay(&old.grant_id, "refresh token")
+            .await?;
+        Err(OAuthError::invalid_grant(
+            "the refresh token was used already; the grant has been revoked",
+        ))
+    }
+
+    async fn client_credentials(
+        &self,
+        params: &Params,
+        client: &Client,
+    ) -> Result<TokenResponse, OAuthError> {
+        if client.is_public() {
+            return Err(OAuthError::new(
+                ErrorCode::UnauthorizedClient,
+                "client_credentials needs a confidential client",
+            ));
+        }
+        let resource = self.resolve_resource(params.all("resource"))?;
+        let scopes = self.check_scopes(params.get("scope")?, client)?;
+        let (access, record) =
+            self.mint_access(None, &client.client_id, None, &resource.url, &scopes);
+        self.store.insert_access_token(&record).await?;
+        Ok(TokenResponse {
+            access_token: access,
+            token_type: "Bearer".into(),
+            expires_in: self.settings.access_token_ttl,
+            refresh_token: None,
+            scope: scopes.join(" "),
+        })
+    }
+
+    /// POST /revoke (RFC 7009). Unknown tokens and tokens of other clients are answered with
+    /// success, as the RFC asks, and left alone.
+    pub async fn revoke(
+        &self,
+        params: &Params,
+        basic: Option<(String, String)>,
+    ) -> Result<(), OAuthError> {
+        if let Some(name) = params.first_repeated(&[]) {
+            return Err(OAuthError::invalid_request(format!(
+                "the `{name}` parameter is repeated"
+            )));
+        }
+        let client = self.authenticate_client(params, basic).await?;
+        let token = params.require("token")?;
+        let hash = crypto::hash_secret(token);
+        let now = self.clock.now();
+        if let Some(r) = self.store.refresh_token(&hash, now).await? {
+            if r.client_id == client.client_id {
+                self.store
+                    .revoke_grants(
+                        &GrantFilter {
+                            grant_id: Some(r.grant_id),
+                            ..Default::default()
+                        },
+                        now,
+                    )
+                    .await?;
+                self.tokens.clear();
+            }
+            return Ok(());
+        }
+        if let Some(info) = self.store.access_token(&hash, now).await?
+            && info.token.client_id == client.client_id
+        {
+            self.store.revoke_access_token(&hash).await?;
+            self.tokens.clear();
+        }
+        Ok(())
+    }
+
+    /// POST /introspect (RFC 7662), for authenticated resource servers only.
+    pub async fn introspect(
+        &self,
+        params: &Params,
+        basic: Option<(String, String)>,
+    ) -> Result<Value, OAuthError> {
+        let client = self.authenticate_client(params, basic).await?;
+        if !client.introspection || client.is_public() {
+            return Err(OAuthError::new(
+                ErrorCode::UnauthorizedClient,
+                "this client may not introspect tokens",
+            ));
+        }
+        let token = params.require("token")?;
+        let hash = crypto::hash_secret(token);
+        let now = self.clock.now();
+        if let Some(TokenInfo {
+            token: t, username, ..
+        }) = self.store.access_token(&hash, now).await?
+        {
+            let mut v = json!({
+                "active": true,
+                "token_type": "Bearer",
+                "client_id": t.client_id,
+                "scope": t.scopes.join(" "),
+                "aud": t.resource,
+                "iss": self.settings.issuer,
+                "exp": t.expires_at,
+                "iat": t.created_at,
+            });
+            if let Value::Object(o) = &mut v {
+                if let Some(u) = t.user_id {
+                    o.insert("sub".into(), json!(u));
+                }
+                if let Some(n) = username {
+                    o.insert("username".into(), json!(n));
+                }
+            }
+            return Ok(v);
+        }
+        if let Some(r) = self.store.refresh_token(&hash, now).await?
+            && r.used_at.is_none()
+            && let Some(g) = self.store.grant(&r.grant_id).await?
+            && g.revoked_at.is_none()
+        {
+            return Ok(json!({
+                "active": true,
+                "token_type": "refresh_token",
+                "client_id": r.client_id,
+                "scope": g.scopes.join(" "),
+                "aud": g.resource,
+                "iss": self.settings.issuer,
+                "exp": r.expires_at,
+                "iat": r.created_at,
+                "sub": g.user_id,
+            }));
+        }
+        Ok(json!({"active": false}))
+    }
+
+    /// Checks a bearer token presented at `resource`, which needs `required` scopes.
+    pub async fn check_bearer(
+        &self,
+        token: Option<&str>,
+        resource_url: &str,
+        required: &[String],
+    ) -> Result<Principal, BearerError> {
+        let token = token.ok_or(BearerError::Missing)?;
+        if !token.starts_with(crypto::ACCESS_TOKEN_PREFIX) || token.len() > 200 {
+            return Err(BearerError::Invalid("the access token is not valid"));
+        }
+        let hash = crypto::hash_secret(token);
+        let now = self.clock.now();
+        let info = match self.tokens.get(&hash, now) {
+            Some(info) => info,
+            None => {
+                let info = self
+                    .store
+                    .access_token(&hash, now)
+                    .await
+                    .map_err(|_| BearerError::Unavailable)?
+                    .ok_or(BearerError::Invalid(
+                        "the access token is not valid or has expired",
+                    ))?;
+                self.tokens.put(hash, info.clone(), now);
+                info
+            }
+        };
+        if info.token.resource != resource_url {
+            return Err(BearerError::Invalid(
+                "the access token is for another resource",
+            ));
+        }
+        if !required.iter().all(|s| info.token.scopes.contains(s)) {
+            return Err(BearerError::InsufficientScope);
+        }
+        Ok(Principal {
+            user_id: info.token.user_id,
+            username: info.username,
+            email: info.email,
+            groups: info.groups,
+            client_id: info.token.client_id,
+            scopes: info.token.scopes,
+            resource: info.token.resource,
+            expires_at: info.token.expires_at,
+        })
+    }
+}

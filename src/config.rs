@@ -1,0 +1,1078 @@
+//! Typed configuration: one TOML file, every key overridable from the environment, checked
+//! once at start-up with errors that name the key and the file.
+//!
+//! Environment overrides: `MCP_OAUTH_GATEWAY_<SECTION>__<KEY>` (double underscore between
+//! levels), for example `MCP_OAUTH_GATEWAY_SERVER__PUBLIC_URL=https://gw.example.com`.
+//! A value is read as TOML when it parses as a TOML value (numbers, booleans, arrays) and as a
+//! plain string otherwise.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use url::Url;
+
+pub const ENV_PREFIX: &str = "MCP_OAUTH_GATEWAY_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {file}: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{origin}: key `{key}`: {message}")]
+    Invalid {
+        origin: String,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub authorization: AuthorizationConfig,
+    pub registration: RegistrationConfig,
+    pub login: LoginConfig,
+    pub whoami: WhoamiConfig,
+    pub clients: Vec<StaticClientConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub proxy: ProxyConfig,
+    /// Where the configuration came from, for error messages.
+    #[serde(skip)]
+    pub origin: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            store: StoreConfig::default(),
+            authorization: AuthorizationConfig::default(),
+            registration: RegistrationConfig::default(),
+            login: LoginConfig::default(),
+            whoami: WhoamiConfig::default(),
+            clients: Vec::new(),
+            upstreams: Vec::new(),
+            proxy: ProxyConfig::default(),
+            origin: "defaults".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// The issuer and the base of every resource URL. Defaults to `http://<listen>`.
+    pub public_url: Option<String>,
+    /// Peers whose `X-Forwarded-For` is believed (IP addresses or CIDR ranges).
+    pub trusted_proxies: Vec<String>,
+    /// Largest request body accepted on the OAuth endpoints, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            trusted_proxies: Vec::new(),
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub url: String,
+    /// Seconds between sweeps of expired codes, tokens and unused clients.
+    pub sweep_interval_secs: u64,
+    /// Database connections per instance (default: SQLite 8, PostgreSQL 16).
+    pub max_connections: Option<u32>,
+    /// Milliseconds a request waits for a database connection before a 503.
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://mcp-oauth-gateway.db".into(),
+            sweep_interval_secs: 300,
+            max_connections: None,
+            acquire_timeout_ms: 3000,
+        }
+    }
+}
+
+impl StoreConfig {
+    pub fn pool(&self) -> crate::store::PoolSettings {
+        crate::store::PoolSettings {
+            max_connections: self.max_connections,
+            acquire_timeout_ms: self.acquire_timeout_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthorizationConfig {
+    /// Every scope the authorization server knows.
+    pub scopes: Vec<String>,
+    /// Scopes granted when a client asks for none.
+    pub default_scopes: Vec<String>,
+    pub access_token_ttl_secs: i64,
+    pub refresh_token_ttl_secs: i64,
+    pub code_ttl_secs: i64,
+    /// How long a rotated refresh token may be presented again and get the same answer,
+    /// provided its successor has not been used yet.
+    pub refresh_retry_window_secs: i64,
+    /// Remember a user's consent per (client, redirect URI, resource, scopes).
+    pub remember_consent: bool,
+    /// How long an unfinished authorization request (login, consent) stays valid.
+    pub request_ttl_secs: i64,
+}
+
+impl Default for AuthorizationConfig {
+    fn default() -> Self {
+        Self {
+            scopes: vec!["mcp".into()],
+            default_scopes: vec!["mcp".into()],
+            access_token_ttl_secs: 3600,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            code_ttl_secs: 60,
+            refresh_retry_window_secs: 10,
+            remember_consent: true,
+            request_ttl_secs: 600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DcrMode {
+    /// Anyone may register (what most MCP clients need).
+    Open,
+    /// Registration needs an initial access token (RFC 7591 §3).
+    Token,
+    Off,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    pub dcr: DcrMode,
+    /// Bearer tokens accepted at the registration endpoint when `dcr = "token"`.
+    pub initial_access_tokens: Vec<String>,
+    /// Most dynamically registered clients kept at once.
+    pub max_clients: i64,
+    /// A dynamically registered client that never completed an authorization is deleted
+    /// after this many seconds.
+    pub unused_client_ttl_secs: i64,
+    /// Registrations per client IP per hour.
+    pub per_ip_per_hour: i64,
+    /// Accept Client ID Metadata Documents (an https URL as `client_id`).
+    pub cimd: bool,
+    /// Also fetch `http://` CIMD URLs on loopback addresses. For tests and local development
+    /// only: never enable it on a gateway that others can reach.
+    pub cimd_allow_http_loopback: bool,
+    /// Seconds a fetched CIMD document is cached when its response says nothing.
+    pub cimd_default_cache_secs: u64,
+}
+
+impl fmt::Debug for RegistrationConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistrationConfig")
+            .field("dcr", &self.dcr)
+            .field(
+                "initial_access_tokens",
+                &format_args!("[{} redacted]", self.initial_access_tokens.len()),
+            )
+            .field("max_clients", &self.max_clients)
+            .field("unused_client_ttl_secs", &self.unused_client_ttl_secs)
+            .field("per_ip_per_hour", &self.per_ip_per_hour)
+            .field("cimd", &self.cimd)
+            .field("cimd_allow_http_loopback", &self.cimd_allow_http_loopback)
+            .finish()
+    }
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        Self {
+            dcr: DcrMode::Open,
+            initial_access_tokens: Vec::new(),
+            max_clients: 10_000,
+            unused_client_ttl_secs: 24 * 3600,
+            per_ip_per_hour: 30,
+            cimd: true,
+            cimd_allow_http_loopback: false,
+            cimd_default_cache_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginConfig {
+    /// Failed logins allowed per account within `throttle_window_secs`.
+    pub max_failures_per_account: i64,
+    /// Failed logins allowed per client IP within `throttle_window_secs`.
+    pub max_failures_per_ip: i64,
+    pub throttle_window_secs: i64,
+    /// Lifetime of the browser login session at the authorization server.
+    pub session_ttl_secs: i64,
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        Self {
+            max_failures_per_account: 5,
+            max_failures_per_ip: 30,
+            throttle_window_secs: 900,
+            session_ttl_secs: 12 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WhoamiConfig {
+    pub enabled: bool,
+    /// Path of the protected MCP endpoint.
+    pub path: String,
+    /// Scopes a token needs to call it.
+    pub scopes: Vec<String>,
+}
+
+impl Default for WhoamiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: "/mcp".into(),
+            scopes: vec!["mcp".into()],
+        }
+    }
+}
+
+/// Settings shared by every proxied upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Seconds to establish a connection to an upstream.
+    pub connect_timeout_secs: u64,
+    /// Seconds an upstream may take to send its response headers (a JSON answer to a long
+    /// tool call arrives only when the call is done).
+    pub header_timeout_secs: u64,
+    /// Seconds a response body may go without a byte before the stream is closed.
+    pub idle_timeout_secs: u64,
+    /// Seconds between keep-alive comments on an idle SSE stream to the client.
+    pub sse_keepalive_secs: u64,
+    /// Largest request body forwarded, in bytes.
+    pub max_request_bytes: usize,
+    /// Origins (scheme://host[:port]) allowed to call MCP endpoints from a browser, besides
+    /// the gateway's own. Requests without an Origin header are not affected.
+    pub allowed_origins: Vec<String>,
+    /// Host names (with port) accepted in the Host header of MCP requests, besides the public
+    /// URL's. Protects against DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// How long an idle MCP session stays bound to its user, in seconds.
+    pub session_ttl_secs: i64,
+    /// MCP requests per user (or per client acting for itself) per minute; 0 = no limit.
+    pub per_user_per_minute: u32,
+    /// MCP requests per OAuth client per minute, over all its users; 0 = no limit.
+    pub per_client_per_minute: u32,
+    /// MCP requests of one user in flight at once (a stream counts until it ends); 0 = no limit.
+    pub max_concurrent_per_user: u32,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_secs: 5,
+            header_timeout_secs: 300,
+            idle_timeout_secs: 300,
+            sse_keepalive_secs: 15,
+            max_request_bytes: 4 * 1024 * 1024,
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            session_ttl_secs: 24 * 3600,
+            per_user_per_minute: 600,
+            per_client_per_minute: 3000,
+            max_concurrent_per_user: 64,
+        }
+    }
+}
+
+/// One upstream MCP server behind the gateway.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Its name; also its default path, `/mcp/<name>`.
+    pub name: String,
+    /// A Streamable HTTP MCP endpoint (`http://…/mcp` or `https://…`) …
+    #[serde(default)]
+    pub url: Option<String>,
+    /// How `url` speaks: `streamable_http` (the default) or the legacy `sse` transport (then
+    /// `url` is the SSE endpoint, such as `http://host/sse`).
+    #[serde(default)]
+    pub transport: UpstreamTransport,
+    /// … or a stdio MCP server the gateway starts: program and arguments.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Environment of the stdio server (added to a minimal PATH/HOME environment).
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// One stdio process per user instead of one shared by everybody.
+    #[serde(default)]
+    pub per_user: bool,
+    /// Per-user environment of a `per_user` server; `{user}`, `{user_id}` and `{client_id}`
+    /// are replaced by the caller's.
+    #[serde(default)]
+    pub per_user_env: std::collections::BTreeMap<String, String>,
+    /// A stdio process unused this long (seconds) is stopped; the next call starts it again.
+    #[serde(default = "default_idle_secs")]
+    pub idle_secs: i64,
+    /// Where the gateway serves it; `/mcp/<name>` by default.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Scopes a token needs; `authorization.default_scopes` by default.
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// What the gateway sends upstream in place of the client's token.
+    #[serde(default)]
+    pub credentials: UpstreamCredentials,
+    /// Rules for `tools/call`, tried in order; the first whose pattern matches decides. A
+    /// call no rule matches is allowed.
+    #[serde(default)]
+    pub tools: Vec<ToolRule>,
+}
+
+/// Who may call which tools of an upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolRule {
+    /// Tool names; a trailing `*` matches any suffix (`"delete_*"`), `"*"` every tool.
+    pub tools: Vec<String>,
+    /// Refuse these tools outright.
+    #[serde(default)]
+    pub deny: bool,
+    /// Scopes the token needs for these tools (a missing one is a 403 insufficient_scope
+    /// challenge, so the client can step up).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Only these users (usernames) — or members of `groups` — may call them; with both
+    /// empty, anyone with the scopes.
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamTransport {
+    #[default]
+    StreamableHttp,
+    /// HTTP+SSE of protocol revision 2024-11-05: a GET event stream that names a POST endpoint.
+    Sse,
+}
+
+fn default_idle_secs() -> i64 {
+    600
+}
+
+impl fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("command", &self.command)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("per_user", &self.per_user)
+            .field("path", &self.path)
+            .field("scopes", &self.scopes)
+            .field("credentials", &self.credentials)
+            .finish()
+    }
+}
+
+#[derive(Clone, Default, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum UpstreamCredentials {
+    /// Nothing.
+    #[default]
+    None,
+    /// `Authorization: Bearer <token>`.
+    Bearer { token: String },
+    /// A fixed header, such as an API key.
+    Header { name: String, value: String },
+    /// The user's identity as `X-Forwarded-User` (and `X-Forwarded-Client`); any such headers
+    /// from the client are removed first.
+    Identity,
+    /// A short-lived JWT (ES256) naming the user and the client, signed by the gateway and
+    /// verifiable with its JWKS at `/.well-known/jwks.json`.
+    Assertion {
+        /// The header it travels in: `Authorization` (as a Bearer token, the default) or
+        /// any other name (the bare JWT).
+        #[serde(default)]
+        header: Option<String>,
+        /// Its `aud`; the upstream's URL by default.
+        #[serde(default)]
+        audience: Option<String>,
+        /// Seconds it is valid (default 60).
+        #[serde(default)]
+        ttl_secs: Option<i64>,
+    },
+}
+
+impl fmt::Debug for UpstreamCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Bearer { .. } => f.write_str("Bearer(<redacted>)"),
+            Self::Header { name, .. } => write!(f, "Header({name}: <redacted>)"),
+            Self::Identity => f.write_str("Identity"),
+            Self::Assertion {
+                header,
+                audience,
+                ttl_secs,
+            } => f
+                .debug_struct("Assertion")
+                .field("header", header)
+                .field("audience", audience)
+                .field("ttl_secs", ttl_secs)
+                .finish(),
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticClientConfig {
+    pub client_id: String,
+    /// The secret in clear (prefer an environment override) ...
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// ... or its SHA-256, hex.
+    #[serde(default)]
+    pub client_secret_sha256: Option<String>,
+    #[serde(default)]
+    pub client_name: Option<String>,
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    #[serde(default = "default_static_auth_method")]
+    pub token_endpoint_auth_method: String,
+    #[serde(default = "default_static_grant_types")]
+    pub grant_types: Vec<String>,
+    /// Scopes this client may obtain; empty means every configured scope.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// May call the introspection endpoint (a resource server).
+    #[serde(default)]
+    pub introspection: bool,
+}
+
+impl fmt::Debug for StaticClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticClientConfig")
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("redirect_uris", &self.redirect_uris)
+            .field(
+                "token_endpoint_auth_method",
+                &self.token_endpoint_auth_method,
+            )
+            .field("grant_types", &self.grant_types)
+            .finish()
+    }
+}
+
+fn default_static_auth_method() -> String {
+    "client_secret_basic".into()
+}
+fn default_static_grant_types() -> Vec<String> {
+    vec!["authorization_code".into(), "refresh_token".into()]
+}
+
+impl Config {
+    /// Reads the file (if any), applies environment overrides, and validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let origin = match file {
+            Some(p) => p.display().to_string(),
+            None => "defaults".to_string(),
+        };
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    file: origin.clone(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        file: origin.clone(),
+                        message: e.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        let mut overridden = Vec::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            // Not configuration keys: the log filter and the configuration file's path.
+            if rest == "LOG" || rest == "CONFIG" {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            if path.iter().any(|p| p.is_empty()) {
+                continue;
+            }
+            set_path(&mut table, &path, parse_env_value(&value)).map_err(|message| {
+                ConfigError::Invalid {
+                    origin: format!("environment variable {name}"),
+                    key: path.join("."),
+                    message,
+                }
+            })?;
+            overridden.push(name);
+        }
+        let origin_desc = if overridden.is_empty() {
+            origin.clone()
+        } else {
+            format!("{origin} (with environment overrides)")
+        };
+        let deserializer = toml::Value::Table(table);
+        let mut config: Config =
+            serde_path_to_error::deserialize(deserializer).map_err(|e| ConfigError::Invalid {
+                origin: origin_desc.clone(),
+                key: e.path().to_string(),
+                message: e.inner().to_string(),
+            })?;
+        config.origin = origin_desc;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.origin.clone(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The issuer / resource base URL, without a trailing slash.
+    pub fn public_url(&self) -> String {
+        match &self.server.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.server.listen),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(u) = &self.server.public_url {
+            let url = Url::parse(u)
+                .map_err(|e| self.invalid("server.public_url", format!("not a URL: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(self.invalid("server.public_url", "must be http or https"));
+            }
+            if url.query().is_some() || url.fragment().is_some() {
+                return Err(self.invalid(
+                    "server.public_url",
+                    "must not have a query or fragment (it is the OAuth issuer)",
+                ));
+            }
+            if url.scheme() == "http" && !is_loopback_host(&url) {
+                tracing::warn!(
+                    "server.public_url is plain http on a non-loopback host; OAuth 2.1 requires https"
+                );
+            }
+        }
+        if self
+            .store
+            .max_connections
+            .is_some_and(|n| !(1..=1000).contains(&n))
+        {
+            return Err(self.invalid("store.max_connections", "1 to 1000"));
+        }
+        if !(100..=60_000).contains(&self.store.acquire_timeout_ms) {
+            return Err(self.invalid("store.acquire_timeout_ms", "100 to 60000"));
+        }
+        for (i, p) in self.server.trusted_proxies.iter().enumerate() {
+            parse_net(p).ok_or_else(|| {
+                self.invalid(
+                    &format!("server.trusted_proxies[{i}]"),
+                    "not an IP address or CIDR range",
+                )
+            })?;
+        }
+        if self.server.max_body_bytes < 1024 {
+            return Err(self.invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        let url = &self.store.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(self.invalid("store.url", "expected sqlite://PATH or postgres://…"));
+        }
+        let a = &self.authorization;
+        if a.scopes.is_empty() {
+            return Err(self.invalid("authorization.scopes", "must name at least one scope"));
+        }
+        for (i, s) in a.scopes.iter().enumerate() {
+            if !is_valid_scope_token(s) {
+                return Err(self.invalid(
+                    &format!("authorization.scopes[{i}]"),
+                    "a scope is printable ASCII without spaces, quotes or backslashes",
+                ));
+            }
+        }
+        for s in &a.default_scopes {
+            if !a.scopes.contains(s) {
+                return Err(self.invalid(
+                    "authorization.default_scopes",
+                    format!("`{s}` is not in authorization.scopes"),
+                ));
+            }
+        }
+        for (key, v) in [
+            (
+                "authorization.access_token_ttl_secs",
+                a.access_token_ttl_secs,
+            ),
+            (
+                "authorization.refresh_token_ttl_secs",
+                a.refresh_token_ttl_secs,
+            ),
+            ("authorization.code_ttl_secs", a.code_ttl_secs),
+            ("authorization.request_ttl_secs", a.request_ttl_secs),
+            ("login.session_ttl_secs", self.login.session_ttl_secs),
+            (
+                "login.throttle_window_secs",
+                self.login.throttle_window_secs,
+            ),
+        ] {
+            if v <= 0 {
+                return Err(self.invalid(key, "must be a positive number of seconds"));
+            }
+        }
+        if a.code_ttl_secs > 600 {
+            return Err(self.invalid(
+                "authorization.code_ttl_secs",
+                "at most 600 (RFC 6749 §4.1.2 recommends 10 minutes at the most)",
+            ));
+        }
+        if a.refresh_retry_window_secs < 0 || a.refresh_retry_window_secs > 300 {
+            return Err(self.invalid("authorization.refresh_retry_window_secs", "0 to 300"));
+        }
+        let r = &self.registration;
+        if r.dcr == DcrMode::Token && r.initial_access_tokens.is_empty() {
+            return Err(self.invalid(
+                "registration.initial_access_tokens",
+                "dcr = \"token\" needs at least one initial access token",
+            ));
+        }
+        if r.max_clients < 1 {
+            return Err(self.invalid("registration.max_clients", "must be at least 1"));
+        }
+        if self.whoami.enabled {
+            if !self.whoami.path.starts_with('/') || self.whoami.path.starts_with("/.well-known") {
+                return Err(self.invalid(
+                    "whoami.path",
+                    "must start with / and not be under /.well-known",
+                ));
+            }
+            for s in &self.whoami.scopes {
+                if !a.scopes.contains(s) {
+                    return Err(self.invalid(
+                        "whoami.scopes",
+                        format!("`{s}` is not in authorization.scopes"),
+                    ));
+                }
+            }
+        }
+        self.validate_upstreams()?;
+        let mut seen = std::collections::HashSet::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            let key = |k: &str| format!("clients[{i}].{k}");
+            if c.client_id.is_empty() || c.client_id.len() > 255 {
+                return Err(self.invalid(&key("client_id"), "1 to 255 characters"));
+            }
+            if c.client_id.starts_with("https://") || c.client_id.starts_with("http://") {
+                return Err(self.invalid(
+                    &key("client_id"),
+                    "a URL client_id is reserved for Client ID Metadata Documents",
+                ));
+            }
+            if !seen.insert(c.client_id.clone()) {
+                return Err(self.invalid(&key("client_id"), "duplicated"));
+            }
+            match c.token_endpoint_auth_method.as_str() {
+                "client_secret_basic" | "client_secret_post" => {
+                    if c.client_secret.is_none() == c.client_secret_sha256.is_none() {
+                        return Err(self.invalid(
+                            &key("client_secret"),
+                            "a confidential client needs exactly one of client_secret or client_secret_sha256",
+                        ));
+                    }
+                    if let Some(h) = &c.client_secret_sha256
+                        && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+                    {
+                        return Err(self.invalid(&key("client_secret_sha256"), "64 hex digits"));
+                    }
+                }
+                "none" => {
+                    if c.client_secret.is_some() || c.client_secret_sha256.is_some() {
+                        return Err(self.invalid(
+                            &key("client_secret"),
+                            "a public client (token_endpoint_auth_method = \"none\") has no secret",
+                        ));
+                    }
+                }
+                other => {
+                    return Err(self.invalid(
+                        &key("token_endpoint_auth_method"),
+                        format!(
+                            "`{other}`: expected client_secret_basic, client_secret_post or none"
+                        ),
+                    ));
+                }
+            }
+            for g in &c.grant_types {
+                if !matches!(
+                    g.as_str(),
+                    "authorization_code" | "refresh_token" | "client_credentials"
+                ) {
+                    return Err(
+                        self.invalid(&key("grant_types"), format!("unknown grant type `{g}`"))
+                    );
+                }
+                if g == "client_credentials" && c.token_endpoint_auth_method == "none" {
+                    return Err(self.invalid(
+                        &key("grant_types"),
+                        "client_credentials needs a confidential client",
+                    ));
+                }
+            }
+            if c.grant_types.iter().any(|g| g == "authorization_code") && c.redirect_uris.is_empty()
+            {
+                return Err(self.invalid(
+                    &key("redirect_uris"),
+                    "authorization_code needs at least one",
+                ));
+            }
+            for (j, u) in c.redirect_uris.iter().enumerate() {
+                crate::authorization::redirect::check_registered_redirect_uri(
+                    u,
+                    c.token_endpoint_auth_method == "none",
+                )
+                .map_err(|m| self.invalid(&format!("clients[{i}].redirect_uris[{j}]"), m))?;
+            }
+            for s in &c.scopes {
+                if !a.scopes.contains(s) {
+                    return Err(self.invalid(
+                        &key("scopes"),
+                        format!("`{s}` is not in authorization.scopes"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The path an upstream is served at.
+    pub fn upstream_path(u: &UpstreamConfig) -> String {
+        u.path.clone().unwrap_or_else(|| format!("/mcp/{}", u.name))
+    }
+
+    fn validate_upstreams(&self) -> Result<(), ConfigError> {
+        let mut paths = std::collections::HashSet::new();
+        if self.whoami.enabled {
+            paths.insert(self.whoami.path.clone());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let key = |k: &str| format!("upstreams[{i}].{k}");
+            if u.name.is_empty()
+                || u.name.len() > 64
+                || !u
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(self.invalid(&key("name"), "1 to 64 letters, digits, - or _"));
+            }
+            if !names.insert(u.name.clone()) {
+                return Err(self.invalid(&key("name"), "duplicated"));
+            }
+            match (&u.url, &u.command) {
+                (Some(url), None) => {
+                    let url = Url::parse(url)
+                        .map_err(|e| self.invalid(&key("url"), format!("not a URL: {e}")))?;
+                    if !matches!(url.scheme(), "http" | "https") {
+                        return Err(self.invalid(&key("url"), "must be an http:// or https:// URL"));
+                    }
+                    if url.host().is_none() {
+                        return Err(self.invalid(&key("url"), "has no host"));
+                    }
+                    if u.per_user || !u.env.is_empty() || !u.per_user_env.is_empty() {
+                        return Err(self.invalid(
+                            &key("per_user"),
+                            "env, per_user and per_user_env are for stdio (`command`) upstreams",
+                        ));
+                    }
+                }
+                (None, Some(cmd)) => {
+                    if cmd.is_empty() || cmd[0].is_empty() {
+                        return Err(
+                            self.invalid(&key("command"), "the program to run, then its arguments")
+                        );
+                    }
+                    if u.transport != UpstreamTransport::StreamableHttp {
+                        return Err(self.invalid(&key("transport"), "is for `url` upstreams"));
+                    }
+                    if !u.per_user && !u.per_user_env.is_empty() {
+                        return Err(self.invalid(&key("per_user_env"), "needs per_user = true"));
+                    }
+                    if u.idle_secs < 1 {
+                        return Err(self.invalid(&key("idle_secs"), "must be at least 1"));
+                    }
+                }
+                _ => {
+                    return Err(
+                        self.invalid(&key("url"), "give exactly one of `url` and `command`")
+                    );
+                }
+            }
+            let path = Self::upstream_path(u);
+            if !path.starts_with('/')
+                || path.starts_with("/.well-known")
+                || path.contains("//")
+                || path.ends_with('/')
+            {
+                return Err(self.invalid(
+                    &key("path"),
+                    "must start with /, not end with /, and not be under /.well-known",
+                ));
+            }
+            if !paths.insert(path.clone()) {
+                return Err(self.invalid(&key("path"), format!("`{path}` is used twice")));
+            }
+            for s in u.scopes.iter().flatten() {
+                if !self.authorization.scopes.contains(s) {
+                    return Err(self.invalid(
+                        &key("scopes"),
+                        format!("`{s}` is not in authorization.scopes"),
+                    ));
+                }
+            }
+            for (j, rule) in u.tools.iter().enumerate() {
+                let rkey = |k: &str| format!("upstreams[{i}].tools[{j}].{k}");
+                if rule.tools.is_empty()
+                    || rule
+                        .tools
+                        .iter()
+                        .any(|t| t.is_empty() || t[..t.len() - 1].contains('*'))
+                {
+                    return Err(
+                        self.invalid(&rkey("tools"), "tool names, with `*` only at the end")
+                    );
+                }
+                for s in &rule.scopes {
+                    if !self.authorization.scopes.contains(s) {
+                        return Err(self.invalid(
+                            &rkey("scopes"),
+                            format!("`{s}` is not in authorization.scopes"),
+                        ));
+                    }
+                }
+            }
+            if let UpstreamCredentials::Header { name, value } = &u.credentials {
+                let ok_name = http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+                    && !matches!(
+                        name.to_ascii_lowercase().as_str(),
+                        "host" | "content-length" | "transfer-encoding" | "connection"
+                    );
+                if !ok_name {
+                    return Err(self.invalid(
+                        &key("credentials.name"),
+                        "not a header name that can be set",
+                    ));
+                }
+                if http::HeaderValue::from_str(value).is_err() {
+                    return Err(self.invalid(&key("credentials.value"), "not a valid header value"));
+                }
+            }
+            if let UpstreamCredentials::Assertion {
+                header, ttl_secs, ..
+            } = &u.credentials
+            {
+                if let Some(h) = header
+                    && http::HeaderName::from_bytes(h.as_bytes()).is_err()
+                {
+                    return Err(self.invalid(&key("credentials.header"), "not a header name"));
+                }
+                if ttl_secs.is_some_and(|t| !(1..=3600).contains(&t)) {
+                    return Err(self.invalid(&key("credentials.ttl_secs"), "1 to 3600"));
+                }
+            }
+            if let UpstreamCredentials::Bearer { token } = &u.credentials
+                && (token.is_empty() || http::HeaderValue::from_str(token).is_err())
+            {
+                return Err(self.invalid(&key("credentials.token"), "not a valid token"));
+            }
+        }
+        for (i, o) in self.proxy.allowed_origins.iter().enumerate() {
+            let ok = Url::parse(o)
+                .is_ok_and(|u| u.origin().ascii_serialization() == o.trim_end_matches('/'));
+            if !ok {
+                return Err(self.invalid(
+                    &format!("proxy.allowed_origins[{i}]"),
+                    "an origin is scheme://host[:port]",
+                ));
+            }
+        }
+        if self.proxy.max_request_bytes < 1024 {
+            return Err(self.invalid("proxy.max_request_bytes", "must be at least 1024"));
+        }
+        Ok(())
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty key")?;
+    let mut cur = table;
+    for p in parents {
+        let entry = cur
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(format!("`{p}` is not a section")),
+        };
+    }
+    cur.insert(last.clone(), value);
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    // `key = <raw>` parses when raw is a TOML literal (number, bool, array, quoted string).
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+pub fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    if let Ok(n) = s.parse::<ipnet::IpNet>() {
+        return Some(n);
+    }
+    s.parse::<IpAddr>().ok().map(ipnet::IpNet::from)
+}
+
+fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+pub fn is_valid_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+/// Where the SQLite file lives, for messages.
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    url.strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .map(|p| PathBuf::from(p.split('?').next().unwrap_or(p)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(s: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("gw.toml");
+        std::fs::write(&p, s).expect("write");
+        Config::load(
+            Some(&p),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, std::iter::empty()).expect("defaults");
+        assert_eq!(c.public_url(), "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = load_str("[server]\nlisten_addr = \"x\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen_addr"), "{e}");
+        assert!(e.contains("gw.toml"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let c = load_str(
+            "[server]\npublic_url = \"http://a.example\"\n",
+            &[
+                ("MCP_OAUTH_GATEWAY_SERVER__PUBLIC_URL", "https://b.example/"),
+                ("MCP_OAUTH_GATEWAY_AUTHORIZATION__CODE_TTL_SECS", "30"),
+                ("MCP_OAUTH_GATEWAY_LOG", "debug"),
+                ("MCP_OAUTH_GATEWAY_CONFIG", "gw.toml"),
+            ],
+        )
+        .expect("load");
+        assert_eq!(c.public_url(), "https://b.example");
+        assert_eq!(c.authorization.code_ttl_secs, 30);
+    }
+
+    #[test]
+    fn bad_value_names_key() {
+        let e = load_str("[authorization]\ncode_ttl_secs = \"soon\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("authorization.code_ttl_secs"), "{e}");
+    }
+
+    #[test]
+    fn secrets_do_not_reach_debug() {
+        let c = load_str(
+            "[[clients]]\nclient_id = \"rs\"\nclient_secret = \"hunter2hunter2\"\nredirect_uris = [\"https://rs.example/cb\"]\n",
+            &[],
+        )
+        .expect("load");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

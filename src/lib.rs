@@ -1,0 +1,18 @@
+//! mcp-oauth-gateway: OAuth 2.1 in front of MCP servers.
+//!
+//! Capabilities live in their own folders; `web` is the only place that knows about HTTP
+//! framing, and `main.rs` only parses the command line and wires these together.
+
+pub mod authorization;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod login;
+pub mod mcp;
+pub mod net;
+pub mod proxy;
+pub mod store;
+pub mod web;
+
+pub use web::{App, Gateway};

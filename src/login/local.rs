@@ -1,0 +1,186 @@
+//! Local accounts: Argon2id password hashes, throttled per account and per client address
+//! with counters in the store (so every instance sees the same count), and the same answer
+//! for an unknown user as for a wrong password.
+
+use std::sync::OnceLock;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+
+use crate::clock::SharedClock;
+use crate::config::LoginConfig;
+use crate::crypto;
+use crate::store::{SharedStore, StoreError, UserRecord};
+
+#[derive(Debug)]
+pub enum LoginOutcome {
+    Success(UserRecord),
+    /// Wrong user or wrong password: deliberately indistinguishable.
+    Invalid,
+    Throttled {
+        retry_after: u64,
+    },
+}
+
+pub struct LocalAccounts {
+    store: SharedStore,
+    clock: SharedClock,
+    max_per_account: i64,
+    max_per_ip: i64,
+    window: i64,
+}
+
+pub fn validate_username(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("a username has 1 to 64 characters".into());
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
+    {
+        return Err("a username uses letters, digits and . _ - @ only".into());
+    }
+    Ok(())
+}
+
+/// An email address and group names fit to travel in HTTP headers and tokens.
+pub fn validate_profile(email: Option<&str>, groups: &[String]) -> Result<(), String> {
+    if let Some(e) = email
+        && (e.len() > 254
+            || !e.contains('@')
+            || e.chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == ','))
+    {
+        return Err(format!("`{e}` is not an email address"));
+    }
+    for g in groups {
+        validate_username(g)
+            .map_err(|_| format!("`{g}`: a group name uses 1 to 64 letters, digits and . _ - @"))?;
+    }
+    Ok(())
+}
+
+fn validate_password(pw: &str) -> Result<(), String> {
+    if pw.chars().count() < 8 {
+        return Err("a password has at least 8 characters".into());
+    }
+    if pw.len() > 1024 {
+        return Err("a password has at most 1024 bytes".into());
+    }
+    Ok(())
+}
+
+pub fn hash_password(pw: &str) -> Result<String, String> {
+    let salt = SaltString::encode_b64(&crypto::random_bytes::<16>()).map_err(|e| e.to_string())?;
+    Argon2::default()
+        .hash_password(pw.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn verify_hash(pw: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|h| Argon2::default().verify_password(pw.as_bytes(), &h).is_ok())
+        .unwrap_or(false)
+}
+
+/// A hash to verify against when the user does not exist, so that both cases cost the same.
+fn dummy_hash() -> &'static str {
+    static H: OnceLock<String> = OnceLock::new();
+    H.get_or_init(|| hash_password("not a password of anyone").unwrap_or_default())
+}
+
+impl LocalAccounts {
+    pub fn new(store: SharedStore, clock: SharedClock, cfg: &LoginConfig) -> Self {
+        Self {
+            store,
+            clock,
+            max_per_account: cfg.max_failures_per_account,
+            max_per_ip: cfg.max_failures_per_ip,
+            window: cfg.throttle_window_secs,
+        }
+    }
+
+    pub async fn create(&self, username: &str, password: &str) -> Result<UserRecord, String> {
+        validate_username(username)?;
+        validate_password(password)?;
+        let pw = password.to_string();
+        let hash = tokio::task::spawn_blocking(move || hash_password(&pw))
+            .await
+            .map_err(|e| e.to_string())??;
+        let user = UserRecord {
+            id: crypto::new_id(),
+            username: username.to_string(),
+            password_hash: hash,
+            created_at: self.clock.now(),
+            email: None,
+            groups: Vec::new(),
+        };
+        match self.store.create_user(&user).await {
+            Ok(()) => Ok(user),
+            Err(StoreError::Conflict) => Err(format!("a user named `{username}` exists already")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    pub async fn set_password(&self, username: &str, password: &str) -> Result<(), String> {
+        validate_password(password)?;
+        let user = self
+            .store
+            .user_by_name(username)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no user named `{username}`"))?;
+        let pw = password.to_string();
+        let hash = tokio::task::spawn_blocking(move || hash_password(&pw))
+            .await
+            .map_err(|e| e.to_string())??;
+        self.store
+            .set_password(&user.id, &hash)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    pub async fn verify(
+        &self,
+        username: &str,
+        password: &str,
+        ip: &str,
+    ) -> Result<LoginOutcome, StoreError> {
+        let now = self.clock.now();
+        let window_start = now - now.rem_euclid(self.window);
+        let retry_after = (window_start + self.window - now).max(1) as u64;
+        let account_key = format!("login:acct:{}", username.to_ascii_lowercase());
+        let ip_key = format!("login:ip:{ip}");
+        if self.store.hits(&account_key, window_start).await? >= self.max_per_account
+            || self.store.hits(&ip_key, window_start).await? >= self.max_per_ip
+        {
+            return Ok(LoginOutcome::Throttled { retry_after });
+        }
+        let user = if validate_username(username).is_ok() && password.len() <= 1024 {
+            self.store.user_by_name(username).await?
+        } else {
+            None
+        };
+        let hash = user
+            .as_ref()
+            .map(|u| u.password_hash.clone())
+            .unwrap_or_else(|| dummy_hash().to_string());
+        let pw = password.to_string();
+        let ok = tokio::task::spawn_blocking(move || verify_hash(&pw, &hash))
+            .await
+            .unwrap_or(false);
+        match user {
+            Some(u) if ok => {
+                self.store.clear_hits(&account_key).await?;
+                Ok(LoginOutcome::Success(u))
+            }
+            _ => {
+                self.store.hit(&account_key, window_start).await?;
+                self.store.hit(&ip_key, window_start).await?;
+                Ok(LoginOutcome::Invalid)
+            }
+        }
+    }
+}

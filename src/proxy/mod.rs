@@ -1,0 +1,733 @@
+//! The protected MCP proxy: a request that passed the bearer check goes to its upstream in
+//! named phases — bind the session, rewrite the headers (the client's token never goes
+//! upstream; the configured credential does), send, stream the answer back unbuffered —
+//! and each failure becomes a clear answer rather than a hang.
+
+mod assertion;
+mod policy;
+mod relay;
+mod stdio;
+
+pub use stdio::StdioServer;
+
+pub use assertion::{
+    KEY_ACTIVATION_DELAY_SECS, KEY_RELOAD_SECS, Signer, generate_key, signing_index,
+};
+pub use policy::{InFlight, Limits, ToolDecision};
+
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use crate::authorization::token::Principal;
+use crate::clock::SharedClock;
+use crate::config::{Config, ProxyConfig, ToolRule, UpstreamCredentials};
+use crate::crypto;
+use crate::store::SharedStore;
+
+pub const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus the ones the
+/// gateway owns.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Identity headers only the gateway may set; whatever a client sends under these names is
+/// dropped before anything else.
+const IDENTITY_HEADERS: &[&str] = &[
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-client",
+];
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    /// An HTTP upstream's URL …
+    pub target: Option<Uri>,
+    /// … or the stdio server the gateway runs.
+    pub stdio: Option<std::sync::Arc<StdioServer>>,
+    /// Speaks the legacy HTTP+SSE transport.
+    pub legacy_sse: bool,
+    /// The message path a legacy SSE upstream announced in its `endpoint` event.
+    pub sse_endpoint: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    pub credentials: UpstreamCredentials,
+    pub tools: Vec<ToolRule>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("the MCP session does not exist")]
+    UnknownSession,
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the request body could not be read")]
+    BadBody,
+    #[error("upstream `{0}` could not be reached")]
+    Unreachable(String),
+    #[error("upstream `{0}` did not answer in time")]
+    Timeout(String),
+    #[error("upstream `{0}` is restarting after a failure")]
+    Restarting(String, u64),
+    #[error("this endpoint accepts {0} only")]
+    MethodNotAllowed(&'static str),
+    #[error("the session store is unavailable")]
+    Unavailable,
+    #[error("calling tool `{0}` is not allowed")]
+    ToolDenied(String),
+    #[error("this tool needs more scopes")]
+    InsufficientScope(Vec<String>),
+    #[error("the body is not JSON, so the tool rules of this upstream cannot be applied")]
+    Unreadable,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UnknownSession => StatusCode::NOT_FOUND,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BadBody => StatusCode::BAD_REQUEST,
+            Self::Unreachable(_) => StatusCode::BAD_GATEWAY,
+            Self::Restarting(..) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            // A JSON-RPC error answer to the call, as the upstream itself would give.
+            Self::ToolDenied(_) => StatusCode::OK,
+            Self::InsufficientScope(_) => StatusCode::FORBIDDEN,
+            Self::Unreadable => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+pub struct Proxy {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    upstreams: Vec<Upstream>,
+    settings: ProxyConfig,
+    store: SharedStore,
+    clock: SharedClock,
+    pub limits: std::sync::Arc<Limits>,
+    pub signer: std::sync::Arc<Signer>,
+    issuer: String,
+}
+
+/// Whose session a request belongs to: the user, or for a client acting for itself, the client.
+pub fn owner_of(p: &Principal) -> String {
+    match &p.user_id {
+        Some(u) => format!("user:{u}"),
+        None => format!("client:{}", p.client_id),
+    }
+}
+
+/// The JSON-RPC id of a single request in a body, to answer errors in kind.
+pub fn jsonrpc_id(body: &[u8]) -> Value {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("id").cloned())
+        .unwrap_or(Value::Null)
+}
+
+impl Proxy {
+    pub fn new(
+        config: &Config,
+        store: SharedStore,
+        clock: SharedClock,
+        signer: std::sync::Arc<Signer>,
+    ) -> Result<Self, String> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(config.proxy.connect_timeout_secs)));
+        connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .try_with_platform_verifier()
+            .map_err(|e| format!("TLS for upstreams: {e}"))?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let target = match &u.url {
+                    Some(url) => Some(
+                        url.parse::<Uri>()
+                            .map_err(|e| format!("upstreams `{}`: url: {e}", u.name))?,
+                    ),
+                    None => None,
+                };
+                let stdio = u.command.as_ref().map(|cmd| {
+                    std::sync::Arc::new(StdioServer::new(
+                        u.name.clone(),
+                        cmd.clone(),
+                        u.env.clone(),
+                        u.per_user,
+                        u.per_user_env.clone(),
+                        u.idle_secs,
+                        Duration::from_secs(config.proxy.idle_timeout_secs),
+                        clock.clone(),
+                    ))
+                });
+                Ok(Upstream {
+                    name: u.name.clone(),
+                    target,
+                    stdio,
+                    legacy_sse: u.transport == crate::config::UpstreamTransport::Sse,
+                    sse_endpoint: Default::default(),
+                    credentials: u.credentials.clone(),
+                    tools: u.tools.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Self {
+            client,
+            upstreams,
+            limits: Limits::new(&config.proxy),
+            signer,
+            issuer: config.public_url(),
+            settings: config.proxy.clone(),
+            store,
+            clock,
+        })
+    }
+
+    pub fn upstream(&self, index: usize) -> Option<&Upstream> {
+        self.upstreams.get(index)
+    }
+
+    pub fn max_request_bytes(&self) -> usize {
+        self.settings.max_request_bytes
+    }
+
+    /// Forwards one request of `principal` to `upstream` and relays the answer.
+    /// On failure, the JSON-RPC id of the request comes with the error, to answer in kind.
+    pub async fn forward(
+        &self,
+        upstream: &Upstream,
+        principal: &Principal,
+        req: Request<Body>,
+        in_flight: InFlight,
+    ) -> Result<Response<Body>, (ProxyError, Value)> {
+        let (parts, body) = req.into_parts();
+        // Phase: read the (small, JSON-RPC) request body, bounded.
+        let body = read_bounded(body, self.settings.max_request_bytes)
+            .await
+            .map_err(|e| (e, Value::Null))?;
+        let id = || jsonrpc_id(&body);
+        self.forward_read(upstream, principal, parts, body.clone(), in_flight)
+            .await
+            .map_err(|e| (e, id()))
+    }
+
+    async fn forward_read(
+        &self,
+        upstream: &Upstream,
+        principal: &Principal,
+        parts: http::request::Parts,
+        body: Bytes,
+        in_flight: InFlight,
+    ) -> Result<Response<Body>, ProxyError> {
+        // Phase: tool-level authorization.
+        match policy::check_tool_calls(&upstream.tools, &body, principal) {
+            ToolDecision::Allow => {}
+            ToolDecision::Deny(name) => return Err(ProxyError::ToolDenied(name)),
+            ToolDecision::NeedScopes(s) => return Err(ProxyError::InsufficientScope(s)),
+            ToolDecision::Unreadable => return Err(ProxyError::Unreadable),
+        }
+        let owner = owner_of(principal);
+        // A stdio server: bridged here, with no session of its own.
+        let target = match (&upstream.stdio, &upstream.target) {
+            (Some(stdio), _) => {
+                return stdio
+                    .handle(
+                        &parts.method,
+                        &parts.headers,
+                        &body,
+                        principal,
+                        &owner,
+                        in_flight,
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        stdio::StdioError::BackingOff(secs) => {
+                            ProxyError::Restarting(upstream.name.clone(), secs)
+                        }
+                        stdio::StdioError::Start(_) => {
+                            ProxyError::Unreachable(upstream.name.clone())
+                        }
+                    });
+            }
+            (None, Some(t)) => t,
+            (None, None) => return Err(ProxyError::Unreachable(upstream.name.clone())),
+        };
+        if upstream.legacy_sse {
+            return self
+                .forward_legacy(upstream, target, principal, parts, body, in_flight)
+                .await;
+        }
+        // Phase: the session must belong to this principal.
+        let session = parts
+            .headers
+            .get(SESSION_HEADER)
+            .map(|v| crypto::hash_secret(&String::from_utf8_lossy(v.as_bytes())));
+        let now = self.clock.now();
+        let session_expiry = now + self.settings.session_ttl_secs;
+        if let Some(hash) = &session {
+            let bound = self
+                .store
+                .session_owner(&upstream.name, hash, now, session_expiry)
+                .await
+                .map_err(|_| ProxyError::Unavailable)?;
+            // Someone else's session looks exactly like no session at all.
+            if bound.as_deref() != Some(owner.as_str()) {
+                return Err(ProxyError::UnknownSession);
+            }
+        }
+        let method = parts.method.clone();
+        let (mut rparts, rbody) = self
+            .send(
+                upstream,
+                principal,
+                parts.method,
+                self.target_uri(target, &parts.uri),
+                &parts.headers,
+                body,
+            )
+            .await?;
+        // Phase: keep the session table in step with the upstream.
+        if let Some(sid) = rparts.headers.get(SESSION_HEADER)
+            && session.is_none()
+            && rparts.status.is_success()
+        {
+            let hash = crypto::hash_secret(&String::from_utf8_lossy(sid.as_bytes()));
+            self.store
+                .bind_session(&upstream.name, &hash, &owner, now, session_expiry)
+                .await
+                .map_err(|_| ProxyError::Unavailable)?;
+        }
+        if let Some(hash) = &session
+            && ((method == Method::DELETE && rparts.status.is_success())
+                || rparts.status == StatusCode::NOT_FOUND)
+        {
+            let _ = self.store.unbind_session(&upstream.name, hash).await;
+        }
+        rparts.headers = response_headers(&rparts.headers);
+        Ok(self.stream_back(rparts, rbody, in_flight, None))
+    }
+
+    /// Phases rewrite and send: the client's headers cleaned, the credential added, and a
+    /// bound on the wait for the response headers.
+    async fn send(
+        &self,
+        upstream: &Upstream,
+        principal: &Principal,
+        method: Method,
+        uri: Uri,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<(http::response::Parts, hyper::body::Incoming), ProxyError> {
+        let authority = uri.authority().cloned();
+        let mut builder = Request::builder().method(method).uri(uri);
+        if let Some(h) = builder.headers_mut() {
+            *h = forwardable_headers(headers);
+            self.apply_credentials(h, upstream, principal);
+            if let Some(a) = authority
+                && let Ok(v) = HeaderValue::from_str(a.as_str())
+            {
+                h.insert(header::HOST, v);
+            }
+            // Relayed byte for byte, so that keep-alives can be added to SSE streams.
+            h.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
+        let upstream_req = builder
+            .body(Body::from(body))
+            .map_err(|_| ProxyError::BadBody)?;
+        let wait = Duration::from_secs(self.settings.header_timeout_secs);
+        match tokio::time::timeout(wait, self.client.request(upstream_req)).await {
+            Err(_) => Err(ProxyError::Timeout(upstream.name.clone())),
+            Ok(Err(e)) => {
+                tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
+                Err(ProxyError::Unreachable(upstream.name.clone()))
+            }
+            Ok(Ok(r)) => Ok(r.into_parts()),
+        }
+    }
+
+    /// Phase stream back: unbuffered, with an idle bound and SSE keep-alives.
+    fn stream_back(
+        &self,
+        mut rparts: http::response::Parts,
+        rbody: hyper::body::Incoming,
+        in_flight: InFlight,
+        endpoint: Option<relay::EndpointRewrite>,
+    ) -> Response<Body> {
+        let is_sse = rparts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if is_sse {
+            rparts.headers.insert(
+                HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            );
+        }
+        let body = relay::relay(
+            rbody,
+            is_sse,
+            Duration::from_secs(self.settings.idle_timeout_secs),
+            Duration::from_secs(self.settings.sse_keepalive_secs),
+            in_flight,
+            endpoint.filter(|_| is_sse),
+        );
+        Response::from_parts(rparts, body)
+    }
+
+    /// The legacy HTTP+SSE transport (2024-11-05): a GET event stream whose first event names
+    /// the endpoint to POST messages to. The gateway rewrites that endpoint to its own
+    /// `<path>/messages`, binds the upstream's sessionId to the user, and forwards each POST
+    /// to the upstream's real endpoint.
+    async fn forward_legacy(
+        &self,
+        upstream: &Upstream,
+        target: &Uri,
+        principal: &Principal,
+        parts: http::request::Parts,
+        body: Bytes,
+        in_flight: InFlight,
+    ) -> Result<Response<Body>, ProxyError> {
+        let owner = owner_of(principal);
+        let now = self.clock.now();
+        let expiry = now + self.settings.session_ttl_secs;
+        let path = parts.uri.path().to_string();
+        if path.ends_with("/messages") {
+            if parts.method != Method::POST {
+                return Err(ProxyError::MethodNotAllowed("POST"));
+            }
+            let sid = parts
+                .uri
+                .query()
+                .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "sessionId"))
+                .map(|(_, v)| v.into_owned())
+                .ok_or(ProxyError::UnknownSession)?;
+            let hash = crypto::hash_secret(&format!("sse:{sid}"));
+            let bound = self
+                .store
+                .session_owner(&upstream.name, &hash, now, expiry)
+                .await
+                .map_err(|_| ProxyError::Unavailable)?;
+            if bound.as_deref() != Some(owner.as_str()) {
+                return Err(ProxyError::UnknownSession);
+            }
+            let upstream_path = upstream
+                .sse_endpoint
+                .lock()
+                .ok()
+                .and_then(|p| p.clone())
+                .ok_or(ProxyError::UnknownSession)?;
+            let base = format!(
+                "{}://{}",
+                target.scheme_str().unwrap_or("http"),
+                target.authority().map(|a| a.as_str()).unwrap_or("")
+            );
+            let query = parts
+                .uri
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
+            let uri: Uri = format!("{base}{upstream_path}{query}")
+                .parse()
+                .map_err(|_| ProxyError::BadBody)?;
+            let (mut rparts, rbody) = self
+                .send(upstream, principal, parts.method, uri, &parts.headers, body)
+                .await?;
+            rparts.headers = response_headers(&rparts.headers);
+            return Ok(self.stream_back(rparts, rbody, in_flight, None));
+        }
+        if parts.method != Method::GET {
+            return Err(ProxyError::MethodNotAllowed("GET"));
+        }
+        let (mut rparts, rbody) = self
+            .send(
+                upstream,
+                principal,
+                Method::GET,
+                target.clone(),
+                &parts.headers,
+                body,
+            )
+            .await?;
+        rparts.headers = response_headers(&rparts.headers);
+        // The first `endpoint` event: learn the upstream's message path, bind its sessionId to
+        // this user, and point the client at the gateway instead.
+        let store = self.store.clone();
+        let name = upstream.name.clone();
+        let learned = upstream.sse_endpoint.clone();
+        let target = target.clone();
+        let ours = format!("{path}/messages");
+        let rewrite: relay::EndpointRewrite = Box::new(move |data: String| {
+            Box::pin(async move {
+                let base = url::Url::parse(&target.to_string()).ok()?;
+                let endpoint = base.join(data.trim()).ok()?;
+                let sid = endpoint
+                    .query_pairs()
+                    .find(|(k, _)| k == "sessionId")
+                    .map(|(_, v)| v.into_owned())?;
+                store
+                    .bind_session(
+                        &name,
+                        &crypto::hash_secret(&format!("sse:{sid}")),
+                        &owner,
+                        now,
+                        expiry,
+                    )
+                    .await
+                    .ok()?;
+                if let Ok(mut l) = learned.lock() {
+                    *l = Some(endpoint.path().to_string());
+                }
+                Some(match endpoint.query() {
+                    Some(q) => format!("{ours}?{q}"),
+                    None => ours,
+                })
+            })
+        });
+        Ok(self.stream_back(rparts, rbody, in_flight, Some(rewrite)))
+    }
+
+    fn apply_credentials(&self, h: &mut HeaderMap, upstream: &Upstream, p: &Principal) {
+        match &upstream.credentials {
+            UpstreamCredentials::None => {}
+            UpstreamCredentials::Bearer { token } => {
+                if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
+                    h.insert(header::AUTHORIZATION, v);
+                }
+            }
+            UpstreamCredentials::Header { name, value } => {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    h.insert(n, v);
+                }
+            }
+            UpstreamCredentials::Identity => {
+                if let Some(v) = p
+                    .username
+                    .as_deref()
+                    .and_then(|u| HeaderValue::from_str(u).ok())
+                {
+                    h.insert(HeaderName::from_static("x-forwarded-user"), v);
+                }
+                if let Ok(v) = HeaderValue::from_str(&p.client_id) {
+                    h.insert(HeaderName::from_static("x-forwarded-client"), v);
+                }
+                if let Some(v) = p
+                    .email
+                    .as_deref()
+                    .and_then(|e| HeaderValue::from_str(e).ok())
+                {
+                    h.insert(HeaderName::from_static("x-forwarded-email"), v);
+                }
+                if !p.groups.is_empty()
+                    && let Ok(v) = HeaderValue::from_str(&p.groups.join(","))
+                {
+                    h.insert(HeaderName::from_static("x-forwarded-groups"), v);
+                }
+            }
+            UpstreamCredentials::Assertion {
+                header: name,
+                audience,
+                ttl_secs,
+            } => {
+                let audience = audience.clone().unwrap_or_else(|| {
+                    upstream
+                        .target
+                        .as_ref()
+                        .map(|t| t.to_string())
+                        .unwrap_or_default()
+                });
+                let now = self.clock.now();
+                let Some(jwt) =
+                    self.signer
+                        .assert(&self.issuer, &audience, p, now, ttl_secs.unwrap_or(60))
+                else {
+                    tracing::error!(upstream = %upstream.name, "could not sign an identity assertion");
+                    return;
+                };
+                let (n, v) = match name.as_deref() {
+                    None => (header::AUTHORIZATION, format!("Bearer {jwt}")),
+                    Some(n) if n.eq_ignore_ascii_case("authorization") => {
+                        (header::AUTHORIZATION, format!("Bearer {jwt}"))
+                    }
+                    Some(n) => match HeaderName::from_bytes(n.as_bytes()) {
+                        Ok(n) => (n, jwt),
+                        Err(_) => return,
+                    },
+                };
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    h.insert(n, v);
+                }
+            }
+        }
+    }
+
+    fn target_uri(&self, target: &Uri, incoming: &Uri) -> Uri {
+        match incoming.query() {
+            None => target.clone(),
+            Some(q) => {
+                let base = target.to_string();
+                let sep = if base.contains('?') { '&' } else { '?' };
+                format!("{base}{sep}{q}")
+                    .parse()
+                    .unwrap_or_else(|_| target.clone())
+            }
+        }
+    }
+
+    pub fn stdio_server(&self, name: &str) -> Option<std::sync::Arc<StdioServer>> {
+        self.upstreams
+            .iter()
+            .find(|u| u.name == name)
+            .and_then(|u| u.stdio.clone())
+    }
+
+    /// Stops idle stdio servers; run periodically.
+    pub async fn reap_idle(&self) {
+        for u in &self.upstreams {
+            if let Some(s) = &u.stdio {
+                s.reap_idle().await;
+            }
+        }
+    }
+}
+
+async fn read_bounded(body: Body, max: usize) -> Result<Bytes, ProxyError> {
+    match axum::body::to_bytes(body, max).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            Err(if too_large {
+                ProxyError::TooLarge(max)
+            } else {
+                ProxyError::BadBody
+            })
+        }
+    }
+}
+
+fn connection_listed(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect()
+}
+
+/// The client's headers that may travel upstream.
+fn forwardable_headers(incoming: &HeaderMap) -> HeaderMap {
+    let listed = connection_listed(incoming);
+    let mut out = HeaderMap::new();
+    for (name, value) in incoming {
+        let n = name.as_str();
+        let dropped = HOP_BY_HOP.contains(&n)
+            || IDENTITY_HEADERS.contains(&n)
+            || listed.iter().any(|l| l == n)
+            || n == "authorization"
+            || n == "cookie"
+            || n == "host"
+            || n == "content-length"
+            || n == "forwarded"
+            || n.starts_with("x-forwarded-");
+        if !dropped {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// The upstream's headers that may travel back to the client.
+fn response_headers(incoming: &HeaderMap) -> HeaderMap {
+    let listed = connection_listed(incoming);
+    let mut out = HeaderMap::new();
+    for (name, value) in incoming {
+        let n = name.as_str();
+        // An upstream must not set cookies on the gateway's origin (its session cookies).
+        let dropped = HOP_BY_HOP.contains(&n) || listed.iter().any(|l| l == n) || n == "set-cookie";
+        if !dropped {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_credentials_and_hop_headers_never_go_upstream() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer mog_at_secret"),
+            ("cookie", "mog_session=x"),
+            ("x-forwarded-user", "admin"),
+            ("x-forwarded-email", "admin@example.com"),
+            ("connection", "keep-alive, x-custom"),
+            ("x-custom", "1"),
+            ("te", "trailers"),
+            ("mcp-session-id", "abc"),
+            ("mcp-protocol-version", "2025-06-18"),
+            ("last-event-id", "7"),
+            ("accept", "application/json, text/event-stream"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let out = forwardable_headers(&h);
+        for gone in [
+            "authorization",
+            "cookie",
+            "x-forwarded-user",
+            "x-forwarded-email",
+            "connection",
+            "x-custom",
+            "te",
+        ] {
+            assert!(!out.contains_key(gone), "{gone}");
+        }
+        for kept in [
+            "mcp-session-id",
+            "mcp-protocol-version",
+            "last-event-id",
+            "accept",
+        ] {
+            assert!(out.contains_key(kept), "{kept}");
+        }
+    }
+}

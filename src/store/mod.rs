@@ -1,0 +1,435 @@
+//! One storage interface; engines behind it. Callers hold an `Arc<dyn Store>` and never know
+//! which engine answers. Every transition that must happen once (a code redeemed, a refresh
+//! token rotated, a client counted against the cap) is a single atomic operation here, so that
+//! several gateway instances on one database cannot both win it.
+
+pub mod copy;
+mod postgres;
+mod rows;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::clock::Timestamp;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("already exists")]
+    Conflict,
+    #[error("the client registration limit is reached")]
+    ClientLimit,
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store error: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Clone)]
+pub struct UserRecord {
+    pub id: String,
+    pub username: String,
+    pub password_hash: String,
+    pub created_at: Timestamp,
+    pub email: Option<String>,
+    pub groups: Vec<String>,
+}
+
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("password_hash", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A client registered at the gateway (dynamically); configured and CIMD clients are not
+/// stored here.
+#[derive(Debug, Clone)]
+pub struct ClientRecord {
+    pub client_id: String,
+    pub secret_hash: Option<String>,
+    pub client_name: Option<String>,
+    pub redirect_uris: Vec<String>,
+    pub token_endpoint_auth_method: String,
+    pub grant_types: Vec<String>,
+    pub scope: Option<Vec<String>>,
+    pub metadata: serde_json::Value,
+    pub registered_ip: Option<String>,
+    pub created_at: Timestamp,
+    pub last_used_at: Option<Timestamp>,
+}
+
+/// An authorization request that has been validated and waits for login and consent.
+#[derive(Debug, Clone)]
+pub struct PendingAuthorization {
+    /// Hash of the handle carried by the login and consent forms.
+    pub id: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub redirect_given: bool,
+    pub scopes: Vec<String>,
+    pub resource: String,
+    pub state: Option<String>,
+    pub code_challenge: String,
+    pub csrf_token: String,
+    pub binding_hash: String,
+    pub user_id: Option<String>,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthCodeRecord {
+    pub code_hash: String,
+    pub client_id: String,
+    pub user_id: String,
+    pub redirect_uri: String,
+    pub redirect_given: bool,
+    pub resource: String,
+    pub scopes: Vec<String>,
+    pub code_challenge: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub consumed_at: Option<Timestamp>,
+    pub grant_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GrantRecord {
+    pub id: String,
+    pub user_id: Option<String>,
+    pub client_id: String,
+    pub resource: String,
+    pub scopes: Vec<String>,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessTokenRecord {
+    pub token_hash: String,
+    pub grant_id: Option<String>,
+    pub client_id: String,
+    pub user_id: Option<String>,
+    pub resource: String,
+    pub scopes: Vec<String>,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct RefreshTokenRecord {
+    pub token_hash: String,
+    pub grant_id: String,
+    pub client_id: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub used_at: Option<Timestamp>,
+    pub successor_hash: Option<String>,
+    pub retry_sealed: Option<Vec<u8>>,
+    pub retry_until: Option<Timestamp>,
+}
+
+/// What a valid access token stands for, with the user's name resolved.
+#[derive(Debug, Clone)]
+pub struct TokenInfo {
+    pub token: AccessTokenRecord,
+    pub username: Option<String>,
+    pub email: Option<String>,
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug)]
+pub enum RedeemOutcome {
+    Issued,
+    /// The code had been redeemed before; the grant it produced (if any) is named so the
+    /// caller can revoke it.
+    Replayed {
+        grant_id: Option<String>,
+    },
+    /// Unknown or expired.
+    Invalid,
+}
+
+#[derive(Debug)]
+pub enum RotateOutcome {
+    Rotated,
+    /// Presented again after rotation.
+    AlreadyUsed {
+        record: RefreshTokenRecord,
+        successor_used: bool,
+    },
+    /// Unknown, expired, or its grant is revoked.
+    Invalid,
+}
+
+/// Which grants a listing or revocation concerns; fields combine with AND.
+#[derive(Debug, Clone, Default)]
+pub struct GrantFilter {
+    pub grant_id: Option<String>,
+    pub user_id: Option<String>,
+    pub client_id: Option<String>,
+}
+
+impl GrantFilter {
+    pub fn is_empty(&self) -> bool {
+        self.grant_id.is_none() && self.user_id.is_none() && self.client_id.is_none()
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepCounts {
+    pub codes: u64,
+    pub access_tokens: u64,
+    pub refresh_tokens: u64,
+    pub pending: u64,
+    pub sessions: u64,
+    pub clients: u64,
+    pub counters: u64,
+    pub mcp_sessions: u64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // users
+    async fn create_user(&self, user: &UserRecord) -> StoreResult<()>;
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>>;
+    async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>>;
+    async fn list_users(&self) -> StoreResult<Vec<UserRecord>>;
+    async fn set_password(&self, user_id: &str, password_hash: &str) -> StoreResult<bool>;
+    async fn set_profile(
+        &self,
+        user_id: &str,
+        email: Option<&str>,
+        groups: &[String],
+    ) -> StoreResult<bool>;
+    /// Deletes the user and everything issued to them.
+    async fn delete_user(&self, user_id: &str, now: Timestamp) -> StoreResult<bool>;
+    async fn count_users(&self) -> StoreResult<i64>;
+
+    // clients
+    /// Inserts a dynamically registered client unless `max_clients` are already stored.
+    async fn register_client(&self, client: &ClientRecord, max_clients: i64) -> StoreResult<()>;
+    async fn client(&self, client_id: &str) -> StoreResult<Option<ClientRecord>>;
+    async fn list_clients(&self) -> StoreResult<Vec<ClientRecord>>;
+    /// Deletes a client with its grants, tokens and consents.
+    async fn delete_client(&self, client_id: &str, now: Timestamp) -> StoreResult<bool>;
+    async fn touch_client(&self, client_id: &str, now: Timestamp) -> StoreResult<()>;
+
+    // authorization requests in flight
+    async fn put_pending(&self, p: &PendingAuthorization) -> StoreResult<()>;
+    async fn pending(&self, id: &str, now: Timestamp) -> StoreResult<Option<PendingAuthorization>>;
+    async fn set_pending_user(&self, id: &str, user_id: &str) -> StoreResult<()>;
+    async fn delete_pending(&self, id: &str) -> StoreResult<()>;
+
+    // codes and tokens
+    async fn insert_code(&self, code: &AuthCodeRecord) -> StoreResult<()>;
+    async fn code(&self, code_hash: &str) -> StoreResult<Option<AuthCodeRecord>>;
+    /// Atomically: mark the code used (only if unused and unexpired), create the grant and its
+    /// first tokens, and link the code to the grant.
+    async fn redeem_code(
+        &self,
+        code_hash: &str,
+        now: Timestamp,
+        grant: &GrantRecord,
+        access: &AccessTokenRecord,
+        refresh: Option<&RefreshTokenRecord>,
+    ) -> StoreResult<RedeemOutcome>;
+    async fn insert_access_token(&self, token: &AccessTokenRecord) -> StoreResult<()>;
+    async fn access_token(
+        &self,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<TokenInfo>>;
+    async fn refresh_token(
+        &self,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<RefreshTokenRecord>>;
+    /// Atomically: consume `old_hash` (only if unused, unexpired and its grant live), store
+    /// its successors and the sealed retry answer.
+    async fn rotate_refresh(
+        &self,
+        old_hash: &str,
+        now: Timestamp,
+        access: &AccessTokenRecord,
+        refresh: &RefreshTokenRecord,
+        retry_sealed: &[u8],
+        retry_until: Timestamp,
+    ) -> StoreResult<RotateOutcome>;
+    async fn revoke_access_token(&self, token_hash: &str) -> StoreResult<bool>;
+
+    // grants
+    async fn grant(&self, grant_id: &str) -> StoreResult<Option<GrantRecord>>;
+    async fn list_grants(
+        &self,
+        filter: &GrantFilter,
+        include_revoked: bool,
+    ) -> StoreResult<Vec<GrantRecord>>;
+    /// Revokes matching grants, deletes every token they issued and the matching remembered
+    /// consents. Returns how many grants were revoked.
+    async fn revoke_grants(&self, filter: &GrantFilter, now: Timestamp) -> StoreResult<u64>;
+
+    // consent
+    async fn has_consent(
+        &self,
+        user_id: &str,
+        client_id: &str,
+        redirect_uri: &str,
+        resource: &str,
+        scopes: &[String],
+    ) -> StoreResult<bool>;
+    async fn put_consent(
+        &self,
+        user_id: &str,
+        client_id: &str,
+        redirect_uri: &str,
+        resource: &str,
+        scopes: &[String],
+        now: Timestamp,
+    ) -> StoreResult<()>;
+
+    // browser sessions at the authorization server
+    async fn put_session(
+        &self,
+        id_hash: &str,
+        user_id: &str,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> StoreResult<()>;
+    async fn session_user(&self, id_hash: &str, now: Timestamp) -> StoreResult<Option<String>>;
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()>;
+
+    // MCP sessions bound to their owners
+    /// Binds a session id (hashed) of an upstream to its owner; an existing binding is kept
+    /// (its owner never changes).
+    async fn bind_session(
+        &self,
+        upstream: &str,
+        session_hash: &str,
+        owner: &str,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> StoreResult<()>;
+    /// The owner of a live session, extending its life to `expires_at`.
+    async fn session_owner(
+        &self,
+        upstream: &str,
+        session_hash: &str,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> StoreResult<Option<String>>;
+    async fn unbind_session(&self, upstream: &str, session_hash: &str) -> StoreResult<()>;
+
+    // signing keys
+    /// Live (not retired) signing keys, newest first: (kid, PKCS#8, created_at).
+    async fn signing_keys(&self) -> StoreResult<Vec<(String, Vec<u8>, Timestamp)>>;
+    /// Adds a key that becomes the active one (the newest live key signs).
+    async fn add_signing_key(&self, kid: &str, pkcs8: &[u8], now: Timestamp) -> StoreResult<()>;
+    /// Retires a key: it is no longer published, so what it signed stops verifying.
+    async fn retire_signing_key(&self, kid: &str, now: Timestamp) -> StoreResult<bool>;
+    /// Adds a key unless one is live already (several instances starting at once keep one).
+    async fn add_signing_key_if_none(
+        &self,
+        kid: &str,
+        pkcs8: &[u8],
+        now: Timestamp,
+    ) -> StoreResult<()>;
+
+    // counters for throttling, shared by every instance on the same store
+    /// Adds one to `key` in the window starting at `window_start`; returns the new count.
+    async fn hit(&self, key: &str, window_start: Timestamp) -> StoreResult<i64>;
+    async fn hits(&self, key: &str, window_start: Timestamp) -> StoreResult<i64>;
+    async fn clear_hits(&self, key: &str) -> StoreResult<()>;
+
+    /// Revocations made by any instance on this store, as they happen (each event means
+    /// "something was revoked; drop cached tokens"). `None` when the engine cannot tell
+    /// (one SQLite file has one gateway, which sees its own revocations).
+    async fn watch_revocations(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {
+        None
+    }
+
+    // whole tables, for `store copy`
+    /// Every table with its columns, as the database reports them.
+    async fn schema(&self) -> StoreResult<Vec<(String, Vec<String>)>>;
+    async fn count_rows(&self, table: &copy::Table) -> StoreResult<i64>;
+    async fn export_rows(&self, table: &copy::Table) -> StoreResult<Vec<copy::Row>>;
+    /// Inserts the rows in one transaction: all of them or none.
+    async fn import_rows(&self, data: &[(&copy::Table, Vec<copy::Row>)]) -> StoreResult<()>;
+
+    /// Deletes what has expired, and dynamically registered clients unused since before
+    /// `unused_client_cutoff`.
+    async fn sweep(
+        &self,
+        now: Timestamp,
+        unused_client_cutoff: Timestamp,
+    ) -> StoreResult<SweepCounts>;
+}
+
+pub type SharedStore = Arc<dyn Store>;
+
+/// Connection pool settings (`[store]` in the configuration).
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Connections per instance; `None` for the engine's default (SQLite 8, PostgreSQL 16).
+    pub max_connections: Option<u32>,
+    /// How long a request waits for a connection before it is answered 503 (PostgreSQL; SQLite
+    /// waits at least 10 s for its file lock).
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            acquire_timeout_ms: 3000,
+        }
+    }
+}
+
+/// Opens the engine the URL names, creating and migrating it as needed.
+pub async fn open(url: &str) -> StoreResult<SharedStore> {
+    open_with(url, &PoolSettings::default()).await
+}
+
+/// [`open`] with pool settings.
+pub async fn open_with(url: &str, pool: &PoolSettings) -> StoreResult<SharedStore> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url, pool).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::open(url, pool).await?))
+    } else {
+        Err(StoreError::Backend(format!(
+            "unsupported store URL scheme in `{}`",
+            url.split(':').next().unwrap_or("")
+        )))
+    }
+}
+
+pub(crate) fn join_scopes(scopes: &[String]) -> String {
+    scopes.join(" ")
+}
+
+pub(crate) fn split_scopes(s: &str) -> Vec<String> {
+    s.split(' ')
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Consent is remembered per set of scopes; order does not matter.
+pub(crate) fn canonical_scopes(scopes: &[String]) -> String {
+    let mut v: Vec<&str> = scopes.iter().map(String::as_str).collect();
+    v.sort_unstable();
+    v.dedup();
+    v.join(" ")
+}

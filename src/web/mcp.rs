@@ -1,0 +1,307 @@
+//! The protected MCP endpoints: origin and host checks, the bearer check (with RFC 9728 /
+//! RFC 6750 challenges), then the upstream proxy or the built-in `whoami` server.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::App;
+use crate::authorization::Resource;
+use crate::authorization::token::{BearerError, Principal};
+use crate::mcp::whoami;
+use crate::proxy::ProxyError;
+
+fn quote(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+fn challenge(app: &App, r: &Resource, status: StatusCode, error: Option<(&str, &str)>) -> Response {
+    let mut value = format!(
+        "Bearer resource_metadata=\"{}\", scope=\"{}\"",
+        quote(&app.auth.resource_metadata_url(r)),
+        quote(&r.scopes.join(" "))
+    );
+    let mut body =
+        json!({"error": "unauthorized", "error_description": "a bearer token is required"});
+    if let Some((code, description)) = error {
+        value.push_str(&format!(
+            ", error=\"{code}\", error_description=\"{}\"",
+            quote(description)
+        ));
+        body = json!({"error": code, "error_description": description});
+    }
+    let mut resp = (status, axum::Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+/// The bearer token of the request, from the Authorization header only.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, &'static str> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err("more than one Authorization header");
+    }
+    let v = v
+        .to_str()
+        .map_err(|_| "the Authorization header is not valid")?;
+    match v.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(Some(token.trim()))
+        }
+        _ => Err("the Authorization header must use the Bearer scheme"),
+    }
+}
+
+fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> Response {
+    (
+        status,
+        axum::Json(whoami::error_response(Value::Null, code, message)),
+    )
+        .into_response()
+}
+
+/// Everything every protected request passes before its upstream sees it.
+async fn gate<'a>(
+    app: &'a App,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+) -> Result<(&'a Resource, Principal), Response> {
+    let Some(resource) = app
+        .auth
+        .resources
+        .iter()
+        .find(|r| r.path == uri.path() || r.messages_path.as_deref() == Some(uri.path()))
+    else {
+        return Err(StatusCode::NOT_FOUND.into_response());
+    };
+    // DNS rebinding: a browser page must not reach this through a name of its own.
+    if let Err(m) = app.check_origin_and_host(headers) {
+        return Err(jsonrpc_error(StatusCode::FORBIDDEN, -32600, m));
+    }
+    // RFC 6750 §2.3 is not allowed by MCP: tokens never travel in URLs.
+    if uri
+        .query()
+        .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "access_token"))
+    {
+        return Err(challenge(
+            app,
+            resource,
+            StatusCode::BAD_REQUEST,
+            Some((
+                "invalid_request",
+                "access tokens are not accepted in the query string",
+            )),
+        ));
+    }
+    let token = bearer(headers).map_err(|m| {
+        challenge(
+            app,
+            resource,
+            StatusCode::BAD_REQUEST,
+            Some(("invalid_request", m)),
+        )
+    })?;
+    match app
+        .auth
+        .check_bearer(token, &resource.url, &resource.scopes)
+        .await
+    {
+        Ok(p) => Ok((resource, p)),
+        Err(BearerError::Missing) => Err(challenge(app, resource, StatusCode::UNAUTHORIZED, None)),
+        Err(BearerError::Invalid(m)) => Err(challenge(
+            app,
+            resource,
+            StatusCode::UNAUTHORIZED,
+            Some(("invalid_token", m)),
+        )),
+        Err(BearerError::InsufficientScope) => Err(challenge(
+            app,
+            resource,
+            StatusCode::FORBIDDEN,
+            Some((
+                "insufficient_scope",
+                "the access token lacks a scope this resource needs",
+            )),
+        )),
+        Err(BearerError::Unavailable) => {
+            let mut resp = jsonrpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                -32603,
+                "the token store is unavailable",
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            Err(resp)
+        }
+    }
+}
+
+/// Every protected MCP path.
+pub async fn protected(State(app): State<App>, req: Request) -> Response {
+    let uri = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map(|o| o.0.clone())
+        .unwrap_or_else(|| req.uri().clone());
+    let (resource, principal) = match gate(&app, &uri, req.headers()).await {
+        Ok(ok) => ok,
+        Err(resp) => return resp,
+    };
+    let owner = crate::proxy::owner_of(&principal);
+    let in_flight = match app
+        .proxy
+        .limits
+        .admit(&owner, &principal.client_id, app.auth.clock.now())
+    {
+        Ok(g) => g,
+        Err(retry_after) => {
+            let mut resp = jsonrpc_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                -32000,
+                "too many requests; slow down",
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            return resp;
+        }
+    };
+    match resource.upstream.and_then(|i| app.proxy.upstream(i)) {
+        Some(upstream) => match app
+            .proxy
+            .forward(upstream, &principal, req, in_flight)
+            .await
+        {
+            Ok(resp) => resp,
+            Err((ProxyError::InsufficientScope(extra), _)) => {
+                let mut needed = resource.scopes.clone();
+                needed.extend(extra.into_iter().filter(|s| !resource.scopes.contains(s)));
+                let r = crate::authorization::Resource {
+                    scopes: needed,
+                    ..resource.clone()
+                };
+                challenge(
+                    &app,
+                    &r,
+                    StatusCode::FORBIDDEN,
+                    Some(("insufficient_scope", "this tool needs more scopes")),
+                )
+            }
+            Err((e, id)) => proxy_error(e, id),
+        },
+        None => {
+            let (parts, body) = req.into_parts();
+            whoami(&app, principal, parts.method, parts.headers, body).await
+        }
+    }
+}
+
+fn proxy_error(e: ProxyError, id: Value) -> Response {
+    let status = e.status();
+    let retry_after = match &e {
+        ProxyError::Restarting(_, secs) => Some((*secs).max(1)),
+        _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(2),
+        _ => None,
+    };
+    if status.is_server_error() {
+        tracing::warn!(error = %e, "proxied request failed");
+    }
+    let code = match e {
+        ProxyError::UnknownSession => -32001,
+        ProxyError::ToolDenied(_) => -32003,
+        ProxyError::TooLarge(_) | ProxyError::BadBody => -32600,
+        ProxyError::Unreadable => -32700,
+        _ => -32603,
+    };
+    let mut resp = (
+        status,
+        axum::Json(whoami::error_response(id, code, &e.to_string())),
+    )
+        .into_response();
+    if let ProxyError::MethodNotAllowed(m) = &e {
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(m));
+    }
+    if let Some(secs) = retry_after {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+async fn whoami(
+    app: &App,
+    principal: Principal,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if method != Method::POST {
+        // Stateless server: no standalone SSE stream and no sessions to delete.
+        let mut resp = StatusCode::METHOD_NOT_ALLOWED.into_response();
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return resp;
+    }
+    if let Some(v) = headers
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok())
+        && !whoami::SUPPORTED_VERSIONS.contains(&v)
+        && v != "2026-07-28"
+    {
+        return jsonrpc_error(
+            StatusCode::BAD_REQUEST,
+            -32600,
+            &format!("unsupported MCP-Protocol-Version `{v}`"),
+        );
+    }
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        });
+    if !is_json {
+        return jsonrpc_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            -32700,
+            "the body must be application/json",
+        );
+    }
+    let bytes = match axum::body::to_bytes(body, app.max_body.max(1024 * 1024)).await {
+        Ok(b) => b,
+        Err(_) => {
+            return jsonrpc_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                -32600,
+                "the request body is too large",
+            );
+        }
+    };
+    let msg: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(whoami::parse_error(&format!("invalid JSON: {e}"))),
+            )
+                .into_response();
+        }
+    };
+    match whoami::handle_body(&principal, &msg) {
+        Some(answer) => axum::Json(answer).into_response(),
+        None => StatusCode::ACCEPTED.into_response(),
+    }
+}

@@ -1,0 +1,335 @@
+//! HTTP: the router, thin handlers, and the mapping from results to responses. The logic they
+//! call lives in `authorization`, `login` and `mcp`.
+
+mod errors;
+mod mcp;
+mod oauth;
+mod pages;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderMap, HeaderName, Method, header};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::authorization::AuthorizationServer;
+use crate::clock::SharedClock;
+use crate::config::{Config, parse_net};
+use crate::proxy::Proxy;
+use crate::store::SharedStore;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct App {
+    pub auth: Arc<AuthorizationServer>,
+    pub proxy: Arc<Proxy>,
+    trusted_proxies: Arc<Vec<ipnet::IpNet>>,
+    max_body: usize,
+    origins: Arc<OriginPolicy>,
+}
+
+/// Which Host and Origin headers MCP requests may carry (DNS-rebinding protection).
+struct OriginPolicy {
+    hosts: Vec<String>,
+    origins: Vec<String>,
+    /// The gateway itself is on loopback: pages served from loopback may call it.
+    loopback_origins: bool,
+}
+
+fn is_loopback_origin(origin: &str) -> bool {
+    url::Url::parse(origin)
+        .is_ok_and(|u| u.scheme() == "http" && crate::authorization::redirect::is_loopback(&u))
+}
+
+impl OriginPolicy {
+    fn new(config: &Config) -> Self {
+        let public = url::Url::parse(&config.public_url()).ok();
+        let mut hosts: Vec<String> = config
+            .proxy
+            .allowed_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        let mut origins: Vec<String> = config
+            .proxy
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+            .collect();
+        let mut loopback = config.server.listen.ip().is_loopback();
+        if let Some(u) = &public {
+            if let Some(h) = u.host_str() {
+                hosts.push(match u.port() {
+                    Some(p) => format!("{h}:{p}"),
+                    None => h.to_string(),
+                });
+            }
+            origins.push(u.origin().ascii_serialization());
+            loopback = loopback && crate::authorization::redirect::is_loopback(u);
+        }
+        hosts.push(config.server.listen.to_string());
+        if config.server.listen.ip().is_loopback() {
+            let port = config.server.listen.port();
+            hosts.extend([
+                format!("localhost:{port}"),
+                format!("127.0.0.1:{port}"),
+                format!("[::1]:{port}"),
+            ]);
+        }
+        Self {
+            hosts,
+            origins,
+            loopback_origins: loopback,
+        }
+    }
+}
+
+impl App {
+    /// Refuses MCP requests that name a host this gateway is not, or come from a browser page
+    /// of an origin that is not allowed.
+    pub fn check_origin_and_host(&self, headers: &HeaderMap) -> Result<(), &'static str> {
+        if let Some(host) = headers.get(header::HOST) {
+            let host = host.to_str().unwrap_or("").to_ascii_lowercase();
+            if !self.origins.hosts.contains(&host) {
+                return Err("the Host header names no address of this gateway");
+            }
+        }
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let origin = origin
+                .to_str()
+                .unwrap_or("")
+                .trim_end_matches('/')
+                .to_ascii_lowercase();
+            let allowed = self.origins.origins.contains(&origin)
+                || (self.origins.loopback_origins && is_loopback_origin(&origin));
+            if !allowed {
+                return Err("requests from this origin are not allowed");
+            }
+        }
+        Ok(())
+    }
+
+    /// The client's address: the peer, or, when the peer is a trusted proxy, the last
+    /// untrusted address of `X-Forwarded-For`.
+    pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        let trusted = |ip: &IpAddr| self.trusted_proxies.iter().any(|n| n.contains(ip));
+        let peer_ip = peer.ip();
+        if !trusted(&peer_ip) {
+            return peer_ip;
+        }
+        let forwarded: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+        forwarded
+            .iter()
+            .rev()
+            .find(|ip| !trusted(ip))
+            .copied()
+            .unwrap_or(peer_ip)
+    }
+}
+
+/// The assembled gateway: configuration checked, store open, routes built.
+pub struct Gateway {
+    pub app: App,
+    pub config: Config,
+}
+
+impl Gateway {
+    pub async fn new(
+        config: Config,
+        store: SharedStore,
+        clock: SharedClock,
+    ) -> Result<Self, String> {
+        let auth = AuthorizationServer::new(&config, store.clone(), clock.clone())?;
+        let signer = Arc::new(crate::proxy::Signer::load(&store, clock.now()).await?);
+        let proxy = Arc::new(Proxy::new(&config, store, clock, signer)?);
+        let trusted = config
+            .server
+            .trusted_proxies
+            .iter()
+            .filter_map(|s| parse_net(s))
+            .collect();
+        Ok(Self {
+            app: App {
+                auth,
+                proxy,
+                trusted_proxies: Arc::new(trusted),
+                max_body: config.server.max_body_bytes,
+                origins: Arc::new(OriginPolicy::new(&config)),
+            },
+            config,
+        })
+    }
+
+    pub fn router(&self) -> Router {
+        let app = self.app.clone();
+        let base = app.auth.settings.base_path.clone();
+        let api_cors = CorsLayer::new()
+            .allow_origin(Any)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("mcp-protocol-version"),
+            ])
+            .max_age(Duration::from_secs(3600));
+        let mut metadata = Router::new()
+            .route(
+                "/.well-known/oauth-authorization-server",
+                get(oauth::server_metadata),
+            )
+            .route(
+                "/.well-known/openid-configuration",
+                get(oauth::server_metadata),
+            );
+        if !base.is_empty() {
+            metadata = metadata
+                .route(
+                    &format!("/.well-known/oauth-authorization-server{base}"),
+                    get(oauth::server_metadata),
+                )
+                .route(
+                    &format!("/.well-known/openid-configuration{base}"),
+                    get(oauth::server_metadata),
+                )
+                .route(
+                    &format!("{base}/.well-known/oauth-authorization-server"),
+                    get(oauth::server_metadata),
+                )
+                .route(
+                    &format!("{base}/.well-known/openid-configuration"),
+                    get(oauth::server_metadata),
+                );
+        }
+        for r in &app.auth.resources {
+            metadata = metadata.route(
+                &format!("/.well-known/oauth-protected-resource{}", r.path),
+                get(oauth::resource_metadata),
+            );
+        }
+        if app.auth.resources.len() == 1 {
+            metadata = metadata.route(
+                "/.well-known/oauth-protected-resource",
+                get(oauth::resource_metadata),
+            );
+        }
+        let api = Router::new()
+            .route(&format!("{base}/token"), post(oauth::token))
+            .route(&format!("{base}/.well-known/jwks.json"), get(oauth::jwks))
+            .route(&format!("{base}/register"), post(oauth::register))
+            .route(&format!("{base}/revoke"), post(oauth::revoke))
+            .route(&format!("{base}/introspect"), post(oauth::introspect))
+            .merge(metadata)
+            .layer(api_cors);
+        let browser = Router::new()
+            .route(
+                &format!("{base}/authorize"),
+                get(oauth::authorize).post(oauth::authorize_post),
+            )
+            .route(&format!("{base}/authorize/login"), post(oauth::login))
+            .route(&format!("{base}/authorize/consent"), post(oauth::consent));
+        let mcp_cors = CorsLayer::new()
+            .allow_origin(Any)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::ACCEPT,
+                HeaderName::from_static("mcp-protocol-version"),
+                HeaderName::from_static("mcp-session-id"),
+                HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers([
+                header::WWW_AUTHENTICATE,
+                HeaderName::from_static("mcp-session-id"),
+                HeaderName::from_static("mcp-protocol-version"),
+            ])
+            .max_age(Duration::from_secs(3600));
+        let mut protected = Router::new();
+        for r in &app.auth.resources {
+            protected = protected.route(&r.path, axum::routing::any(mcp::protected));
+            if let Some(m) = &r.messages_path {
+                protected = protected.route(m, axum::routing::any(mcp::protected));
+            }
+        }
+        Router::new()
+            .merge(api)
+            .merge(browser)
+            .merge(protected.layer(mcp_cors))
+            .route("/healthz", get(|| async { "ok" }))
+            .fallback(oauth::not_found)
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .with_state(app)
+    }
+
+    /// Serves until `shutdown` resolves; sweeps expired state in the background.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let auth = self.app.auth.clone();
+        let every = Duration::from_secs(self.config.store.sweep_interval_secs.max(1));
+        let sweeper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                match auth.sweep().await {
+                    Ok(c) => tracing::debug!(?c, "swept expired state"),
+                    Err(e) => tracing::warn!(error = %e, "sweep failed"),
+                }
+            }
+        });
+        let auth = self.app.auth.clone();
+        let follower = tokio::spawn(async move {
+            if let Some(events) = auth.store.watch_revocations().await {
+                auth.tokens.follow(events).await;
+            }
+        });
+        let proxy = self.app.proxy.clone();
+        let reaper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                proxy.reap_idle().await;
+            }
+        });
+        let (proxy, store, clock) = (
+            self.app.proxy.clone(),
+            self.app.auth.store.clone(),
+            self.app.auth.clock.clone(),
+        );
+        let keys = tokio::spawn(async move {
+            let mut tick =
+                tokio::time::interval(Duration::from_secs(crate::proxy::KEY_RELOAD_SECS));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = proxy.signer.reload(&store, clock.now()).await {
+                    tracing::warn!(error = %e, "could not re-read the signing keys");
+                }
+            }
+        });
+        let router = self.router();
+        let result = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
+        sweeper.abort();
+        reaper.abort();
+        follower.abort();
+        keys.abort();
+        result
+    }
+}

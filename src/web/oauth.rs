@@ -1,0 +1,420 @@
+//! Handlers of the authorization server's endpoints: parse, call, answer. Nothing decides
+//! anything here.
+
+use std::net::SocketAddr;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, OriginalUri, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use base64::Engine;
+use serde_json::Value;
+
+use super::errors::{html, no_store};
+use super::{App, pages};
+use crate::authorization::authorize::{AuthorizeStep, PageError};
+use crate::authorization::params::Params;
+use crate::authorization::{ErrorCode, OAuthError};
+
+fn json_public(v: Value) -> Response {
+    let mut resp = axum::Json(v).into_response();
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    resp
+}
+
+pub async fn server_metadata(State(app): State<App>) -> Response {
+    json_public(app.auth.server_metadata())
+}
+
+pub async fn jwks(State(app): State<App>) -> Response {
+    json_public(app.proxy.signer.jwks())
+}
+
+pub async fn resource_metadata(State(app): State<App>, OriginalUri(uri): OriginalUri) -> Response {
+    let suffix = uri
+        .path()
+        .strip_prefix("/.well-known/oauth-protected-resource")
+        .unwrap_or("");
+    let resources = &app.auth.resources;
+    let found = if suffix.is_empty() {
+        resources.first()
+    } else {
+        resources.iter().find(|r| r.path == suffix)
+    };
+    match found {
+        Some(r) => json_public(app.auth.resource_metadata(r)),
+        None => not_found().await,
+    }
+}
+
+pub async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(
+            serde_json::json!({"error": "not_found", "error_description": "no such endpoint"}),
+        ),
+    )
+        .into_response()
+}
+
+/// Reads a body up to the configured limit.
+async fn read_body(app: &App, body: Body) -> Result<Bytes, OAuthError> {
+    axum::body::to_bytes(body, app.max_body).await.map_err(|_| {
+        OAuthError::invalid_request(format!(
+            "the request body is larger than {} bytes",
+            app.max_body
+        ))
+    })
+}
+
+fn content_type_is(headers: &HeaderMap, expected: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case(expected)
+        })
+        .unwrap_or(false)
+}
+
+/// A form POST: the right content type, a bounded body, strict parameters.
+async fn read_form(app: &App, headers: &HeaderMap, body: Body) -> Result<Params, OAuthError> {
+    if !content_type_is(headers, "application/x-www-form-urlencoded") {
+        return Err(OAuthError::invalid_request(
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    }
+    let bytes = read_body(app, body).await?;
+    Params::parse(&bytes)
+}
+
+/// HTTP Basic client credentials, form-url-decoded as RFC 6749 §2.3.1 requires.
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OAuthError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    let bad = || {
+        let mut e = OAuthError::invalid_client("the Authorization header is not valid HTTP Basic");
+        e.basic_challenge = true;
+        e
+    };
+    if values.next().is_some() {
+        return Err(OAuthError::invalid_request(
+            "more than one Authorization header",
+        ));
+    }
+    let v = v.to_str().map_err(|_| bad())?;
+    let Some((scheme, rest)) = v.split_once(' ') else {
+        return Err(bad());
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(bad());
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .map_err(|_| bad())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(bad)?;
+    let unescape = |s: &str| {
+        form_urlencoded::parse(format!("v={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    Ok(Some((unescape(id), unescape(secret))))
+}
+
+/// The common front of the client-authenticated form endpoints (token, revoke, introspect):
+/// Basic credentials if any, then the form. Errors are logged (without secrets) and mapped.
+async fn client_form(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Params, Option<(String, String)>), OAuthError> {
+    let basic = basic_credentials(headers)?;
+    let params = read_form(app, headers, body).await?;
+    Ok((params, basic))
+}
+
+fn refused(endpoint: &'static str, e: OAuthError) -> Response {
+    tracing::info!(endpoint, error = e.code.as_str(), description = %e.description, "request refused");
+    e.into_response()
+}
+
+pub async fn token(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    let result = async {
+        let (params, basic) = client_form(&app, &headers, body).await?;
+        app.auth.token(&params, basic).await
+    };
+    match result.await {
+        Ok(t) => no_store(axum::Json(t).into_response()),
+        Err(e) => refused("token", e),
+    }
+}
+
+pub async fn revoke(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    let result = async {
+        let (params, basic) = client_form(&app, &headers, body).await?;
+        app.auth.revoke(&params, basic).await
+    };
+    match result.await {
+        Ok(()) => no_store(StatusCode::OK.into_response()),
+        Err(e) => refused("revoke", e),
+    }
+}
+
+pub async fn introspect(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    let result = async {
+        let (params, basic) = client_form(&app, &headers, body).await?;
+        app.auth.introspect(&params, basic).await
+    };
+    match result.await {
+        Ok(v) => no_store(axum::Json(v).into_response()),
+        Err(e) => refused("introspect", e),
+    }
+}
+
+pub async fn register(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        if !content_type_is(&headers, "application/json") {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidClientMetadata,
+                "the registration request must be application/json",
+            ));
+        }
+        let bytes = read_body(&app, body).await?;
+        let json: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            OAuthError::new(
+                ErrorCode::InvalidClientMetadata,
+                format!("the body is not valid JSON: {e}"),
+            )
+        })?;
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim().to_string());
+        let ip = app.client_ip(peer, &headers).to_string();
+        app.auth
+            .register_client(&json, bearer.as_deref(), &ip)
+            .await
+    }
+    .await;
+    match result {
+        Ok(v) => no_store((StatusCode::CREATED, axum::Json(v)).into_response()),
+        Err(e) if e.code == ErrorCode::InvalidToken => {
+            let mut resp = refused("register", e);
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+            resp
+        }
+        Err(e) => refused("register", e),
+    }
+}
+
+fn cookie_name(app: &App, base: &'static str) -> String {
+    // `__Host-` pins the cookie to this origin, path `/`, https only.
+    if app.auth.settings.secure_cookies {
+        format!("__Host-{base}")
+    } else {
+        base.to_string()
+    }
+}
+
+const SESSION_COOKIE: &str = "mog_session";
+/// Binds an authorization request to the browser that started it: its forms are accepted
+/// only with this cookie, which a cross-site form post does not carry (SameSite=Lax).
+const BINDING_COOKIE: &str = "mog_bind";
+
+fn cookie(app: &App, headers: &HeaderMap, base: &'static str) -> Option<String> {
+    let name = cookie_name(app, base);
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+fn set_cookie(
+    app: &App,
+    resp: &mut Response,
+    base: &'static str,
+    value: &str,
+    max_age: Option<i64>,
+) {
+    let secure = if app.auth.settings.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
+    let max_age = max_age
+        .map(|s| format!("; Max-Age={s}"))
+        .unwrap_or_default();
+    let name = cookie_name(app, base);
+    let cookie = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax{max_age}{secure}");
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+async fn session_user(app: &App, headers: &HeaderMap) -> Result<Option<String>, PageError> {
+    match cookie(app, headers, SESSION_COOKIE) {
+        Some(c) => Ok(app.auth.session_user(&c).await?),
+        None => Ok(None),
+    }
+}
+
+fn render_step(app: &App, step: AuthorizeStep, after_post: bool) -> Response {
+    let base = &app.auth.settings.base_path;
+    match step {
+        AuthorizeStep::Login { ctx, error, status } => html(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            pages::login(&ctx, &format!("{base}/authorize/login"), error.as_deref()),
+        ),
+        AuthorizeStep::Consent { ctx } => html(
+            StatusCode::OK,
+            pages::consent(&ctx, &format!("{base}/authorize/consent")),
+        ),
+        AuthorizeStep::Redirect(url) => {
+            let resp = if after_post {
+                Redirect::to(&url).into_response()
+            } else {
+                (StatusCode::FOUND, [(header::LOCATION, url)]).into_response()
+            };
+            no_store(resp)
+        }
+    }
+}
+
+fn page_error(e: OAuthError) -> PageError {
+    PageError {
+        status: 400,
+        message: e.description,
+    }
+}
+
+async fn authorize_with(
+    app: App,
+    headers: HeaderMap,
+    params: Result<Params, OAuthError>,
+    after_post: bool,
+) -> Response {
+    // Keep the browser's binding cookie when it has one; create one otherwise.
+    let existing = cookie(&app, &headers, BINDING_COOKIE).filter(|b| (32..=100).contains(&b.len()));
+    let binding = existing
+        .clone()
+        .unwrap_or_else(|| crate::crypto::new_secret(""));
+    let result = async {
+        let params = params.map_err(page_error)?;
+        let user = session_user(&app, &headers).await?;
+        app.auth.begin_authorization(&params, user, &binding).await
+    }
+    .await;
+    match result {
+        Ok(step) => {
+            let mut resp = render_step(&app, step, after_post);
+            if existing.is_none() {
+                set_cookie(&app, &mut resp, BINDING_COOKIE, &binding, None);
+            }
+            resp
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn authorize(
+    State(app): State<App>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let params = Params::parse(uri.query().unwrap_or("").as_bytes());
+    authorize_with(app, headers, params, false).await
+}
+
+pub async fn authorize_post(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    let params = read_form(&app, &headers, body).await;
+    authorize_with(app, headers, params, true).await
+}
+
+fn form_field<'a>(p: &'a Params, name: &str) -> Result<&'a str, PageError> {
+    p.get(name).map_err(page_error)?.ok_or_else(|| PageError {
+        status: 400,
+        message: format!("The form is missing `{name}`."),
+    })
+}
+
+pub async fn login(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let ip = app.client_ip(peer, &headers).to_string();
+    let result = async {
+        let p = read_form(&app, &headers, body).await.map_err(page_error)?;
+        let (request, csrf) = (form_field(&p, "request")?, form_field(&p, "csrf")?);
+        let username = p.get("username").ok().flatten().unwrap_or("");
+        let password = p.get("password").ok().flatten().unwrap_or("");
+        let binding = cookie(&app, &headers, BINDING_COOKIE);
+        app.auth
+            .submit_login(request, csrf, username, password, &ip, binding.as_deref())
+            .await
+    }
+    .await;
+    match result {
+        Ok((step, session)) => {
+            let mut resp = render_step(&app, step, true);
+            if let Some(s) = session {
+                set_cookie(&app, &mut resp, SESSION_COOKIE, &s.secret, Some(s.max_age));
+            }
+            resp
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn consent(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    let result = async {
+        let p = read_form(&app, &headers, body).await.map_err(page_error)?;
+        let (request, csrf) = (form_field(&p, "request")?, form_field(&p, "csrf")?);
+        let allow = match form_field(&p, "decision")? {
+            "allow" => true,
+            "deny" => false,
+            _ => {
+                return Err(PageError {
+                    status: 400,
+                    message: "The decision must be allow or deny.".into(),
+                });
+            }
+        };
+        let user = session_user(&app, &headers).await?;
+        let binding = cookie(&app, &headers, BINDING_COOKIE);
+        app.auth
+            .submit_consent(request, csrf, allow, user, binding.as_deref())
+            .await
+    }
+    .await;
+    match result {
+        Ok(step) => render_step(&app, step, true),
+        Err(e) => e.into_response(),
+    }
+}

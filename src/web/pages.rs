@@ -1,0 +1,130 @@
+//! The few HTML pages a person sees: login, consent, and errors. Plain forms, no script, so
+//! that a headless client can drive them. Field names are documented in docs/configuration.md.
+
+use crate::authorization::authorize::PageContext;
+
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn layout(title: &str, body: &str) -> String {
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+body{{font-family:system-ui,sans-serif;background:#f4f5f7;margin:0;padding:2rem 1rem;color:#1d2330}}
+main{{max-width:26rem;margin:0 auto;background:#fff;border-radius:8px;padding:1.5rem 1.75rem;box-shadow:0 1px 4px #0002}}
+h1{{font-size:1.25rem;margin-top:0}} label{{display:block;margin:.75rem 0 .25rem}}
+input[type=text],input[type=password]{{width:100%;box-sizing:border-box;padding:.5rem;font-size:1rem}}
+button{{padding:.55rem 1.1rem;font-size:1rem;margin-top:1rem;margin-right:.5rem;cursor:pointer}}
+.error{{background:#fdecec;color:#8a1c1c;padding:.5rem .75rem;border-radius:4px}}
+.muted{{color:#5c6370;font-size:.9rem}} .verified{{color:#11734b;font-weight:600}}
+code{{background:#f0f1f3;padding:0 .25rem;border-radius:3px;word-break:break-all}}
+</style></head><body><main>
+{body}
+</main></body></html>"#,
+        title = escape(title),
+        body = body
+    )
+}
+
+fn client_label(ctx: &PageContext) -> String {
+    match &ctx.client_name {
+        Some(n) if !n.is_empty() => escape(n),
+        _ => format!("<code>{}</code>", escape(&ctx.client_id)),
+    }
+}
+
+pub fn login(ctx: &PageContext, action: &str, error: Option<&str>) -> String {
+    let error = error
+        .map(|e| format!(r#"<p class="error" role="alert">{}</p>"#, escape(e)))
+        .unwrap_or_default();
+    layout(
+        "Sign in",
+        &format!(
+            r#"<h1>Sign in</h1>
+<p><strong>{client}</strong> wants to connect to your account.</p>
+{error}
+<form method="post" action="{action}">
+<input type="hidden" name="request" value="{handle}">
+<input type="hidden" name="csrf" value="{csrf}">
+<label for="username">Username</label>
+<input type="text" id="username" name="username" autocomplete="username" required autofocus>
+<label for="password">Password</label>
+<input type="password" id="password" name="password" autocomplete="current-password" required>
+<button type="submit">Sign in</button>
+</form>"#,
+            client = client_label(ctx),
+            action = escape(action),
+            handle = escape(&ctx.handle),
+            csrf = escape(&ctx.csrf),
+        ),
+    )
+}
+
+pub fn consent(ctx: &PageContext, action: &str) -> String {
+    let verified = match &ctx.verified_domain {
+        Some(d) => format!(
+            r#"<p class="verified">&#10003; Verified domain: {}</p>"#,
+            escape(d)
+        ),
+        None => r#"<p class="muted">This client registered itself; its name is not verified.</p>"#
+            .into(),
+    };
+    let scopes: String = ctx
+        .scopes
+        .iter()
+        .map(|s| format!("<li><code>{}</code></li>", escape(s)))
+        .collect();
+    layout(
+        "Allow access?",
+        &format!(
+            r#"<h1>Allow access?</h1>
+<p><strong>{client}</strong> asks to use <code>{resource}</code>{as_user}.</p>
+{verified}
+<p>After you decide, you will be sent to <strong>{host}</strong>.</p>
+<p>It asks for:</p><ul>{scopes}</ul>
+<form method="post" action="{action}">
+<input type="hidden" name="request" value="{handle}">
+<input type="hidden" name="csrf" value="{csrf}">
+<button type="submit" name="decision" value="allow">Allow</button>
+<button type="submit" name="decision" value="deny">Deny</button>
+</form>
+<p class="muted">Client ID: <code>{client_id}</code></p>"#,
+            client = client_label(ctx),
+            resource = escape(&ctx.resource),
+            as_user = ctx
+                .username
+                .as_deref()
+                .map(|u| format!(" as <strong>{}</strong>", escape(u)))
+                .unwrap_or_default(),
+            host = escape(&ctx.redirect_host),
+            action = escape(action),
+            handle = escape(&ctx.handle),
+            csrf = escape(&ctx.csrf),
+            client_id = escape(&ctx.client_id),
+        ),
+    )
+}
+
+pub fn error(message: &str) -> String {
+    layout(
+        "Request stopped",
+        &format!(
+            r#"<h1>This request cannot continue</h1><p class="error" role="alert">{}</p>"#,
+            escape(message)
+        ),
+    )
+}
