@@ -1,0 +1,21 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! One integration-test binary: the real gateway in-process on port 0, real clients.
+
+mod authorize;
+mod cimd;
+mod cimd_fixture;
+mod cli;
+mod cluster;
+mod conformance;
+mod everything;
+pub mod js;
+mod metadata;
+mod protected;
+mod proxy;
+mod registration;
+pub mod rmcp_client;
+mod stdio;
+mod store_suite;
+mod support;
+mod token;
+mod upstream_fixture;

@@ -1,0 +1,706 @@
+//! The storage interface's promises, run against every engine with the same assertions:
+//! SQLite always, PostgreSQL when MCP_GATEWAY_TEST_POSTGRES_URL names one (CI sets it; there
+//! a missing database is a failure, not a skip). Each PostgreSQL run gets its own schema.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use mcp_oauth_gateway::store::*;
+
+pub const POSTGRES_ENV: &str = "MCP_GATEWAY_TEST_POSTGRES_URL";
+
+pub struct Engine {
+    pub name: &'static str,
+    pub store: SharedStore,
+    cleanup: Option<(sqlx::PgPool, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Engine {
+    pub async fn finish(self) {
+        if let Some((pool, schema)) = self.cleanup {
+            let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                .execute(&pool)
+                .await;
+        }
+    }
+}
+
+pub fn postgres_url() -> Option<String> {
+    match std::env::var(POSTGRES_ENV) {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{POSTGRES_ENV} must be set in CI"
+            );
+            eprintln!("SKIPPED (PostgreSQL half): set {POSTGRES_ENV} to run it");
+            None
+        }
+    }
+}
+
+/// A fresh, empty PostgreSQL store in a schema of its own.
+pub async fn fresh_postgres(url: &str) -> (SharedStore, sqlx::PgPool, String) {
+    let admin = sqlx::PgPool::connect(url)
+        .await
+        .expect("PostgreSQL reachable");
+    let schema = format!(
+        "mog_test_{}",
+        mcp_oauth_gateway::crypto::new_id()
+            .to_ascii_lowercase()
+            .replace(['-', '_'], "")
+    );
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let opts = sqlx::postgres::PgConnectOptions::from_str(url)
+        .unwrap()
+        .options([("search_path", schema.as_str())]);
+    let store: SharedStore = Arc::new(PostgresStore::connect(opts).await.expect("store"));
+    (store, admin, schema)
+}
+
+pub async fn engines() -> Vec<Engine> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite: SharedStore = open(&format!("sqlite://{}", dir.path().join("s.db").display()))
+        .await
+        .unwrap();
+    let mut out = vec![Engine {
+        name: "sqlite",
+        store: sqlite,
+        cleanup: None,
+        _dir: Some(dir),
+    }];
+    if let Some(url) = postgres_url() {
+        let (store, admin, schema) = fresh_postgres(&url).await;
+        out.push(Engine {
+            name: "postgres",
+            store,
+            cleanup: Some((admin, schema)),
+            _dir: None,
+        });
+    }
+    out
+}
+
+const NOW: i64 = 1_900_000_000;
+
+fn grant(id: &str) -> GrantRecord {
+    GrantRecord {
+        id: id.into(),
+        user_id: Some("u1".into()),
+        client_id: "c1".into(),
+        resource: "https://gw/mcp".into(),
+        scopes: vec!["mcp".into()],
+        created_at: NOW,
+        revoked_at: None,
+    }
+}
+
+fn access(hash: &str, grant: &str) -> AccessTokenRecord {
+    AccessTokenRecord {
+        token_hash: hash.into(),
+        grant_id: Some(grant.into()),
+        client_id: "c1".into(),
+        user_id: Some("u1".into()),
+        resource: "https://gw/mcp".into(),
+        scopes: vec!["mcp".into()],
+        created_at: NOW,
+        expires_at: NOW + 3600,
+    }
+}
+
+fn refresh(hash: &str, grant: &str) -> RefreshTokenRecord {
+    RefreshTokenRecord {
+        token_hash: hash.into(),
+        grant_id: grant.into(),
+        client_id: "c1".into(),
+        created_at: NOW,
+        expires_at: NOW + 86_400,
+        used_at: None,
+        successor_hash: None,
+        retry_sealed: None,
+        retry_until: None,
+    }
+}
+
+fn code(hash: &str) -> AuthCodeRecord {
+    AuthCodeRecord {
+        code_hash: hash.into(),
+        client_id: "c1".into(),
+        user_id: "u1".into(),
+        redirect_uri: "http://127.0.0.1/cb".into(),
+        redirect_given: true,
+        resource: "https://gw/mcp".into(),
+        scopes: vec!["mcp".into()],
+        code_challenge: "x".repeat(43),
+        created_at: NOW,
+        expires_at: NOW + 60,
+        consumed_at: None,
+        grant_id: None,
+    }
+}
+
+fn client(id: &str) -> ClientRecord {
+    ClientRecord {
+        client_id: id.into(),
+        secret_hash: None,
+        client_name: Some("c".into()),
+        redirect_uris: vec!["http://127.0.0.1/cb".into()],
+        token_endpoint_auth_method: "none".into(),
+        grant_types: vec!["authorization_code".into()],
+        scope: None,
+        metadata: serde_json::json!({"client_id": id}),
+        registered_ip: None,
+        created_at: NOW,
+        last_used_at: None,
+    }
+}
+
+#[tokio::test]
+async fn a_code_is_redeemed_once_among_concurrent_attempts() {
+    for e in engines().await {
+        e.store.insert_code(&code("code1")).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let s = e.store.clone();
+            tasks.push(tokio::spawn(async move {
+                let g = grant(&format!("g{i}"));
+                s.redeem_code(
+                    "code1",
+                    NOW + 1,
+                    &g,
+                    &access(&format!("at{i}"), &g.id),
+                    Some(&refresh(&format!("rt{i}"), &g.id)),
+                )
+                .await
+                .unwrap()
+            }));
+        }
+        let mut issued = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                RedeemOutcome::Issued => issued += 1,
+                RedeemOutcome::Replayed { grant_id } => assert!(grant_id.is_some(), "{}", e.name),
+                RedeemOutcome::Invalid => panic!("{}: invalid", e.name),
+            }
+        }
+        assert_eq!(issued, 1, "{}", e.name);
+        assert_eq!(
+            e.store
+                .list_grants(&GrantFilter::default(), true)
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "{}: no half-issued grants",
+            e.name
+        );
+        // Expired codes are not redeemable.
+        let mut late = code("code2");
+        late.expires_at = NOW;
+        e.store.insert_code(&late).await.unwrap();
+        let g = grant("g-late");
+        assert!(matches!(
+            e.store
+                .redeem_code("code2", NOW + 1, &g, &access("atl", "g-late"), None)
+                .await
+                .unwrap(),
+            RedeemOutcome::Invalid
+        ));
+        e.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn a_refresh_token_rotates_once_among_concurrent_attempts() {
+    for e in engines().await {
+        let g = grant("g1");
+        e.store.insert_code(&code("c")).await.unwrap();
+        e.store
+            .redeem_code(
+                "c",
+                NOW,
+                &g,
+                &access("at0", "g1"),
+                Some(&refresh("rt0", "g1")),
+            )
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let s = e.store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.rotate_refresh(
+                    "rt0",
+                    NOW + 1,
+                    &access(&format!("at{}", i + 1), "g1"),
+                    &refresh(&format!("rt{}", i + 1), "g1"),
+                    b"sealed",
+                    NOW + 11,
+                )
+                .await
+                .unwrap()
+            }));
+        }
+        let mut rotated = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                RotateOutcome::Rotated => rotated += 1,
+                RotateOutcome::AlreadyUsed {
+                    record,
+                    successor_used,
+                } => {
+                    assert!(!successor_used, "{}", e.name);
+                    assert_eq!(
+                        record.retry_sealed.as_deref(),
+                        Some(&b"sealed"[..]),
+                        "{}",
+                        e.name
+                    );
+                }
+                RotateOutcome::Invalid => panic!("{}: invalid", e.name),
+            }
+        }
+        assert_eq!(rotated, 1, "{}", e.name);
+        // A revoked grant's refresh tokens rotate no more, and its access tokens are gone.
+        let n = e
+            .store
+            .revoke_grants(
+                &GrantFilter {
+                    grant_id: Some("g1".into()),
+                    ..Default::default()
+                },
+                NOW + 2,
+            )
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "{}", e.name);
+        assert!(
+            e.store
+                .access_token("at0", NOW + 2)
+                .await
+                .unwrap()
+                .is_none(),
+            "{}",
+            e.name
+        );
+        e.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn the_client_cap_holds_under_concurrent_registrations() {
+    for e in engines().await {
+        let mut tasks = Vec::new();
+        for i in 0..12 {
+            let s = e.store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.register_client(&client(&format!("cl{i}")), 5).await
+            }));
+        }
+        let mut winners = Vec::new();
+        for (i, t) in tasks.into_iter().enumerate() {
+            match t.await.unwrap() {
+                Ok(()) => winners.push(format!("cl{i}")),
+                Err(StoreError::ClientLimit) => {}
+                Err(other) => panic!("{}: {other}", e.name),
+            }
+        }
+        assert_eq!(winners.len(), 5, "{}", e.name);
+        assert_eq!(e.store.list_clients().await.unwrap().len(), 5, "{}", e.name);
+        // Which five win is up to the scheduler; re-registering a winner's id
+        // must conflict whatever the cap.
+        assert!(
+            matches!(
+                e.store.register_client(&client(&winners[0]), 100).await,
+                Err(StoreError::Conflict)
+            ),
+            "{}",
+            e.name
+        );
+        e.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn counters_sessions_consents_keys_and_users() {
+    for e in engines().await {
+        let s = &e.store;
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move { s.hit("k", NOW).await.unwrap() }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(s.hits("k", NOW).await.unwrap(), 20, "{}", e.name);
+        s.clear_hits("k").await.unwrap();
+        assert_eq!(s.hits("k", NOW).await.unwrap(), 0, "{}", e.name);
+
+        s.bind_session("up", "h1", "user:a", NOW, NOW + 100)
+            .await
+            .unwrap();
+        s.bind_session("up", "h1", "user:b", NOW, NOW + 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.session_owner("up", "h1", NOW + 1, NOW + 101)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("user:a"),
+            "{}: owner never changes",
+            e.name
+        );
+        assert_eq!(
+            s.session_owner("up", "h1", NOW + 100, NOW + 200)
+                .await
+                .unwrap(),
+            None,
+            "{}: expired",
+            e.name
+        );
+        s.unbind_session("up", "h1").await.unwrap();
+
+        let scopes = vec!["b".to_string(), "a".to_string()];
+        s.put_consent("u1", "c1", "r", "res", &scopes, NOW)
+            .await
+            .unwrap();
+        s.put_consent("u1", "c1", "r", "res", &scopes, NOW)
+            .await
+            .unwrap();
+        assert!(
+            s.has_consent("u1", "c1", "r", "res", &["a".into(), "b".into()])
+                .await
+                .unwrap(),
+            "{}",
+            e.name
+        );
+        assert!(
+            !s.has_consent("u1", "c1", "r", "res", &["a".into()])
+                .await
+                .unwrap(),
+            "{}",
+            e.name
+        );
+
+        let mut tasks = Vec::new();
+        for i in 0..4 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                s.add_signing_key_if_none(&format!("k{i}"), b"pkcs8", NOW)
+                    .await
+                    .unwrap()
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(
+            s.signing_keys().await.unwrap().len(),
+            1,
+            "{}: one key for instances starting together",
+            e.name
+        );
+
+        let user = UserRecord {
+            id: "u1".into(),
+            username: "alice".into(),
+            password_hash: "h".into(),
+            created_at: NOW,
+            email: None,
+            groups: vec![],
+        };
+        s.create_user(&user).await.unwrap();
+        assert!(
+            matches!(s.create_user(&user).await, Err(StoreError::Conflict)),
+            "{}",
+            e.name
+        );
+        s.set_profile("u1", Some("a@example.com"), &["g1".into(), "g2".into()])
+            .await
+            .unwrap();
+        let u = s.user_by_name("alice").await.unwrap().unwrap();
+        assert_eq!(
+            (u.email.as_deref(), u.groups.len()),
+            (Some("a@example.com"), 2),
+            "{}",
+            e.name
+        );
+        s.put_session("sess", "u1", NOW, NOW + 10).await.unwrap();
+        assert_eq!(
+            s.session_user("sess", NOW + 1).await.unwrap().as_deref(),
+            Some("u1"),
+            "{}",
+            e.name
+        );
+        assert!(s.delete_user("u1", NOW).await.unwrap(), "{}", e.name);
+        assert!(
+            s.session_user("sess", NOW + 1).await.unwrap().is_none(),
+            "{}: sessions go with the user",
+            e.name
+        );
+        assert_eq!(s.count_users().await.unwrap(), 0, "{}", e.name);
+
+        // Sweeping removes what expired and keeps the rest.
+        s.insert_access_token(&access("old", "gx")).await.unwrap();
+        let swept = s.sweep(NOW + 3601, NOW).await.unwrap();
+        assert!(swept.access_tokens >= 1, "{}", e.name);
+        e.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn a_revocation_on_one_instance_is_refused_by_the_other_within_a_second() {
+    use crate::support::*;
+    let Some(pg) = postgres_url() else { return };
+    let (_store, admin, schema) = fresh_postgres(&pg).await;
+    let sep = if pg.contains('?') { '&' } else { '?' };
+    let url = format!("{pg}{sep}options=-c%20search_path%3D{schema}");
+    let u = url.clone();
+    let a = TestGateway::start_with(move |c| c.store.url = u).await;
+    let (u, issuer) = (url.clone(), a.base.clone());
+    // Two instances behind one public URL, sharing the database.
+    let b = TestGateway::start_with(move |c| {
+        c.store.url = u;
+        c.server.public_url = Some(issuer);
+    })
+    .await;
+    let t = authorize_user(&a, "alice").await;
+    // B knows the token (and caches it) although A issued it.
+    assert_eq!(call_whoami(&b, &t.access_token).await.0, 200);
+    assert_eq!(call_whoami(&b, &t.access_token).await.0, 200);
+    // Revoked on A: B refuses it within a second, long before its cache entry would age out.
+    let (s, _) = a
+        .post_form(
+            "/revoke",
+            &[("token", &t.refresh_token), ("client_id", &t.client_id)],
+        )
+        .await;
+    assert_eq!(s, 200);
+    let started = std::time::Instant::now();
+    let mut refused = false;
+    while started.elapsed() < std::time::Duration::from_secs(1) {
+        if call_whoami(&b, &t.access_token).await.0 == 401 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(refused, "B still accepted the revoked token after a second");
+    eprintln!("refused on B after {:?}", started.elapsed());
+    drop((a, b));
+    let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&admin)
+        .await;
+}
+
+#[tokio::test]
+async fn signing_keys_rotate_without_breaking_what_was_signed() {
+    use mcp_oauth_gateway::proxy::{KEY_ACTIVATION_DELAY_SECS, Signer, generate_key};
+    let kids = |s: &Signer| -> Vec<String> {
+        s.jwks()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for e in engines().await {
+        let s = &e.store;
+        // An instance that keeps running across the rotation.
+        let running = Signer::load(s, NOW).await.unwrap();
+        let first_kid = running.active_kid();
+        assert_eq!(kids(&running), vec![first_kid.clone()], "{}", e.name);
+        s.add_signing_key("newer", &generate_key().unwrap(), NOW + 10)
+            .await
+            .unwrap();
+        // Re-read: the new key is published at once but does not sign yet, so a verifier
+        // holding any instance's JWKS can check everything signed meanwhile.
+        running.reload(s, NOW + 11).await.unwrap();
+        assert_eq!(running.active_kid(), first_kid, "{}", e.name);
+        assert_eq!(
+            kids(&running),
+            vec![first_kid.clone(), "newer".to_string()],
+            "{}",
+            e.name
+        );
+        // Once published long enough, it signs; the old key still verifies.
+        running
+            .reload(s, NOW + 10 + KEY_ACTIVATION_DELAY_SECS)
+            .await
+            .unwrap();
+        assert_eq!(running.active_kid(), "newer", "{}", e.name);
+        assert_eq!(
+            kids(&running),
+            vec!["newer".to_string(), first_kid.clone()],
+            "{}",
+            e.name
+        );
+        assert!(
+            s.retire_signing_key(&first_kid, NOW + 200).await.unwrap(),
+            "{}",
+            e.name
+        );
+        assert!(
+            !s.retire_signing_key(&first_kid, NOW + 201).await.unwrap(),
+            "{}",
+            e.name
+        );
+        running.reload(s, NOW + 202).await.unwrap();
+        assert_eq!(kids(&running), vec!["newer".to_string()], "{}", e.name);
+        e.finish().await;
+    }
+}
+
+/// `store copy` moves a live SQLite installation to PostgreSQL: every client, grant, token,
+/// consent and key arrives, and what was issued before the move keeps working after it.
+#[tokio::test]
+async fn store_copy_moves_a_sqlite_installation_to_postgres_losing_nothing() {
+    use crate::support::*;
+    let Some(pg) = postgres_url() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite_url = format!("sqlite://{}", dir.path().join("old.db").display());
+    let u = sqlite_url.clone();
+    let a = TestGateway::start_with(move |c| {
+        c.store.url = u;
+        c.authorization.refresh_retry_window_secs = 300;
+    })
+    .await;
+    let issuer = a.base.clone();
+    let before = authorize_user(&a, "alice").await;
+    let rotated = authorize_user(&a, "bob").await;
+    let (s, successor) = a
+        .post_form(
+            "/token",
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &rotated.refresh_token),
+                ("client_id", &rotated.client_id),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200);
+    let source = a.store.clone();
+    let mut counts = Vec::new();
+    for t in copy::TABLES {
+        counts.push((t.name, source.count_rows(t).await.unwrap()));
+    }
+    drop(a);
+
+    let (_dest, admin, schema) = fresh_postgres(&pg).await;
+    let sep = if pg.contains('?') { '&' } else { '?' };
+    let pg_url = format!("{pg}{sep}options=-c%20search_path%3D{schema}");
+    let run = |from: &str, to: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mcp-oauth-gateway"))
+            .args(["store", "copy", "--from", from, "--to", to])
+            .output()
+            .unwrap()
+    };
+    let out = run(&sqlite_url, &pg_url);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("refresh_tokens"), "{stdout}");
+
+    // Row for row.
+    let dest: SharedStore = open(&pg_url).await.unwrap();
+    for (t, (name, n)) in copy::TABLES.iter().zip(&counts) {
+        assert_eq!(dest.count_rows(t).await.unwrap(), *n, "{name}");
+        assert_eq!(
+            dest.export_rows(t).await.unwrap(),
+            source.export_rows(t).await.unwrap(),
+            "{name}"
+        );
+    }
+    assert!(counts.iter().all(|(name, n)| {
+        *n > 0
+            || [
+                "auth_codes",
+                "pending_authorizations",
+                "browser_sessions",
+                "mcp_sessions",
+                "counters",
+            ]
+            .contains(name)
+    }));
+
+    // A second copy into the now-filled store is refused and changes nothing.
+    let out = run(&sqlite_url, &pg_url);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not empty"), "{err}");
+    let users = copy::TABLES.iter().find(|t| t.name == "users").unwrap();
+    assert_eq!(dest.count_rows(users).await.unwrap(), counts[0].1);
+
+    // A gateway on PostgreSQL, at the same public URL, honours what the old one issued.
+    let u = pg_url.clone();
+    let b = TestGateway::start_with(move |c| {
+        c.store.url = u;
+        c.server.public_url = Some(issuer);
+        c.authorization.refresh_retry_window_secs = 300;
+    })
+    .await;
+    let (s, who) = call_whoami(&b, &before.access_token).await;
+    assert_eq!(s, 200, "{who}");
+    assert!(who.to_string().contains("alice"), "{who}");
+    assert_eq!(
+        call_whoami(&b, successor["access_token"].as_str().unwrap())
+            .await
+            .0,
+        200
+    );
+    // The sealed retry answer came along: a retry of the rotated token within the window gets
+    // the same successor, not a fresh pair and not a revocation.
+    let (s, again) = b
+        .post_form(
+            "/token",
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &rotated.refresh_token),
+                ("client_id", &rotated.client_id),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(again["refresh_token"], successor["refresh_token"]);
+    // And an unused refresh token refreshes.
+    let (s, fresh) = b
+        .post_form(
+            "/token",
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &before.refresh_token),
+                ("client_id", &before.client_id),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200, "{fresh}");
+    drop(b);
+    let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&admin)
+        .await;
+}
+
+#[tokio::test]
+async fn store_copy_refuses_a_schema_it_does_not_know() {
+    for e in engines().await {
+        let schema = e.store.schema().await.unwrap();
+        copy::check_schema(&schema).unwrap();
+        let mut extra = schema.clone();
+        extra[0].1.push("surprise".into());
+        let err = copy::check_schema(&extra).unwrap_err().to_string();
+        assert!(err.contains("surprise"), "{}: {err}", e.name);
+        let mut missing = schema.clone();
+        missing.retain(|(t, _)| t != "grants");
+        assert!(copy::check_schema(&missing).is_err(), "{}", e.name);
+        e.finish().await;
+    }
+}
