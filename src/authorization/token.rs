@@ -335,7 +335,7 @@ impl AuthorizationServer {
         let presented = params.require("refresh_token")?;
         let old_hash = crypto::hash_secret(presented);
         let now = self.clock.now();
-        let Some(old) = self.store.refresh_token(&old_hash, now).await? else {
+        let Some((old, grant)) = self.store.refresh_token_and_grant(&old_hash, now).await? else {
             return Err(OAuthError::invalid_grant("the refresh token is not valid"));
         };
         if old.client_id != client.client_id {
@@ -343,7 +343,7 @@ impl AuthorizationServer {
                 "the refresh token was issued to another client",
             ));
         }
-        let grant = match self.store.grant(&old.grant_id).await? {
+        let grant = match grant {
             Some(g) if g.revoked_at.is_none() => g,
             _ => return Err(OAuthError::invalid_grant("the grant has been revoked")),
         };

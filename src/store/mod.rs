@@ -257,6 +257,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<RefreshTokenRecord>>;
     /// Atomically: consume `old_hash` (only if unused, unexpired and its grant live), store
     /// its successors and the sealed retry answer.
+    /// A live (unexpired) refresh token and its grant, in one read: the refresh hot path.
+    async fn refresh_token_and_grant(
+        &self,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<(RefreshTokenRecord, Option<GrantRecord>)>>;
     async fn rotate_refresh(
         &self,
         old_hash: &str,

@@ -648,6 +648,28 @@ impl Store for PostgresStore {
         row.as_ref().map(refresh_from).transpose().map_err(backend)
     }
 
+    async fn refresh_token_and_grant(
+        &self,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<(RefreshTokenRecord, Option<GrantRecord>)>> {
+        let sql = format!(
+            "SELECT {} FROM refresh_tokens r LEFT JOIN grants g ON g.id = r.grant_id
+             WHERE r.token_hash = $1 AND r.expires_at > $2",
+            super::rows::REFRESH_AND_GRANT_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(token_hash)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref()
+            .map(refresh_and_grant_from)
+            .transpose()
+            .map_err(backend)
+    }
+
     async fn rotate_refresh(
         &self,
         old_hash: &str,

@@ -112,8 +112,33 @@ macro_rules! row_mappers {
                 retry_until: r.try_get("retry_until")?,
             })
         }
+
+        /// A refresh token row joined with its grant's columns, which come prefixed `g_`.
+        fn refresh_and_grant_from(
+            r: &$row,
+        ) -> Result<(RefreshTokenRecord, Option<GrantRecord>), sqlx::Error> {
+            let refresh = refresh_from(r)?;
+            let grant = match r.try_get::<Option<String>, _>("g_id")? {
+                None => None,
+                Some(id) => Some(GrantRecord {
+                    id,
+                    user_id: r.try_get("g_user_id")?,
+                    client_id: r.try_get("g_client_id")?,
+                    resource: r.try_get("g_resource")?,
+                    scopes: split_scopes(&r.try_get::<String, _>("g_scopes")?),
+                    created_at: r.try_get("g_created_at")?,
+                    revoked_at: r.try_get("g_revoked_at")?,
+                }),
+            };
+            Ok((refresh, grant))
+        }
     };
 }
+
+/// The columns of `refresh_and_grant_from`, for `FROM refresh_tokens r LEFT JOIN grants g`.
+pub(crate) const REFRESH_AND_GRANT_COLUMNS: &str = "r.*, g.id AS g_id, g.user_id AS g_user_id, \
+     g.client_id AS g_client_id, g.resource AS g_resource, g.scopes AS g_scopes, \
+     g.created_at AS g_created_at, g.revoked_at AS g_revoked_at";
 
 pub(crate) use row_mappers;
 

@@ -21,7 +21,11 @@ pub struct SqliteStore {
     /// here (a fair async queue) instead of on SQLite's lock avoids its busy handler, which
     /// sleeps in steps of up to 100 ms and made the tail latency of writes under load.
     writer: SqlitePool,
+    /// Refresh rotations, committed in groups on the writer.
+    rotator: rotations::Rotator,
 }
+
+mod rotations;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -71,7 +75,12 @@ impl SqliteStore {
                 .await
                 .map_err(backend)?
         };
-        Ok(Self { pool, writer })
+        let rotator = rotations::Rotator::start(writer.clone());
+        Ok(Self {
+            pool,
+            writer,
+            rotator,
+        })
     }
 
     async fn write_tx(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Sqlite>> {
@@ -579,7 +588,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_access_token(&self, t: &AccessTokenRecord) -> StoreResult<()> {
-        insert_access(&self.pool, t).await.map_err(backend)
+        insert_access(&self.writer, t).await.map_err(backend)
     }
 
     async fn access_token(
@@ -628,6 +637,28 @@ impl Store for SqliteStore {
         row.as_ref().map(refresh_from).transpose().map_err(backend)
     }
 
+    async fn refresh_token_and_grant(
+        &self,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<(RefreshTokenRecord, Option<GrantRecord>)>> {
+        let sql = format!(
+            "SELECT {} FROM refresh_tokens r LEFT JOIN grants g ON g.id = r.grant_id
+             WHERE r.token_hash = ? AND r.expires_at > ?",
+            super::rows::REFRESH_AND_GRANT_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(token_hash)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref()
+            .map(refresh_and_grant_from)
+            .transpose()
+            .map_err(backend)
+    }
+
     async fn rotate_refresh(
         &self,
         old_hash: &str,
@@ -637,29 +668,22 @@ impl Store for SqliteStore {
         retry_sealed: &[u8],
         retry_until: Timestamp,
     ) -> StoreResult<RotateOutcome> {
-        let mut tx = self.write_tx().await?;
-        let won = sqlx::query(
-            "UPDATE refresh_tokens SET used_at = ?, successor_hash = ?, retry_sealed = ?, retry_until = ?
-             WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?
-               AND EXISTS (SELECT 1 FROM grants g WHERE g.id = refresh_tokens.grant_id AND g.revoked_at IS NULL)",
-        )
-        .bind(now)
-        .bind(&refresh.token_hash)
-        .bind(retry_sealed)
-        .bind(retry_until)
-        .bind(old_hash)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?
-        .rows_affected()
-            == 1;
+        let won = self
+            .rotator
+            .rotate(rotations::Rotation {
+                old_hash: old_hash.to_string(),
+                now,
+                access: access.clone(),
+                refresh: refresh.clone(),
+                retry_sealed: retry_sealed.to_vec(),
+                retry_until,
+            })
+            .await?;
         if won {
-            insert_access(&mut *tx, access).await.map_err(backend)?;
-            insert_refresh(&mut *tx, refresh).await.map_err(backend)?;
-            tx.commit().await.map_err(backend)?;
             return Ok(RotateOutcome::Rotated);
         }
+        // Lost: read what the winner wrote from one snapshot, off the writer.
+        let mut tx = self.pool.begin().await.map_err(backend)?;
         let row = sqlx::query(
             "SELECT * FROM refresh_tokens WHERE token_hash = ? AND used_at IS NOT NULL",
         )

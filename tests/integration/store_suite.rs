@@ -291,6 +291,154 @@ async fn a_refresh_token_rotates_once_among_concurrent_attempts() {
     }
 }
 
+/// Many rotations at once (SQLite commits them in groups): each wins or loses on its own,
+/// a loser writes nothing, and one bad rotation in a group does not fail the others.
+#[tokio::test]
+async fn rotations_of_many_grants_at_once_each_win_or_lose_on_their_own() {
+    for e in engines().await {
+        const GRANTS: usize = 12;
+        for g in 0..GRANTS {
+            let id = format!("mg{g}");
+            e.store.insert_code(&code(&format!("mc{g}"))).await.unwrap();
+            e.store
+                .redeem_code(
+                    &format!("mc{g}"),
+                    NOW,
+                    &grant(&id),
+                    &access(&format!("mat{g}"), &id),
+                    Some(&refresh(&format!("mrt{g}"), &id)),
+                )
+                .await
+                .unwrap();
+        }
+        let mut tasks = Vec::new();
+        for g in 0..GRANTS {
+            for attempt in 0..3 {
+                let s = e.store.clone();
+                tasks.push(tokio::spawn(async move {
+                    let id = format!("mg{g}");
+                    let outcome = s
+                        .rotate_refresh(
+                            &format!("mrt{g}"),
+                            NOW + 1,
+                            &access(&format!("mat{g}-{attempt}"), &id),
+                            &refresh(&format!("mrt{g}-{attempt}"), &id),
+                            b"sealed",
+                            NOW + 11,
+                        )
+                        .await;
+                    (g, attempt, outcome)
+                }));
+            }
+        }
+        // Unknown tokens in the same burst.
+        for i in 0..3 {
+            let s = e.store.clone();
+            tasks.push(tokio::spawn(async move {
+                let outcome = s
+                    .rotate_refresh(
+                        &format!("nope{i}"),
+                        NOW + 1,
+                        &access(&format!("nat{i}"), "mg0"),
+                        &refresh(&format!("nrt{i}"), "mg0"),
+                        b"sealed",
+                        NOW + 11,
+                    )
+                    .await;
+                (usize::MAX, i, outcome)
+            }));
+        }
+        let mut winners = vec![Vec::new(); GRANTS];
+        for t in tasks {
+            let (g, attempt, outcome) = t.await.unwrap();
+            match outcome.unwrap() {
+                RotateOutcome::Rotated => winners[g].push(attempt),
+                RotateOutcome::AlreadyUsed { .. } => assert!(g < GRANTS, "{}", e.name),
+                RotateOutcome::Invalid => assert_eq!(g, usize::MAX, "{}", e.name),
+            }
+        }
+        for (g, won) in winners.iter().enumerate() {
+            assert_eq!(won.len(), 1, "{}: grant {g} won {won:?}", e.name);
+            for attempt in 0..3 {
+                let successor = e
+                    .store
+                    .refresh_token_and_grant(&format!("mrt{g}-{attempt}"), NOW + 2)
+                    .await
+                    .unwrap();
+                let issued = e
+                    .store
+                    .access_token(&format!("mat{g}-{attempt}"), NOW + 2)
+                    .await
+                    .unwrap();
+                if attempt == won[0] {
+                    let (r, grant) = successor.expect("the winner's successor exists");
+                    assert!(r.used_at.is_none(), "{}", e.name);
+                    assert_eq!(grant.unwrap().id, format!("mg{g}"), "{}", e.name);
+                    assert!(issued.is_some(), "{}", e.name);
+                } else {
+                    assert!(successor.is_none(), "{}: a loser wrote a token", e.name);
+                    assert!(issued.is_none(), "{}: a loser wrote a token", e.name);
+                }
+            }
+        }
+        // A rotation whose successor cannot be written fails alone and changes nothing.
+        let taken = format!("mrt1-{}", winners[1][0]);
+        let s2 = e.store.clone();
+        let current2 = format!("mrt2-{}", winners[2][0]);
+        let good = tokio::spawn(async move {
+            s2.rotate_refresh(
+                &current2,
+                NOW + 3,
+                &access("mat2-next", "mg2"),
+                &refresh("mrt2-next", "mg2"),
+                b"sealed",
+                NOW + 13,
+            )
+            .await
+        });
+        let bad = e
+            .store
+            .rotate_refresh(
+                &format!("mrt3-{}", winners[3][0]),
+                NOW + 3,
+                &access("mat3-next", "mg3"),
+                &refresh(&taken, "mg3"),
+                b"sealed",
+                NOW + 13,
+            )
+            .await;
+        assert!(
+            bad.is_err(),
+            "{}: a duplicate successor was accepted",
+            e.name
+        );
+        assert!(
+            matches!(good.await.unwrap().unwrap(), RotateOutcome::Rotated),
+            "{}",
+            e.name
+        );
+        let (r3, _) = e
+            .store
+            .refresh_token_and_grant(&format!("mrt3-{}", winners[3][0]), NOW + 4)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            r3.used_at.is_none(),
+            "{}: the failed rotation left its mark",
+            e.name
+        );
+        assert!(
+            e.store
+                .access_token("mat3-next", NOW + 4)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        e.finish().await;
+    }
+}
+
 #[tokio::test]
 async fn the_client_cap_holds_under_concurrent_registrations() {
     for e in engines().await {
