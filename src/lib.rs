@@ -4,6 +4,7 @@
 //! framing, and `main.rs` only parses the command line and wires these together.
 
 pub mod authorization;
+pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;

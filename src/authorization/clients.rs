@@ -196,7 +196,15 @@ impl AuthorizationServer {
                 .await
                 .map(Some);
         }
-        Ok(self.store.client(client_id).await?.map(Client::from_record))
+        let now = self.clock.now();
+        if let Some(c) = self.clients_seen.get(client_id, now) {
+            return Ok(Some(c));
+        }
+        let found = self.store.client(client_id).await?.map(Client::from_record);
+        if let Some(c) = &found {
+            self.clients_seen.put(client_id.to_string(), c.clone(), now);
+        }
+        Ok(found)
     }
 
     /// RFC 7591 registration. `bearer` is the initial access token presented, if any.

@@ -74,6 +74,10 @@ pub struct AuthorizationServer {
     static_clients: Vec<Client>,
     cimd: cimd::CimdResolver,
     pub tokens: token::TokenCache,
+    /// Registered clients recently read, so `/token` does not read the client on every call.
+    /// A removed client's grants, tokens and codes go with it, and the removal empties this
+    /// on every instance (it is a revocation); at worst it lingers `TOKEN_CACHE_SECS`.
+    clients_seen: crate::cache::TtlCache<Client>,
 }
 
 impl AuthorizationServer {
@@ -147,6 +151,7 @@ impl AuthorizationServer {
             static_clients: config.clients.iter().map(Client::from_config).collect(),
             cimd: cimd::CimdResolver::new(fetcher, config.registration.cimd_default_cache_secs),
             tokens: token::TokenCache::default(),
+            clients_seen: crate::cache::TtlCache::new(token::TOKEN_CACHE_SECS, 10_000),
         }))
     }
 
@@ -249,8 +254,20 @@ impl AuthorizationServer {
     /// Deletes expired state; run periodically.
     pub async fn sweep(&self) -> Result<crate::store::SweepCounts, crate::store::StoreError> {
         let now = self.clock.now();
-        self.store
+        let swept = self
+            .store
             .sweep(now, now - self.settings.unused_client_ttl)
-            .await
+            .await;
+        // Unused clients may have gone.
+        self.clients_seen.clear();
+        swept
+    }
+
+    /// Empties the caches whenever the store reports a revocation (by any instance).
+    pub async fn follow_revocations(&self, mut events: tokio::sync::mpsc::Receiver<()>) {
+        while events.recv().await.is_some() {
+            self.tokens.clear();
+            self.clients_seen.clear();
+        }
     }
 }

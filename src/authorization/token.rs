@@ -55,44 +55,34 @@ pub struct Principal {
 /// request. An entry is trusted for `TOKEN_CACHE_SECS` at most; every revocation made
 /// through this instance empties the cache at once. A revocation made elsewhere (the CLI,
 /// another instance) takes effect here within `TOKEN_CACHE_SECS`.
-#[derive(Default)]
 pub struct TokenCache {
-    entries: std::sync::Mutex<std::collections::HashMap<String, (TokenInfo, i64)>>,
+    entries: crate::cache::TtlCache<TokenInfo>,
 }
 
 pub const TOKEN_CACHE_SECS: i64 = 5;
 const TOKEN_CACHE_MAX: usize = 50_000;
 
+impl Default for TokenCache {
+    fn default() -> Self {
+        Self {
+            entries: crate::cache::TtlCache::new(TOKEN_CACHE_SECS, TOKEN_CACHE_MAX),
+        }
+    }
+}
+
 impl TokenCache {
     fn get(&self, hash: &str, now: i64) -> Option<TokenInfo> {
-        let m = self.entries.lock().ok()?;
-        let (info, cached_at) = m.get(hash)?;
-        (now < cached_at + TOKEN_CACHE_SECS && now < info.token.expires_at).then(|| info.clone())
+        self.entries
+            .get(hash, now)
+            .filter(|info| now < info.token.expires_at)
     }
 
     fn put(&self, hash: String, info: TokenInfo, now: i64) {
-        if let Ok(mut m) = self.entries.lock() {
-            if m.len() >= TOKEN_CACHE_MAX {
-                m.retain(|_, (_, at)| now < *at + TOKEN_CACHE_SECS);
-                if m.len() >= TOKEN_CACHE_MAX {
-                    m.clear();
-                }
-            }
-            m.insert(hash, (info, now));
-        }
-    }
-
-    /// Empties the cache whenever the store reports a revocation (by any instance).
-    pub async fn follow(&self, mut events: tokio::sync::mpsc::Receiver<()>) {
-        while events.recv().await.is_some() {
-            self.clear();
-        }
+        self.entries.put(hash, info, now);
     }
 
     pub fn clear(&self) {
-        if let Ok(mut m) = self.entries.lock() {
-            m.clear();
-        }
+        self.entries.clear();
     }
 }
 

@@ -292,7 +292,7 @@ impl Gateway {
         let auth = self.app.auth.clone();
         let follower = tokio::spawn(async move {
             if let Some(events) = auth.store.watch_revocations().await {
-                auth.tokens.follow(events).await;
+                auth.follow_revocations(events).await;
             }
         });
         let proxy = self.app.proxy.clone();

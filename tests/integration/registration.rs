@@ -272,3 +272,56 @@ async fn futures_seq<F: std::future::Future<Output = u16>>(
     }
     out
 }
+
+/// Clients are cached briefly per instance; removing one still ends everything it had at
+/// once, and the cache forgets it within its few seconds.
+#[tokio::test]
+async fn a_removed_client_gets_nothing_more_even_while_cached() {
+    let gw = TestGateway::start().await;
+    let a = authorize_user(&gw, "alice").await;
+    let refresh = |rt: String| {
+        let (gw, client_id) = (&gw, a.client_id.clone());
+        async move {
+            gw.post_form(
+                "/token",
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", &rt),
+                    ("client_id", &client_id),
+                ],
+            )
+            .await
+        }
+    };
+    // This refresh reads the client, so it is cached now.
+    let (status, tokens) = refresh(a.refresh_token.clone()).await;
+    assert_eq!(status, 200, "{tokens}");
+    let rt2 = tokens["refresh_token"].as_str().unwrap().to_string();
+
+    assert!(
+        gw.store
+            .delete_client(&a.client_id, gw.now())
+            .await
+            .unwrap()
+    );
+    // Its grant went with it: even where the client is still cached (on SQLite; on
+    // PostgreSQL the removal's notification has emptied the cache) it refreshes nothing.
+    let (status, body) = refresh(rt2.clone()).await;
+    assert!(
+        matches!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_grant")) | (401, Some("invalid_client"))
+        ),
+        "{status} {body}"
+    );
+    // Once the cache's few seconds have passed, the client is unknown.
+    gw.clock
+        .advance(mcp_oauth_gateway::authorization::token::TOKEN_CACHE_SECS + 1);
+    let (status, body) = refresh(rt2).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client")),
+        "{body}"
+    );
+    assert_eq!(call_whoami(&gw, &a.access_token).await.0, 401);
+}
