@@ -176,6 +176,14 @@ impl AuthorizationServer {
     /// Finds a client by id: configured, registered, or (for an https URL) its metadata
     /// document. `Ok(None)` when nobody by that name exists.
     pub async fn find_client(&self, client_id: &str) -> Result<Option<Client>, OAuthError> {
+        self.find_client_via(client_id, ClientLookup::Fresh).await
+    }
+
+    async fn find_client_via(
+        &self,
+        client_id: &str,
+        lookup: ClientLookup,
+    ) -> Result<Option<Client>, OAuthError> {
         if client_id.is_empty() || client_id.len() > 2048 {
             return Ok(None);
         }
@@ -197,7 +205,9 @@ impl AuthorizationServer {
                 .map(Some);
         }
         let now = self.clock.now();
-        if let Some(c) = self.clients_seen.get(client_id, now) {
+        if lookup == ClientLookup::Cached
+            && let Some(c) = self.clients_seen.get(client_id, now)
+        {
             return Ok(Some(c));
         }
         let found = self.store.client(client_id).await?.map(Client::from_record);
@@ -410,6 +420,7 @@ impl AuthorizationServer {
         &self,
         params: &super::params::Params,
         basic: Option<(String, String)>,
+        lookup: ClientLookup,
     ) -> Result<Client, OAuthError> {
         let post_secret = params.get("client_secret")?;
         let param_id = params.get("client_id")?;
@@ -441,7 +452,7 @@ impl AuthorizationServer {
                 }
             },
         };
-        let Some(client) = self.find_client(client_id).await.map_err(|e| {
+        let Some(client) = self.find_client_via(client_id, lookup).await.map_err(|e| {
             if e.code == ErrorCode::InvalidClient {
                 fail(&e.description)
             } else {
@@ -464,4 +475,15 @@ impl AuthorizationServer {
             }
         }
     }
+}
+
+/// Whether a registered client may come from the short-lived per-instance cache.
+///
+/// Only where whatever the client obtains also needs a live grant in the store (refresh),
+/// so that a client removed a moment ago obtains nothing; everywhere else (authorization,
+/// client_credentials, revocation, introspection) the store is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientLookup {
+    Cached,
+    Fresh,
 }

@@ -108,7 +108,14 @@ impl AuthorizationServer {
             )));
         }
         let grant_type = params.require("grant_type")?;
-        let client = self.authenticate_client(params, basic).await?;
+        // A refresh needs the grant to be live in the store, which a client's removal is
+        // not, so only a refresh may take the client from the cache.
+        let lookup = if grant_type == "refresh_token" {
+            super::clients::ClientLookup::Cached
+        } else {
+            super::clients::ClientLookup::Fresh
+        };
+        let client = self.authenticate_client(params, basic, lookup).await?;
         match grant_type {
             "authorization_code" | "refresh_token" | "client_credentials"
                 if !client.allows_grant(grant_type) =>
@@ -479,7 +486,9 @@ impl AuthorizationServer {
                 "the `{name}` parameter is repeated"
             )));
         }
-        let client = self.authenticate_client(params, basic).await?;
+        let client = self
+            .authenticate_client(params, basic, super::clients::ClientLookup::Fresh)
+            .await?;
         let token = params.require("token")?;
         let hash = crypto::hash_secret(token);
         let now = self.clock.now();
@@ -513,7 +522,9 @@ impl AuthorizationServer {
         params: &Params,
         basic: Option<(String, String)>,
     ) -> Result<Value, OAuthError> {
-        let client = self.authenticate_client(params, basic).await?;
+        let client = self
+            .authenticate_client(params, basic, super::clients::ClientLookup::Fresh)
+            .await?;
         if !client.introspection || client.is_public() {
             return Err(OAuthError::new(
                 ErrorCode::UnauthorizedClient,

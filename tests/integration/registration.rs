@@ -314,7 +314,17 @@ async fn a_removed_client_gets_nothing_more_even_while_cached() {
         ),
         "{status} {body}"
     );
-    // Once the cache's few seconds have passed, the client is unknown.
+    // Authorization reads the store, not the cache: no new code for a removed client.
+    let pkce = Pkce::new();
+    let url = url::Url::parse_with_params(
+        &gw.url("/authorize"),
+        &authorize_params(&a.client_id, &a.redirect, &pkce, &gw.resource()),
+    )
+    .unwrap();
+    let r = TestGateway::browser().get(url).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.headers().get("location").is_none());
+    // Once the cache's few seconds have passed, the client is unknown everywhere.
     gw.clock
         .advance(mcp_oauth_gateway::authorization::token::TOKEN_CACHE_SECS + 1);
     let (status, body) = refresh(rt2).await;
