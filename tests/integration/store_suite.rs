@@ -602,6 +602,74 @@ async fn counters_sessions_consents_keys_and_users() {
     }
 }
 
+/// Two instances race to rotate the same refresh tokens: exactly one rotation of each
+/// token wins in the database, and only the winner's successor is stored.
+#[tokio::test]
+async fn two_instances_rotating_the_same_tokens_have_one_winner_each() {
+    let Some(pg) = postgres_url() else { return };
+    let (a, admin, schema) = fresh_postgres(&pg).await;
+    let sep = if pg.contains('?') { '&' } else { '?' };
+    let b =
+        mcp_oauth_gateway::store::open(&format!("{pg}{sep}options=-c%20search_path%3D{schema}"))
+            .await
+            .unwrap();
+    const GRANTS: usize = 10;
+    for g in 0..GRANTS {
+        let id = format!("xg{g}");
+        a.insert_code(&code(&format!("xc{g}"))).await.unwrap();
+        a.redeem_code(
+            &format!("xc{g}"),
+            NOW,
+            &grant(&id),
+            &access(&format!("xat{g}"), &id),
+            Some(&refresh(&format!("xrt{g}"), &id)),
+        )
+        .await
+        .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for g in 0..GRANTS {
+        for attempt in 0..6 {
+            let store = if attempt % 2 == 0 {
+                a.clone()
+            } else {
+                b.clone()
+            };
+            tasks.push(tokio::spawn(async move {
+                let id = format!("xg{g}");
+                let outcome = store
+                    .rotate_refresh(
+                        &format!("xrt{g}"),
+                        NOW + 1,
+                        &access(&format!("xat{g}-{attempt}"), &id),
+                        &refresh(&format!("xrt{g}-{attempt}"), &id),
+                        b"sealed",
+                        NOW + 11,
+                    )
+                    .await
+                    .unwrap();
+                (g, matches!(outcome, RotateOutcome::Rotated))
+            }));
+        }
+    }
+    let mut wins = [0; GRANTS];
+    for t in tasks {
+        let (g, won) = t.await.unwrap();
+        wins[g] += usize::from(won);
+    }
+    assert_eq!(wins, [1; GRANTS]);
+    let successors: i64 = sqlx::query_scalar(&format!(
+        "SELECT COUNT(*) FROM {schema}.refresh_tokens WHERE token_hash LIKE 'xrt%-%'"
+    ))
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(successors, GRANTS as i64);
+    let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&admin)
+        .await;
+}
+
 #[tokio::test]
 async fn a_revocation_on_one_instance_is_refused_by_the_other_within_a_second() {
     use crate::support::*;
