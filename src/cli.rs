@@ -43,7 +43,7 @@ pub enum Command {
     Grants(GrantsCommand),
     /// Check the configuration and exit.
     CheckConfig,
-    /// Keys that sign identity assertions.
+    /// Keys that sign identity assertions, and the encryption keys that protect them.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Create or upgrade the store's schema, then exit (serve does it too; with several
@@ -124,11 +124,20 @@ pub enum KeysCommand {
     /// Add a new key: published at once, signing two minutes later (running instances re-read
     /// keys every 30 s); the old ones stay published, so what they signed still verifies.
     Rotate,
-    /// Stop publishing a key (not the one that signs).
+    /// Stop publishing a key (not the one that signs) and erase its private half.
     Retire {
         #[arg(allow_hyphen_values = true)]
         kid: String,
     },
+    /// Print a new encryption key entry (`id:base64`) to add to `keys.encryption`; touches
+    /// nothing.
+    NewEncryptionKey {
+        /// Its id (default: today's date and six random hex digits, e.g. `20261201-3fa2c1`).
+        id: Option<String>,
+    },
+    /// Re-encrypt every live signing key under the active encryption key (`serve` does it at
+    /// start too), so older encryption keys can then be removed from the configuration.
+    Reseal,
 }
 
 #[derive(Debug, Args)]
@@ -190,6 +199,18 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         println!("configuration OK ({})", config.origin);
         return Ok(());
     }
+    if let Command::Keys(KeysCommand::NewEncryptionKey { id }) = command {
+        // Default id: the date and a few random characters, so two made on one day differ.
+        let id = id.unwrap_or_else(|| {
+            format!(
+                "{}-{}",
+                crate::clock::utc_date_compact(crate::clock::Clock::now(&SystemClock)),
+                &crypto::new_id()[..6]
+            )
+        });
+        println!("{}", crypto::EncryptionKeys::generate_entry(&id)?);
+        return Ok(());
+    }
     if let Command::Store(StoreCommand::Copy { from, to }) = command {
         return store_copy(&from, &to).await;
     }
@@ -206,7 +227,7 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         Command::Users(c) => users(c, &config, store, clock).await,
         Command::Clients(c) => clients(c, &config, store, clock).await,
         Command::Grants(c) => grants(c, store, clock).await,
-        Command::Keys(c) => keys(c, store, clock).await,
+        Command::Keys(c) => keys(c, &config, store, clock).await,
         Command::Store(_) => Ok(()),
     }
 }
@@ -453,26 +474,51 @@ async fn clients(
     Ok(())
 }
 
-async fn keys(c: KeysCommand, store: SharedStore, clock: SharedClock) -> Result<(), String> {
+async fn keys(
+    c: KeysCommand,
+    config: &Config,
+    store: SharedStore,
+    clock: SharedClock,
+) -> Result<(), String> {
+    let encryption = config.keys.encryption_keys()?;
     match c {
         KeysCommand::List => {
             let keys = store.signing_keys().await.map_err(|e| e.to_string())?;
             let created: Vec<i64> = keys.iter().map(|(_, _, c)| *c).collect();
             let signing = crate::proxy::signing_index(&created, clock.now());
-            for (i, (kid, _, created)) in keys.iter().enumerate() {
+            for (i, (kid, stored, created)) in keys.iter().enumerate() {
                 let state = if i == signing {
-                    "\tsigning"
+                    "signing"
                 } else if i < signing {
-                    "\tpublished, signs soon"
+                    "published, signs soon"
                 } else {
-                    "\tpublished, verifies"
+                    "published, verifies"
                 };
-                println!("{kid}\tcreated {created}{state}");
+                let at_rest = match crypto::sealed_with(stored) {
+                    Some(by) => format!("encrypted with `{by}`"),
+                    None => "unencrypted".into(),
+                };
+                println!("{kid}\tcreated {created}\t{state}\t{at_rest}");
             }
+        }
+        KeysCommand::NewEncryptionKey { .. } => {}
+        KeysCommand::Reseal => {
+            let keys = encryption.ok_or(
+                "`keys.encryption` is empty: add a key (see `keys new-encryption-key`) first",
+            )?;
+            let n = crate::proxy::reseal_signing_keys(&store, &keys).await?;
+            println!(
+                "{n} signing key(s) re-encrypted; every live key is now encrypted with `{}`",
+                keys.active_id()
+            );
         }
         KeysCommand::Rotate => {
             let kid = crypto::new_id();
-            let pkcs8 = crate::proxy::generate_key()?;
+            let pkcs8 = crate::proxy::stored_form(
+                encryption.as_ref(),
+                &kid,
+                &crate::proxy::generate_key()?,
+            )?;
             // Keys are ordered by creation second: a second rotation within the same second
             // must still come out newest.
             let newest = store

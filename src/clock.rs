@@ -45,3 +45,30 @@ impl Clock for ManualClock {
         self.0.load(Ordering::SeqCst)
     }
 }
+
+/// The UTC calendar date of `ts` as `YYYYMMDD` (proleptic Gregorian; days-to-civil after
+/// Howard Hinnant's published algorithm).
+pub fn utc_date_compact(ts: Timestamp) -> String {
+    let days = ts.div_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}{month:02}{day:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates_from_timestamps() {
+        assert_eq!(super::utc_date_compact(0), "19700101");
+        assert_eq!(super::utc_date_compact(951_782_400), "20000229");
+        assert_eq!(super::utc_date_compact(1_796_083_200), "20261201");
+        assert_eq!(super::utc_date_compact(1_796_083_199), "20261130");
+    }
+}

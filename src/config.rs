@@ -44,6 +44,7 @@ pub struct Config {
     pub clients: Vec<StaticClientConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub proxy: ProxyConfig,
+    pub keys: KeysConfig,
     /// Where the configuration came from, for error messages.
     #[serde(skip)]
     pub origin: String,
@@ -61,6 +62,7 @@ impl Default for Config {
             clients: Vec::new(),
             upstreams: Vec::new(),
             proxy: ProxyConfig::default(),
+            keys: KeysConfig::default(),
             origin: "defaults".into(),
         }
     }
@@ -454,6 +456,66 @@ impl fmt::Debug for UpstreamCredentials {
     }
 }
 
+/// Keys for secrets the gateway keeps in its store (today the signing keys' private halves).
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// Encryption keys, `id:base64 of 32 bytes` each: a list, or one string of entries
+    /// separated by spaces, commas or newlines (handy in an environment variable). Every
+    /// instance on one store needs the same keys. Empty: stored secrets are not encrypted.
+    #[serde(deserialize_with = "entries")]
+    pub encryption: Vec<String>,
+    /// The id of the key that encrypts; the first entry by default.
+    pub encryption_active: Option<String>,
+}
+
+impl fmt::Debug for KeysConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ids: Vec<&str> = self
+            .encryption
+            .iter()
+            .map(|e| e.split_once(':').map_or("?", |(id, _)| id))
+            .collect();
+        f.debug_struct("KeysConfig")
+            .field("encryption", &format_args!("{ids:?} (material redacted)"))
+            .field("encryption_active", &self.encryption_active)
+            .finish()
+    }
+}
+
+impl KeysConfig {
+    /// The parsed encryption keys, if any are configured (checked by `validate`).
+    pub fn encryption_keys(&self) -> Result<Option<crate::crypto::EncryptionKeys>, String> {
+        if self.encryption.is_empty() {
+            return Ok(None);
+        }
+        crate::crypto::EncryptionKeys::parse(&self.encryption, self.encryption_active.as_deref())
+            .map(Some)
+    }
+}
+
+/// A list of strings, or one string split at whitespace and commas. Errors never quote the
+/// value: these entries hold key material.
+fn entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entries {
+        One(String),
+        Many(Vec<String>),
+    }
+    match Entries::deserialize(d) {
+        Ok(Entries::One(s)) => Ok(s
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|e| !e.is_empty())
+            .map(str::to_string)
+            .collect()),
+        Ok(Entries::Many(v)) => Ok(v),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected a list of `id:key` strings, or one string of them",
+        )),
+    }
+}
+
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticClientConfig {
@@ -585,6 +647,20 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Err(e) = self.keys.encryption_keys() {
+            let key = if e.contains("active key") {
+                "keys.encryption_active"
+            } else {
+                "keys.encryption"
+            };
+            return Err(self.invalid(key, e));
+        }
+        if self.keys.encryption.is_empty() && self.keys.encryption_active.is_some() {
+            return Err(self.invalid(
+                "keys.encryption_active",
+                "names a key, but `keys.encryption` lists none",
+            ));
+        }
         if let Some(u) = &self.server.public_url {
             let url = Url::parse(u)
                 .map_err(|e| self.invalid("server.public_url", format!("not a URL: {e}")))?;

@@ -9,8 +9,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 
 use crate::authorization::token::Principal;
+use std::sync::Arc;
+
 use crate::clock::Timestamp;
-use crate::crypto;
+use crate::crypto::{self, EncryptionKeys};
 use crate::store::SharedStore;
 
 /// How long a new key is published before it signs: every instance re-reads the keys every
@@ -32,6 +34,8 @@ struct KeyRing {
 pub struct Signer {
     ring: std::sync::RwLock<std::sync::Arc<KeyRing>>,
     rng: SystemRandom,
+    /// Opens the private halves when they are stored encrypted.
+    encryption: Option<Arc<EncryptionKeys>>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -72,46 +76,135 @@ pub fn generate_key() -> Result<Vec<u8>, String> {
         .map_err(|_| "could not generate a signing key".to_string())
 }
 
+/// What a signing key's envelope is bound to, so it opens on its own row only.
+fn sealed_row(kid: &str) -> String {
+    format!("signing_keys/{kid}")
+}
+
+/// How a key's private half is stored: sealed under the active encryption key when there are
+/// encryption keys, PKCS#8 as is otherwise.
+pub fn stored_form(
+    encryption: Option<&EncryptionKeys>,
+    kid: &str,
+    pkcs8: &[u8],
+) -> Result<Vec<u8>, String> {
+    match encryption {
+        Some(keys) => keys
+            .seal(&sealed_row(kid), pkcs8)
+            .map_err(|e| format!("signing key {kid}: {e}")),
+        None => Ok(pkcs8.to_vec()),
+    }
+}
+
+/// The PKCS#8 of a stored private half; the error names the key and what is missing.
+pub fn pkcs8_of(
+    encryption: Option<&EncryptionKeys>,
+    kid: &str,
+    stored: &[u8],
+) -> Result<Vec<u8>, String> {
+    match (crypto::sealed_with(stored), encryption) {
+        (None, _) => Ok(stored.to_vec()),
+        (Some(by), None) => Err(format!(
+            "signing key {kid} is stored encrypted with encryption key `{by}`, but `keys.encryption` is empty"
+        )),
+        (Some(_), Some(keys)) => keys
+            .open(&sealed_row(kid), stored)
+            .map_err(|e| format!("signing key {kid} {e} (`keys.encryption`)")),
+    }
+}
+
+/// Re-seals every live key that is not sealed under the active encryption key (stored in
+/// clear before encryption was configured, or under a key being rotated out). Returns how
+/// many it changed; several instances doing it at once change each key once.
+pub async fn reseal_signing_keys(
+    store: &SharedStore,
+    encryption: &EncryptionKeys,
+) -> Result<usize, String> {
+    let mut changed = 0;
+    for (kid, stored, _) in store.signing_keys().await.map_err(|e| e.to_string())? {
+        if crypto::sealed_with(&stored) == Some(encryption.active_id()) {
+            continue;
+        }
+        let pkcs8 = pkcs8_of(Some(encryption), &kid, &stored)?;
+        let sealed = stored_form(Some(encryption), &kid, &pkcs8)?;
+        if store
+            .reseal_signing_key(&kid, &stored, &sealed)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
 impl Signer {
-    /// Loads the live keys from the store, creating the first one if there is none.
-    pub async fn load(store: &SharedStore, now: Timestamp) -> Result<Self, String> {
+    /// Loads the live keys from the store, creating the first one if there is none. With
+    /// encryption keys, first re-seals any key not yet under the active one.
+    pub async fn load(
+        store: &SharedStore,
+        now: Timestamp,
+        encryption: Option<Arc<EncryptionKeys>>,
+    ) -> Result<Self, String> {
         if store
             .signing_keys()
             .await
             .map_err(|e| e.to_string())?
             .is_empty()
         {
-            let pkcs8 = generate_key()?;
+            let kid = crypto::new_id();
+            let stored = stored_form(encryption.as_deref(), &kid, &generate_key()?)?;
             store
-                .add_signing_key_if_none(&crypto::new_id(), &pkcs8, now)
+                .add_signing_key_if_none(&kid, &stored, now)
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        let ring = Self::read(store, now).await?;
+        match &encryption {
+            Some(keys) => {
+                let n = reseal_signing_keys(store, keys).await?;
+                if n > 0 {
+                    tracing::info!(
+                        count = n,
+                        encryption_key = keys.active_id(),
+                        "signing keys re-encrypted under the active encryption key"
+                    );
+                }
+            }
+            None => tracing::info!(
+                "signing keys are stored unencrypted; set `keys.encryption` to encrypt them"
+            ),
+        }
+        let ring = Self::read(store, now, encryption.as_deref()).await?;
         Ok(Self {
             ring: std::sync::RwLock::new(std::sync::Arc::new(ring)),
             rng: SystemRandom::new(),
+            encryption,
         })
     }
 
     /// Re-reads the keys (a rotation or retirement made by the CLI or another instance).
     /// On failure the keys in use stay.
     pub async fn reload(&self, store: &SharedStore, now: Timestamp) -> Result<(), String> {
-        let ring = std::sync::Arc::new(Self::read(store, now).await?);
+        let ring = std::sync::Arc::new(Self::read(store, now, self.encryption.as_deref()).await?);
         if let Ok(mut current) = self.ring.write() {
             *current = ring;
         }
         Ok(())
     }
 
-    async fn read(store: &SharedStore, now: Timestamp) -> Result<KeyRing, String> {
+    async fn read(
+        store: &SharedStore,
+        now: Timestamp,
+        encryption: Option<&EncryptionKeys>,
+    ) -> Result<KeyRing, String> {
         let keys = store.signing_keys().await.map_err(|e| e.to_string())?;
         let created: Vec<Timestamp> = keys.iter().map(|(_, _, c)| *c).collect();
         let signing = signing_index(&created, now);
         let mut jwks = Vec::new();
         let mut active = None;
-        for (i, (kid, pkcs8, _)) in keys.iter().enumerate() {
-            let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
+        for (i, (kid, stored, _)) in keys.iter().enumerate() {
+            let pkcs8 = pkcs8_of(encryption, kid, stored)?;
+            let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8)
                 .map_err(|_| format!("signing key {kid} is unreadable"))?;
             if let Some(jwk) = public_jwk(kid, &key) {
                 if i == signing {

@@ -337,12 +337,17 @@ pub trait Store: Send + Sync + 'static {
     async fn unbind_session(&self, upstream: &str, session_hash: &str) -> StoreResult<()>;
 
     // signing keys
-    /// Live (not retired) signing keys, newest first: (kid, PKCS#8, created_at).
+    /// Live (not retired) signing keys, newest first: (kid, private key as stored — PKCS#8,
+    /// or an envelope of it under an encryption key —, created_at).
     async fn signing_keys(&self) -> StoreResult<Vec<(String, Vec<u8>, Timestamp)>>;
     /// Adds a key that becomes the active one (the newest live key signs).
     async fn add_signing_key(&self, kid: &str, pkcs8: &[u8], now: Timestamp) -> StoreResult<()>;
-    /// Retires a key: it is no longer published, so what it signed stops verifying.
+    /// Retires a key: it is no longer published, so what it signed stops verifying; its
+    /// private half is erased.
     async fn retire_signing_key(&self, kid: &str, now: Timestamp) -> StoreResult<bool>;
+    /// Replaces a live key's stored private half (re-sealed under another encryption key) if
+    /// it still is `current`; false when it changed meanwhile or the key is gone.
+    async fn reseal_signing_key(&self, kid: &str, current: &[u8], new: &[u8]) -> StoreResult<bool>;
     /// Adds a key unless one is live already (several instances starting at once keep one).
     async fn add_signing_key_if_none(
         &self,

@@ -988,10 +988,24 @@ impl Store for PostgresStore {
 
     async fn retire_signing_key(&self, kid: &str, now: Timestamp) -> StoreResult<bool> {
         let r = sqlx::query(
-            "UPDATE signing_keys SET retired_at = $1 WHERE kid = $2 AND retired_at IS NULL",
+            "UPDATE signing_keys SET retired_at = $1, pkcs8 = $2 WHERE kid = $3 AND retired_at IS NULL",
         )
         .bind(now)
+        .bind(&[] as &[u8])
         .bind(kid)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn reseal_signing_key(&self, kid: &str, current: &[u8], new: &[u8]) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "UPDATE signing_keys SET pkcs8 = $1 WHERE kid = $2 AND pkcs8 = $3 AND retired_at IS NULL",
+        )
+        .bind(new)
+        .bind(kid)
+        .bind(current)
         .execute(&self.pool)
         .await
         .map_err(backend)?;

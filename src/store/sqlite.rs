@@ -946,10 +946,24 @@ impl Store for SqliteStore {
 
     async fn retire_signing_key(&self, kid: &str, now: Timestamp) -> StoreResult<bool> {
         let r = sqlx::query(
-            "UPDATE signing_keys SET retired_at = ? WHERE kid = ? AND retired_at IS NULL",
+            "UPDATE signing_keys SET retired_at = ?, pkcs8 = ? WHERE kid = ? AND retired_at IS NULL",
         )
         .bind(now)
+        .bind(&[] as &[u8])
         .bind(kid)
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn reseal_signing_key(&self, kid: &str, current: &[u8], new: &[u8]) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "UPDATE signing_keys SET pkcs8 = ? WHERE kid = ? AND pkcs8 = ? AND retired_at IS NULL",
+        )
+        .bind(new)
+        .bind(kid)
+        .bind(current)
         .execute(&self.writer)
         .await
         .map_err(backend)?;

@@ -150,7 +150,8 @@ impl Gateway {
         clock: SharedClock,
     ) -> Result<Self, String> {
         let auth = AuthorizationServer::new(&config, store.clone(), clock.clone())?;
-        let signer = Arc::new(crate::proxy::Signer::load(&store, clock.now()).await?);
+        let encryption = config.keys.encryption_keys()?.map(Arc::new);
+        let signer = Arc::new(crate::proxy::Signer::load(&store, clock.now(), encryption).await?);
         let proxy = Arc::new(Proxy::new(&config, store, clock, signer)?);
         let trusted = config
             .server

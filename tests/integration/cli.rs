@@ -9,10 +9,20 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 const BIN: &str = env!("CARGO_BIN_EXE_mcp-oauth-gateway");
 
 fn run(dir: &std::path::Path, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    run_env(dir, args, stdin, &[])
+}
+
+fn run_env(
+    dir: &std::path::Path,
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
     let mut child = Command::new(BIN)
         .args(args)
         .current_dir(dir)
         .env("MCP_OAUTH_GATEWAY_STORE__URL", "sqlite://state.db")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -237,4 +247,119 @@ fn signing_keys_rotate_and_retire_from_the_command_line() {
     // An id that looks like a flag is still an id.
     let (ok, _, err) = run(dir.path(), &["keys", "retire", "-Ab_c"], None);
     assert!(!ok && err.contains("no live key"), "{err}");
+}
+
+#[tokio::test]
+async fn encryption_keys_are_made_and_applied_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let entry = |id: Option<&str>| {
+        let mut args = vec!["keys", "new-encryption-key"];
+        args.extend(id);
+        let (ok, out, err) = run(d, &args, None);
+        assert!(ok, "{err}");
+        out.trim().to_string()
+    };
+    let k1 = entry(Some("k1"));
+    assert!(k1.starts_with("k1:") && k1.len() == 3 + 44, "{k1}");
+    let dated = entry(None);
+    let id = dated.split_once(':').unwrap().0;
+    assert!(
+        id.len() == 15 && id.as_bytes()[8] == b'-' && id[..8].bytes().all(|b| b.is_ascii_digit()),
+        "{id}"
+    );
+    assert!(
+        !d.join("state.db").exists(),
+        "making a key touches no store"
+    );
+    let k2 = entry(Some("k2"));
+    let material = |e: &str| e.split_once(':').unwrap().1.to_string();
+    let enc = "MCP_OAUTH_GATEWAY_KEYS__ENCRYPTION";
+    let list = |env: &[(&str, &str)]| {
+        let (ok, out, err) = run_env(d, &["keys", "list"], None, env);
+        assert!(ok, "{err}");
+        out
+    };
+
+    // A key made before encryption was configured is stored in clear ...
+    let (ok, _, err) = run(d, &["keys", "rotate"], None);
+    assert!(ok, "{err}");
+    assert!(list(&[]).contains("\tunencrypted"));
+    let (ok, _, err) = run(d, &["keys", "reseal"], None);
+    assert!(!ok && err.contains("`keys.encryption` is empty"), "{err}");
+    // ... and sealed by `keys reseal` once a key is configured; new keys are sealed at once.
+    let (ok, out, err) = run_env(d, &["keys", "reseal"], None, &[(enc, &k1)]);
+    assert!(
+        ok && out.contains("1 signing key(s) re-encrypted"),
+        "{out}{err}"
+    );
+    let (ok, _, err) = run_env(d, &["keys", "rotate"], None, &[(enc, &k1)]);
+    assert!(ok, "{err}");
+    let out = list(&[]);
+    assert_eq!(out.matches("\tencrypted with `k1`").count(), 2, "{out}");
+    // Rotation of the encryption key: the new one first in a space-separated list.
+    let both = format!("{k2} {k1}");
+    let (ok, out, err) = run_env(d, &["keys", "reseal"], None, &[(enc, &both)]);
+    assert!(
+        ok && out.contains("2 signing key(s) re-encrypted"),
+        "{out}{err}"
+    );
+    assert!(out.contains("now encrypted with `k2`"), "{out}");
+    assert_eq!(list(&[]).matches("`k2`").count(), 2);
+
+    // Serving without the key that sealed them fails at start, naming what is missing.
+    for (env, expect) in [
+        (vec![], "`keys.encryption` is empty"),
+        (vec![(enc, k1.as_str())], "`k2`, which is not configured"),
+    ] {
+        let mut env = env;
+        env.push(("MCP_OAUTH_GATEWAY_SERVER__LISTEN", "127.0.0.1:0"));
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::new(BIN)
+                .current_dir(d)
+                .env("MCP_OAUTH_GATEWAY_STORE__URL", "sqlite://state.db")
+                .envs(env.iter().copied())
+                .env_remove("MCP_OAUTH_GATEWAY_CONFIG")
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("serve gave up at start instead of running")
+        .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expect), "{err}");
+    }
+
+    // Bad entries are configuration errors that name the key and never echo the material.
+    let short = "k3:c2hvcnQta2V5LW1hdGVyaWFs";
+    for (value, expect) in [
+        (short, "must be 32 bytes, it is 18"),
+        ("k3", "is not `id:key`"),
+    ] {
+        let (ok, _, err) = run_env(d, &["check-config"], None, &[(enc, value)]);
+        assert!(
+            !ok && err.contains("keys.encryption") && err.contains(expect),
+            "{err}"
+        );
+        assert!(!err.contains("c2hvcnQ"), "{err}");
+    }
+    let (ok, _, err) = run_env(
+        d,
+        &["check-config"],
+        None,
+        &[
+            (enc, &k1),
+            ("MCP_OAUTH_GATEWAY_KEYS__ENCRYPTION_ACTIVE", "k9"),
+        ],
+    );
+    assert!(!ok && err.contains("keys.encryption_active"), "{err}");
+    // No command ever prints key material it was given.
+    for args in [&["keys", "list"][..], &["check-config"][..]] {
+        let (ok, out, err) = run_env(d, args, None, &[(enc, &both)]);
+        assert!(ok, "{err}");
+        for m in [material(&k1), material(&k2)] {
+            assert!(!out.contains(&m) && !err.contains(&m));
+        }
+    }
 }

@@ -732,7 +732,7 @@ async fn signed_identity_assertions_verify_with_the_published_jwks() {
         120
     );
     // The key lives in the store: a restart (or another instance) signs with the same one.
-    let again = mcp_oauth_gateway::proxy::Signer::load(&gw.store, gw.now())
+    let again = mcp_oauth_gateway::proxy::Signer::load(&gw.store, gw.now(), None)
         .await
         .unwrap();
     assert_eq!(again.jwks(), jwks);

@@ -17,6 +17,34 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// A signing key's stored private half, read behind the store's back (retired or not).
+    async fn stored_key_material(&self, kid: &str) -> Vec<u8> {
+        let sql = "SELECT pkcs8 FROM signing_keys WHERE kid = ";
+        match (&self.cleanup, &self._dir) {
+            (Some((pool, schema)), _) => sqlx::query_scalar(&format!(
+                "SELECT pkcs8 FROM {schema}.signing_keys WHERE kid = $1"
+            ))
+            .bind(kid)
+            .fetch_one(pool)
+            .await
+            .unwrap(),
+            (None, Some(dir)) => {
+                let pool = sqlx::SqlitePool::connect(&format!(
+                    "sqlite://{}",
+                    dir.path().join("s.db").display()
+                ))
+                .await
+                .unwrap();
+                sqlx::query_scalar(&format!("{sql}?"))
+                    .bind(kid)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            }
+            _ => unreachable!(),
+        }
+    }
+
     pub async fn finish(self) {
         if let Some((pool, schema)) = self.cleanup {
             let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
@@ -729,7 +757,7 @@ async fn signing_keys_rotate_without_breaking_what_was_signed() {
     for e in engines().await {
         let s = &e.store;
         // An instance that keeps running across the rotation.
-        let running = Signer::load(s, NOW).await.unwrap();
+        let running = Signer::load(s, NOW, None).await.unwrap();
         let first_kid = running.active_kid();
         assert_eq!(kids(&running), vec![first_kid.clone()], "{}", e.name);
         s.add_signing_key("newer", &generate_key().unwrap(), NOW + 10)
@@ -769,6 +797,91 @@ async fn signing_keys_rotate_without_breaking_what_was_signed() {
         );
         running.reload(s, NOW + 202).await.unwrap();
         assert_eq!(kids(&running), vec!["newer".to_string()], "{}", e.name);
+        e.finish().await;
+    }
+}
+
+/// With encryption keys configured, a signing key's private half is stored only sealed;
+/// instances with the same keys share it, one without them fails to start with an error that
+/// names what is missing, and rotating the encryption key re-seals without a new signing key.
+#[tokio::test]
+async fn signing_keys_are_stored_encrypted_and_follow_an_encryption_key_rotation() {
+    use mcp_oauth_gateway::crypto::{EncryptionKeys, sealed_with};
+    use mcp_oauth_gateway::proxy::{Signer, generate_key};
+    use std::sync::Arc;
+    let a = EncryptionKeys::generate_entry("a").unwrap();
+    let b = EncryptionKeys::generate_entry("b").unwrap();
+    let ring = |entries: &[&str]| {
+        let entries: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
+        Some(Arc::new(EncryptionKeys::parse(&entries, None).unwrap()))
+    };
+    let stored = |s: &SharedStore| {
+        let s = s.clone();
+        async move { s.signing_keys().await.unwrap() }
+    };
+    for e in engines().await {
+        let s = &e.store;
+        // A key kept from before encryption was configured is sealed at the next start.
+        let legacy = generate_key().unwrap();
+        s.add_signing_key("legacy", &legacy, NOW).await.unwrap();
+        let first = Signer::load(s, NOW, ring(&[&a])).await.unwrap();
+        let rows = stored(s).await;
+        assert_eq!(rows.len(), 1, "{}", e.name);
+        assert_eq!(sealed_with(&rows[0].1), Some("a"), "{}", e.name);
+        assert!(
+            !rows[0]
+                .1
+                .windows(32)
+                .any(|w| legacy.windows(32).any(|l| l == w)),
+            "{}: the private key shows through",
+            e.name
+        );
+        // Another instance with the same keys publishes and signs with the same key.
+        let other = Signer::load(s, NOW + 1, ring(&[&a])).await.unwrap();
+        assert_eq!(other.jwks(), first.jwks(), "{}", e.name);
+        // Without the key, or with another one: a start-up error naming it.
+        let err = Signer::load(s, NOW + 2, None).await.unwrap_err();
+        assert!(
+            err.contains("encrypted with encryption key `a`"),
+            "{}: {err}",
+            e.name
+        );
+        let err = Signer::load(s, NOW + 2, ring(&[&b])).await.unwrap_err();
+        assert!(
+            err.contains("`a`, which is not configured"),
+            "{}: {err}",
+            e.name
+        );
+        let impostor = EncryptionKeys::generate_entry("a").unwrap();
+        let err = Signer::load(s, NOW + 2, ring(&[&impostor]))
+            .await
+            .unwrap_err();
+        assert!(err.contains("does not open"), "{}: {err}", e.name);
+        // Rotation: b first (active), a kept to open what it sealed; re-sealed under b.
+        let rotated = Signer::load(s, NOW + 3, ring(&[&b, &a])).await.unwrap();
+        assert_eq!(rotated.jwks(), first.jwks(), "{}", e.name);
+        assert_eq!(sealed_with(&stored(s).await[0].1), Some("b"), "{}", e.name);
+        // Now a can go.
+        let after = Signer::load(s, NOW + 4, ring(&[&b])).await.unwrap();
+        assert_eq!(after.jwks(), first.jwks(), "{}", e.name);
+        // A copied envelope does not open on another key's row.
+        let sealed = stored(s).await[0].1.clone();
+        s.add_signing_key("copied", &sealed, NOW + 5).await.unwrap();
+        let err = after.reload(s, NOW + 6).await.unwrap_err();
+        assert!(
+            err.contains("signing key copied does not open"),
+            "{}: {err}",
+            e.name
+        );
+        assert_eq!(after.jwks(), first.jwks(), "{}: kept its keys", e.name);
+        // Retiring erases the private half.
+        assert!(s.retire_signing_key("copied", NOW + 7).await.unwrap());
+        assert!(
+            e.stored_key_material("copied").await.is_empty(),
+            "{}",
+            e.name
+        );
+        assert!(!s.reseal_signing_key("copied", &[], b"x").await.unwrap());
         e.finish().await;
     }
 }

@@ -4,6 +4,9 @@
 //! recognisable prefix, so that secret scanners can find leaked ones. Only their SHA-256 hash
 //! is ever stored.
 
+mod envelope;
+pub use envelope::{EncryptionKeys, EnvelopeError, sealed_with};
+
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
