@@ -128,7 +128,16 @@ pub struct Proxy {
     pub limits: std::sync::Arc<Limits>,
     pub signer: std::sync::Arc<Signer>,
     issuer: String,
+    /// Session bindings confirmed in the store, `upstream\nsession hash` → owner, so a busy
+    /// session is not a store read per call. Only confirmed bindings are kept, and a binding
+    /// never changes owner, so the cache can only be stale about a session that has ended
+    /// (on another instance), for at most its lifetime — and then the upstream refuses it.
+    sessions_seen: crate::cache::TtlCache<String>,
 }
+
+/// How long a confirmed session binding is trusted without asking the store.
+const SESSION_CACHE_SECS: i64 = 5;
+const SESSION_CACHE_MAX: usize = 20_000;
 
 /// Whose session a request belongs to: the user, or for a client acting for itself, the client.
 pub fn owner_of(p: &Principal) -> String {
@@ -136,6 +145,10 @@ pub fn owner_of(p: &Principal) -> String {
         Some(u) => format!("user:{u}"),
         None => format!("client:{}", p.client_id),
     }
+}
+
+fn session_cache_key(upstream: &str, hash: &str) -> String {
+    format!("{upstream}\n{hash}")
 }
 
 /// The JSON-RPC id of a single request in a body, to answer errors in kind.
@@ -206,6 +219,7 @@ impl Proxy {
             limits: Limits::new(&config.proxy),
             signer,
             issuer: config.public_url(),
+            sessions_seen: crate::cache::TtlCache::new(SESSION_CACHE_SECS, SESSION_CACHE_MAX),
             settings: config.proxy.clone(),
             store,
             clock,
@@ -293,16 +307,13 @@ impl Proxy {
             .map(|v| crypto::hash_secret(&String::from_utf8_lossy(v.as_bytes())));
         let now = self.clock.now();
         let session_expiry = now + self.settings.session_ttl_secs;
-        if let Some(hash) = &session {
-            let bound = self
-                .store
-                .session_owner(&upstream.name, hash, now, session_expiry)
-                .await
-                .map_err(|_| ProxyError::Unavailable)?;
+        if let Some(hash) = &session
+            && !self
+                .session_belongs_to(&upstream.name, hash, &owner, now, session_expiry)
+                .await?
+        {
             // Someone else's session looks exactly like no session at all.
-            if bound.as_deref() != Some(owner.as_str()) {
-                return Err(ProxyError::UnknownSession);
-            }
+            return Err(ProxyError::UnknownSession);
         }
         let method = parts.method.clone();
         let (mut rparts, rbody) = self
@@ -330,10 +341,42 @@ impl Proxy {
             && ((method == Method::DELETE && rparts.status.is_success())
                 || rparts.status == StatusCode::NOT_FOUND)
         {
+            self.sessions_seen
+                .remove(&session_cache_key(&upstream.name, hash));
             let _ = self.store.unbind_session(&upstream.name, hash).await;
         }
         rparts.headers = response_headers(&rparts.headers);
         Ok(self.stream_back(rparts, rbody, in_flight, None))
+    }
+
+    /// Whether the session (its hash) on `upstream` was opened by `owner`; confirmed
+    /// bindings are cached for [`SESSION_CACHE_SECS`], which also bounds how often a busy
+    /// session's expiry is pushed back in the store.
+    async fn session_belongs_to(
+        &self,
+        upstream: &str,
+        hash: &str,
+        owner: &str,
+        now: crate::clock::Timestamp,
+        expiry: crate::clock::Timestamp,
+    ) -> Result<bool, ProxyError> {
+        let key = session_cache_key(upstream, hash);
+        if let Some(cached) = self.sessions_seen.get(&key, now) {
+            return Ok(cached == owner);
+        }
+        let bound = self
+            .store
+            .session_owner(upstream, hash, now, expiry)
+            .await
+            .map_err(|_| ProxyError::Unavailable)?;
+        match bound {
+            Some(bound) => {
+                let mine = bound == owner;
+                self.sessions_seen.put(key, bound, now);
+                Ok(mine)
+            }
+            None => Ok(false),
+        }
     }
 
     /// Phases rewrite and send: the client's headers cleaned, the credential added, and a
@@ -435,12 +478,10 @@ impl Proxy {
                 .map(|(_, v)| v.into_owned())
                 .ok_or(ProxyError::UnknownSession)?;
             let hash = crypto::hash_secret(&format!("sse:{sid}"));
-            let bound = self
-                .store
-                .session_owner(&upstream.name, &hash, now, expiry)
-                .await
-                .map_err(|_| ProxyError::Unavailable)?;
-            if bound.as_deref() != Some(owner.as_str()) {
+            if !self
+                .session_belongs_to(&upstream.name, &hash, &owner, now, expiry)
+                .await?
+            {
                 return Err(ProxyError::UnknownSession);
             }
             let upstream_path = upstream

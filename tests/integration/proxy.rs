@@ -358,6 +358,27 @@ async fn sessions_belong_to_the_user_who_opened_them() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+
+    // Confirmed bindings are cached for a few seconds: still only for their owner, and a
+    // session unbound behind this instance's back (by another instance) is refused here
+    // once that time has passed.
+    let sid = initialize(gw, "/mcp/a", &alice.access_token)
+        .await
+        .expect("stateful upstream");
+    let status = |token: &str| {
+        let list = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"});
+        let req = call(gw, "/mcp/a", token, Some(&sid), list).send();
+        async move { req.await.unwrap().status() }
+    };
+    assert_eq!(status(&alice.access_token).await, 200);
+    assert_eq!(status(&bob.access_token).await, 404);
+    gw.store
+        .unbind_session("a", &mcp_oauth_gateway::crypto::hash_secret(&sid))
+        .await
+        .unwrap();
+    assert_eq!(status(&alice.access_token).await, 200);
+    gw.clock.advance(6);
+    assert_eq!(status(&alice.access_token).await, 404);
 }
 
 #[tokio::test]
