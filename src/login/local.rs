@@ -12,6 +12,34 @@ use crate::config::LoginConfig;
 use crate::crypto;
 use crate::store::{SharedStore, StoreError, UserRecord};
 
+/// Argon2id takes 19 MiB per hash. Without a bound, a burst of logins from many addresses
+/// (each under its own throttle) could ask for hundreds of them at once.
+pub const CONCURRENT_HASHES: usize = 4;
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT_HASHES);
+
+/// Runs a password hash or check once one of [`CONCURRENT_HASHES`] places is free, on a
+/// thread of its own that ends with it: its 19 MiB go back to the system at once instead of
+/// staying with a pooled thread. A waiting caller that gives up frees its place; a running
+/// hash keeps its place until it ends.
+pub async fn off_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let permit = HASHING
+        .acquire()
+        .await
+        .map_err(|_| "password hashing has stopped".to_string())?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("password-hash".into())
+        .spawn(move || {
+            let _ = tx.send(work());
+            drop(permit);
+        })
+        .map_err(|e| format!("cannot start a thread to hash a password: {e}"))?;
+    rx.await
+        .map_err(|_| "password hashing ended without an answer".to_string())
+}
+
 #[derive(Debug)]
 pub enum LoginOutcome {
     Success(UserRecord),
@@ -105,9 +133,7 @@ impl LocalAccounts {
         validate_username(username)?;
         validate_password(password)?;
         let pw = password.to_string();
-        let hash = tokio::task::spawn_blocking(move || hash_password(&pw))
-            .await
-            .map_err(|e| e.to_string())??;
+        let hash = off_thread(move || hash_password(&pw)).await??;
         let user = UserRecord {
             id: crypto::new_id(),
             username: username.to_string(),
@@ -132,9 +158,7 @@ impl LocalAccounts {
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("no user named `{username}`"))?;
         let pw = password.to_string();
-        let hash = tokio::task::spawn_blocking(move || hash_password(&pw))
-            .await
-            .map_err(|e| e.to_string())??;
+        let hash = off_thread(move || hash_password(&pw)).await??;
         self.store
             .set_password(&user.id, &hash)
             .await
@@ -168,7 +192,7 @@ impl LocalAccounts {
             .map(|u| u.password_hash.clone())
             .unwrap_or_else(|| dummy_hash().to_string());
         let pw = password.to_string();
-        let ok = tokio::task::spawn_blocking(move || verify_hash(&pw, &hash))
+        let ok = off_thread(move || verify_hash(&pw, &hash))
             .await
             .unwrap_or(false);
         match user {
@@ -182,5 +206,37 @@ impl LocalAccounts {
                 Ok(LoginOutcome::Invalid)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn no_more_than_the_bound_hash_at_once() {
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..12)
+            .map(|i| {
+                let (running, peak) = (running.clone(), peak.clone());
+                tokio::spawn(super::off_thread(move || {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(30));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    i
+                }))
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for t in tasks {
+            answers.push(t.await.expect("task").expect("hash"));
+        }
+        assert_eq!(answers, (0..12).collect::<Vec<_>>());
+        let peak = peak.load(Ordering::SeqCst);
+        assert!(peak <= super::CONCURRENT_HASHES, "{peak} at once");
+        assert!(peak >= 2, "they did run side by side ({peak})");
     }
 }
