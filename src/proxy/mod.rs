@@ -695,7 +695,8 @@ fn connection_listed(headers: &HeaderMap) -> Vec<String> {
 /// The client's headers that may travel upstream.
 fn forwardable_headers(incoming: &HeaderMap) -> HeaderMap {
     let listed = connection_listed(incoming);
-    let mut out = HeaderMap::new();
+    // Room for the credential and Host added next, so the map is not regrown per request.
+    let mut out = HeaderMap::with_capacity(incoming.len() + 4);
     for (name, value) in incoming {
         let n = name.as_str();
         let dropped = HOP_BY_HOP.contains(&n)
@@ -717,7 +718,8 @@ fn forwardable_headers(incoming: &HeaderMap) -> HeaderMap {
 /// The upstream's headers that may travel back to the client.
 fn response_headers(incoming: &HeaderMap) -> HeaderMap {
     let listed = connection_listed(incoming);
-    let mut out = HeaderMap::new();
+    // Room for the CORS headers added on the way out.
+    let mut out = HeaderMap::with_capacity(incoming.len() + 4);
     for (name, value) in incoming {
         let n = name.as_str();
         // An upstream must not set cookies on the gateway's origin (its session cookies).

@@ -145,8 +145,68 @@ async fn gate<'a>(
     }
 }
 
+/// Headers a browser-based MCP client (the Inspector, a web app with the TypeScript SDK)
+/// must be able to read from any answer: the challenge and the session.
+const EXPOSED: HeaderValue =
+    HeaderValue::from_static("www-authenticate, mcp-session-id, mcp-protocol-version");
+const METHODS: HeaderValue = HeaderValue::from_static("GET, POST, DELETE, OPTIONS");
+const REQUEST_HEADERS: HeaderValue = HeaderValue::from_static(
+    "authorization, content-type, accept, mcp-protocol-version, mcp-session-id, last-event-id, mcp-method, mcp-name",
+);
+
+/// CORS for the MCP paths, done here with values made once: the tower-http layer cloned and
+/// rebuilt its header values on every request, a measurable share of the proxy's work.
+/// Any origin may call (bearer tokens, never cookies, authorize a call); the Origin check
+/// above still refuses origins outside the allow-list.
+fn with_cors(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSED);
+    resp
+}
+
+/// The answer to a CORS preflight. Headers the client asks for are allowed as asked (an
+/// MCP client may add its own, such as the Inspector's custom headers), falling back to
+/// the MCP ones.
+fn preflight(headers: &HeaderMap) -> Response {
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, METHODS);
+    let asked = headers
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .filter(|v| v.len() <= 1024)
+        .cloned();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        asked.unwrap_or(REQUEST_HEADERS),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("3600"),
+    );
+    resp
+}
+
 /// Every protected MCP path.
 pub async fn protected(State(app): State<App>, req: Request) -> Response {
+    if req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        return preflight(req.headers());
+    }
+    with_cors(protected_inner(app, req).await)
+}
+
+async fn protected_inner(app: App, req: Request) -> Response {
     let uri = req
         .extensions()
         .get::<axum::extract::OriginalUri>()

@@ -238,23 +238,6 @@ impl Gateway {
             )
             .route(&format!("{base}/authorize/login"), post(oauth::login))
             .route(&format!("{base}/authorize/consent"), post(oauth::consent));
-        let mcp_cors = CorsLayer::new()
-            .allow_origin(Any)
-            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
-            .allow_headers([
-                header::AUTHORIZATION,
-                header::CONTENT_TYPE,
-                header::ACCEPT,
-                HeaderName::from_static("mcp-protocol-version"),
-                HeaderName::from_static("mcp-session-id"),
-                HeaderName::from_static("last-event-id"),
-            ])
-            .expose_headers([
-                header::WWW_AUTHENTICATE,
-                HeaderName::from_static("mcp-session-id"),
-                HeaderName::from_static("mcp-protocol-version"),
-            ])
-            .max_age(Duration::from_secs(3600));
         let mut protected = Router::new();
         for r in &app.auth.resources {
             protected = protected.route(&r.path, axum::routing::any(mcp::protected));
@@ -265,7 +248,7 @@ impl Gateway {
         Router::new()
             .merge(api)
             .merge(browser)
-            .merge(protected.layer(mcp_cors))
+            .merge(protected)
             .route("/healthz", get(|| async { "ok" }))
             .fallback(oauth::not_found)
             .layer(axum::extract::DefaultBodyLimit::disable())

@@ -227,3 +227,89 @@ async fn revocation_elsewhere_reaches_the_token_cache_within_its_lifetime() {
         "refused once the cache entry is stale"
     );
 }
+
+/// A browser-based client (the Inspector, a web app on the TypeScript SDK) must pass the
+/// preflight with the MCP headers and read the challenge and the session from any answer.
+#[tokio::test]
+async fn browser_clients_pass_cors_on_the_mcp_endpoint() {
+    let gw = TestGateway::start().await;
+    let http = TestGateway::http();
+    let preflight = |headers: Option<&'static str>| {
+        let mut req = http
+            .request(reqwest::Method::OPTIONS, gw.url("/mcp"))
+            .header("origin", "http://localhost:6274")
+            .header("access-control-request-method", "POST");
+        if let Some(h) = headers {
+            req = req.header("access-control-request-headers", h);
+        }
+        req.send()
+    };
+    let r = preflight(Some("authorization, mcp-session-id, mcp-method, x-custom"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let h = r.headers();
+    assert_eq!(h["access-control-allow-origin"], "*");
+    assert!(
+        h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("DELETE")
+    );
+    assert_eq!(
+        h["access-control-allow-headers"],
+        "authorization, mcp-session-id, mcp-method, x-custom"
+    );
+    let r = preflight(None).await.unwrap();
+    let allowed = r.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap();
+    for name in [
+        "authorization",
+        "mcp-protocol-version",
+        "mcp-session-id",
+        "last-event-id",
+    ] {
+        assert!(allowed.contains(name), "{allowed}");
+    }
+    // The challenge is readable by the page.
+    let r = http
+        .post(gw.url("/mcp"))
+        .header("origin", "http://localhost:6274")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    assert!(
+        exposed.contains("www-authenticate") && exposed.contains("mcp-session-id"),
+        "{exposed}"
+    );
+    // And so is an authorized answer.
+    let t = authorize_user(&gw, "alice").await;
+    let r = http
+        .post(gw.url("/mcp"))
+        .header("origin", "http://localhost:6274")
+        .bearer_auth(&t.access_token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    // An origin outside the allow-list still gets nothing but a refusal.
+    let r = http
+        .post(gw.url("/mcp"))
+        .header("origin", "https://evil.example")
+        .bearer_auth(&t.access_token)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}
