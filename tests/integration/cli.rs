@@ -363,3 +363,23 @@ async fn encryption_keys_are_made_and_applied_from_the_command_line() {
         }
     }
 }
+
+/// Every example configuration in the repository is valid as shipped.
+#[test]
+fn every_example_configuration_loads() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            mcp_oauth_gateway::config::Config::load(Some(&path), std::iter::empty())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(
+        seen > 0,
+        "no example configuration found in {}",
+        dir.display()
+    );
+}
