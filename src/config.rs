@@ -485,7 +485,9 @@ impl fmt::Debug for KeysConfig {
 
 impl KeysConfig {
     /// The parsed encryption keys, if any are configured (checked by `validate`).
-    pub fn encryption_keys(&self) -> Result<Option<crate::crypto::EncryptionKeys>, String> {
+    pub fn encryption_keys(
+        &self,
+    ) -> Result<Option<crate::crypto::EncryptionKeys>, crate::crypto::KeysError> {
         if self.encryption.is_empty() {
             return Ok(None);
         }
@@ -648,12 +650,11 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Err(e) = self.keys.encryption_keys() {
-            let key = if e.contains("active key") {
-                "keys.encryption_active"
-            } else {
-                "keys.encryption"
+            let key = match e {
+                crate::crypto::KeysError::Active(_) => "keys.encryption_active",
+                crate::crypto::KeysError::Entry(_) => "keys.encryption",
             };
-            return Err(self.invalid(key, e));
+            return Err(self.invalid(key, e.to_string()));
         }
         if self.keys.encryption.is_empty() && self.keys.encryption_active.is_some() {
             return Err(self.invalid(

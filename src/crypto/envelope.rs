@@ -10,18 +10,36 @@
 
 use std::fmt;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::KeyInit;
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 
-use super::random_bytes;
+use super::{NONCE_LEN, TAG_LEN, open_sealed, random_bytes, seal_into};
 
 /// First byte of every envelope. A DER value (such as a PKCS#8 key kept from before any
 /// encryption key was configured) starts with `0x30`, so the two cannot be confused.
 const VERSION: u8 = 0xE1;
-const NONCE_LEN: usize = 12;
 const MAX_ID_LEN: usize = 64;
+const ID_RULE: &str = "the id must be 1 to 64 characters of letters, digits, `.`, `_` or `-`";
+
+/// What is wrong with configured encryption keys; which configuration key it concerns
+/// follows from the variant, never from the wording.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeysError {
+    /// One of the `id:key` entries (or the list as a whole).
+    #[error("{0}")]
+    Entry(String),
+    /// The named active key.
+    #[error("the active key `{0}` is not among the keys")]
+    Active(String),
+}
+
+impl From<KeysError> for String {
+    fn from(e: KeysError) -> Self {
+        e.to_string()
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EnvelopeError {
@@ -68,33 +86,32 @@ impl EncryptionKeys {
     /// Parses `id:key` entries (the key: 32 bytes in base64, standard or URL-safe, padding
     /// optional) and picks the active one (`active`, or the first entry). Errors say which
     /// entry is wrong and how, and never repeat key material.
-    pub fn parse(entries: &[String], active: Option<&str>) -> Result<Self, String> {
+    pub fn parse(entries: &[String], active: Option<&str>) -> Result<Self, KeysError> {
+        let bad = |m: String| KeysError::Entry(m);
         if entries.is_empty() {
-            return Err("no keys given".into());
+            return Err(bad("no keys given".into()));
         }
         let mut keys: Vec<(String, Aes256Gcm)> = Vec::with_capacity(entries.len());
         for (n, entry) in entries.iter().enumerate() {
             let n = n + 1;
             let Some((id, material)) = entry.trim().split_once(':') else {
-                return Err(format!(
+                return Err(bad(format!(
                     "entry {n} is not `id:key` (generate one with `mcp-oauth-gateway keys new-encryption-key`)"
-                ));
+                )));
             };
             if !valid_id(id) {
-                return Err(format!(
-                    "entry {n}: the id must be 1 to {MAX_ID_LEN} characters of letters, digits, `.`, `_` or `-`"
-                ));
+                return Err(bad(format!("entry {n}: {ID_RULE}")));
             }
             if keys.iter().any(|(k, _)| k == id) {
-                return Err(format!("entry {n}: the id `{id}` is used twice"));
+                return Err(bad(format!("entry {n}: the id `{id}` is used twice")));
             }
             let bytes = decode_key(material)
-                .ok_or_else(|| format!("entry {n} (`{id}`): the key is not base64"))?;
+                .ok_or_else(|| bad(format!("entry {n} (`{id}`): the key is not base64")))?;
             let cipher = Aes256Gcm::new_from_slice(&bytes).map_err(|_| {
-                format!(
+                bad(format!(
                     "entry {n} (`{id}`): the key must be 32 bytes, it is {}",
                     bytes.len()
-                )
+                ))
             })?;
             keys.push((id.to_string(), cipher));
         }
@@ -103,7 +120,7 @@ impl EncryptionKeys {
             Some(want) => keys
                 .iter()
                 .position(|(id, _)| id == want)
-                .ok_or_else(|| format!("the active key `{want}` is not among the keys"))?,
+                .ok_or_else(|| KeysError::Active(want.to_string()))?,
         };
         Ok(Self { active, keys })
     }
@@ -111,9 +128,7 @@ impl EncryptionKeys {
     /// A new key entry, `id:base64`, for the configuration.
     pub fn generate_entry(id: &str) -> Result<String, String> {
         if !valid_id(id) {
-            return Err(format!(
-                "the id must be 1 to {MAX_ID_LEN} characters of letters, digits, `.`, `_` or `-`"
-            ));
+            return Err(ID_RULE.into());
         }
         Ok(format!("{id}:{}", STANDARD.encode(random_bytes::<32>())))
     }
@@ -128,60 +143,43 @@ impl EncryptionKeys {
     /// Seals `plaintext` for the row named by `row` with the active key.
     pub fn seal(&self, row: &str, plaintext: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
         let (id, cipher) = self.keys.get(self.active).ok_or(EnvelopeError::Malformed)?;
-        let nonce = random_bytes::<NONCE_LEN>();
-        let mut out = Vec::with_capacity(2 + id.len() + NONCE_LEN + plaintext.len() + 16);
+        let mut out = Vec::with_capacity(2 + id.len() + NONCE_LEN + plaintext.len() + TAG_LEN);
         out.push(VERSION);
         out.push(id.len() as u8);
         out.extend_from_slice(id.as_bytes());
-        out.extend_from_slice(&nonce);
-        let body = cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: &associated_data(id, row),
-                },
-            )
-            .map_err(|_| EnvelopeError::Malformed)?;
-        out.extend_from_slice(&body);
+        seal_into(&mut out, cipher, &associated_data(id, row), plaintext)
+            .ok_or(EnvelopeError::Malformed)?;
         Ok(out)
     }
 
     /// Opens an envelope sealed for `row` by any configured key.
     pub fn open(&self, row: &str, envelope: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
-        let (id, nonce, body) = split(envelope).ok_or(EnvelopeError::Malformed)?;
+        let (id, sealed) = split(envelope).ok_or(EnvelopeError::Malformed)?;
         let (_, cipher) = self
             .keys
             .iter()
             .find(|(k, _)| k == id)
             .ok_or_else(|| EnvelopeError::UnknownKey(id.to_string()))?;
-        cipher
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: body,
-                    aad: &associated_data(id, row),
-                },
-            )
-            .map_err(|_| EnvelopeError::WontOpen(id.to_string()))
+        open_sealed(cipher, &associated_data(id, row), sealed)
+            .ok_or_else(|| EnvelopeError::WontOpen(id.to_string()))
     }
 }
 
 /// The id of the key that sealed `stored`, or `None` when it is not an envelope.
 pub fn sealed_with(stored: &[u8]) -> Option<&str> {
-    split(stored).map(|(id, _, _)| id)
+    split(stored).map(|(id, _)| id)
 }
 
-fn split(envelope: &[u8]) -> Option<(&str, &[u8], &[u8])> {
+/// An envelope's key id and its `nonce || ciphertext`.
+fn split(envelope: &[u8]) -> Option<(&str, &[u8])> {
     let (&version, rest) = envelope.split_first()?;
     let (&id_len, rest) = rest.split_first()?;
-    if version != VERSION || rest.len() < id_len as usize + NONCE_LEN + 16 {
+    if version != VERSION || rest.len() < id_len as usize + NONCE_LEN + TAG_LEN {
         return None;
     }
-    let (id, rest) = rest.split_at(id_len as usize);
+    let (id, sealed) = rest.split_at(id_len as usize);
     let id = std::str::from_utf8(id).ok().filter(|id| valid_id(id))?;
-    let (nonce, body) = rest.split_at(NONCE_LEN);
-    Some((id, nonce, body))
+    Some((id, sealed))
 }
 
 fn associated_data(id: &str, row: &str) -> Vec<u8> {
@@ -199,9 +197,7 @@ fn decode_key(material: &str) -> Option<Vec<u8>> {
     if m.contains(['-', '_']) {
         URL_SAFE_NO_PAD.decode(m).ok()
     } else {
-        base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(m)
-            .ok()
+        STANDARD_NO_PAD.decode(m).ok()
     }
 }
 
@@ -262,7 +258,9 @@ mod tests {
     fn bad_entries_are_named_without_their_material() {
         let err = |entries: &[&str], active: Option<&str>| {
             let entries: Vec<String> = entries.iter().map(|s| s.to_string()).collect();
-            EncryptionKeys::parse(&entries, active).expect_err("invalid")
+            EncryptionKeys::parse(&entries, active)
+                .expect_err("invalid")
+                .to_string()
         };
         assert!(err(&[], None).contains("no keys"));
         assert!(err(&["nocolon"], None).contains("entry 1 is not `id:key`"));

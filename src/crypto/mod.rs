@@ -5,7 +5,7 @@
 //! is ever stored.
 
 mod envelope;
-pub use envelope::{EncryptionKeys, EnvelopeError, sealed_with};
+pub use envelope::{EncryptionKeys, EnvelopeError, KeysError, sealed_with};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -89,37 +89,49 @@ pub fn is_valid_s256_challenge(challenge: &str) -> bool {
 /// token: only someone presenting the original secret can open it.
 pub fn seal_with_secret(secret: &str, context: &str, plaintext: &[u8]) -> Option<Vec<u8>> {
     let cipher = Aes256Gcm::new_from_slice(&derive_key(secret)).ok()?;
-    let nonce_bytes = random_bytes::<12>();
-    let mut out = nonce_bytes.to_vec();
-    let sealed = cipher
-        .encrypt(
-            Nonce::from_slice(&nonce_bytes),
-            Payload {
-                msg: plaintext,
-                aad: context.as_bytes(),
-            },
-        )
-        .ok()?;
-    out.extend_from_slice(&sealed);
+    let mut out = Vec::new();
+    seal_into(&mut out, &cipher, context.as_bytes(), plaintext)?;
     Some(out)
 }
 
 pub fn open_with_secret(secret: &str, context: &str, sealed: &[u8]) -> Option<Vec<u8>> {
-    if sealed.len() < 12 {
-        return None;
-    }
     let cipher = Aes256Gcm::new_from_slice(&derive_key(secret)).ok()?;
-    let (nonce, body) = sealed.split_at(12);
-    cipher
-        .decrypt(
-            Nonce::from_slice(nonce),
+    open_sealed(&cipher, context.as_bytes(), sealed)
+}
+
+/// Appends `nonce || AES-256-GCM(plaintext)` to `out`, with a fresh random nonce; the one
+/// layout every sealed value uses after its own header.
+fn seal_into(out: &mut Vec<u8>, cipher: &Aes256Gcm, aad: &[u8], plaintext: &[u8]) -> Option<()> {
+    let nonce = random_bytes::<NONCE_LEN>();
+    let sealed = cipher
+        .encrypt(
+            Nonce::from_slice(&nonce),
             Payload {
-                msg: body,
-                aad: context.as_bytes(),
+                msg: plaintext,
+                aad,
             },
         )
+        .ok()?;
+    out.reserve(NONCE_LEN + sealed.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&sealed);
+    Some(())
+}
+
+/// Opens what [`seal_into`] wrote; `None` if it is too short, altered, or sealed under
+/// another key or associated data.
+fn open_sealed(cipher: &Aes256Gcm, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < NONCE_LEN + TAG_LEN {
+        return None;
+    }
+    let (nonce, body) = sealed.split_at(NONCE_LEN);
+    cipher
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: body, aad })
         .ok()
 }
+
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
 
 fn derive_key(secret: &str) -> [u8; 32] {
     // Domain-separated from `hash_secret`, so the stored hash is not the key.

@@ -2,6 +2,8 @@
 //! the client, which the upstream verifies with the gateway's published JWKS
 //! (`/.well-known/jwks.json`) instead of trusting a plain header.
 
+use std::sync::Arc;
+
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use base64::Engine;
@@ -9,8 +11,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 
 use crate::authorization::token::Principal;
-use std::sync::Arc;
-
 use crate::clock::Timestamp;
 use crate::crypto::{self, EncryptionKeys};
 use crate::store::SharedStore;
@@ -97,7 +97,7 @@ pub fn stored_form(
 }
 
 /// The PKCS#8 of a stored private half; the error names the key and what is missing.
-pub fn pkcs8_of(
+fn pkcs8_of(
     encryption: Option<&EncryptionKeys>,
     kid: &str,
     stored: &[u8],

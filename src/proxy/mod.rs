@@ -11,8 +11,8 @@ mod stdio;
 pub use stdio::StdioServer;
 
 pub use assertion::{
-    KEY_ACTIVATION_DELAY_SECS, KEY_RELOAD_SECS, Signer, generate_key, pkcs8_of,
-    reseal_signing_keys, signing_index, stored_form,
+    KEY_ACTIVATION_DELAY_SECS, KEY_RELOAD_SECS, Signer, generate_key, reseal_signing_keys,
+    signing_index, stored_form,
 };
 pub use policy::{InFlight, Limits, ToolDecision};
 

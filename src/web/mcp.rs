@@ -150,6 +150,7 @@ async fn gate<'a>(
 const EXPOSED: HeaderValue =
     HeaderValue::from_static("www-authenticate, mcp-session-id, mcp-protocol-version");
 const METHODS: HeaderValue = HeaderValue::from_static("GET, POST, DELETE, OPTIONS");
+const ANY_ORIGIN: HeaderValue = HeaderValue::from_static("*");
 const REQUEST_HEADERS: HeaderValue = HeaderValue::from_static(
     "authorization, content-type, accept, mcp-protocol-version, mcp-session-id, last-event-id, mcp-method, mcp-name",
 );
@@ -160,10 +161,7 @@ const REQUEST_HEADERS: HeaderValue = HeaderValue::from_static(
 /// above still refuses origins outside the allow-list.
 fn with_cors(mut resp: Response) -> Response {
     let h = resp.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, ANY_ORIGIN);
     h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSED);
     resp
 }
@@ -174,10 +172,7 @@ fn with_cors(mut resp: Response) -> Response {
 fn preflight(headers: &HeaderMap) -> Response {
     let mut resp = StatusCode::NO_CONTENT.into_response();
     let h = resp.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, ANY_ORIGIN);
     h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, METHODS);
     let asked = headers
         .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
