@@ -177,9 +177,12 @@ impl LocalAccounts {
         let retry_after = (window_start + self.window - now).max(1) as u64;
         let account_key = format!("login:acct:{}", username.to_ascii_lowercase());
         let ip_key = format!("login:ip:{ip}");
-        if self.store.hits(&account_key, window_start).await? >= self.max_per_account
-            || self.store.hits(&ip_key, window_start).await? >= self.max_per_ip
-        {
+        // Every attempt reserves its place in both counts before the password is checked,
+        // in one atomic increment each: concurrent attempts cannot all read "under the
+        // limit" and then all be checked. What is over the limit is refused unchecked.
+        let by_account = self.store.hit(&account_key, window_start).await?;
+        let by_ip = self.store.hit(&ip_key, window_start).await?;
+        if by_account > self.max_per_account || by_ip > self.max_per_ip {
             return Ok(LoginOutcome::Throttled { retry_after });
         }
         let user = if validate_username(username).is_ok() && password.len() <= 1024 {
@@ -197,14 +200,13 @@ impl LocalAccounts {
             .unwrap_or(false);
         match user {
             Some(u) if ok => {
-                self.store.clear_hits(&account_key).await?;
+                // A success gives back only its own reservation: failures counted in the
+                // meantime, by attempts running beside it, stay counted.
+                self.store.unhit(&account_key, window_start).await?;
+                self.store.unhit(&ip_key, window_start).await?;
                 Ok(LoginOutcome::Success(u))
             }
-            _ => {
-                self.store.hit(&account_key, window_start).await?;
-                self.store.hit(&ip_key, window_start).await?;
-                Ok(LoginOutcome::Invalid)
-            }
+            _ => Ok(LoginOutcome::Invalid),
         }
     }
 }

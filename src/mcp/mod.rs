@@ -2,3 +2,4 @@
 //! proxy to upstream servers joins it here.
 
 pub mod whoami;
+pub mod message;

@@ -32,6 +32,7 @@ use crate::authorization::token::Principal;
 use crate::clock::SharedClock;
 use crate::config::{Config, ProxyConfig, ToolRule, UpstreamCredentials};
 use crate::crypto;
+use crate::mcp::message;
 use crate::store::SharedStore;
 
 pub const SESSION_HEADER: &str = "mcp-session-id";
@@ -49,6 +50,10 @@ const HOP_BY_HOP: &[&str] = &[
     "transfer-encoding",
     "upgrade",
 ];
+
+/// Addresses of the client as a proxy in front would state them: only a trusted proxy may say
+/// these, and the gateway is the last one before the upstream.
+const CLIENT_ADDRESS_HEADERS: &[&str] = &["forwarded", "x-real-ip", "true-client-ip"];
 
 /// Identity headers only the gateway may set; whatever a client sends under these names is
 /// dropped before anything else.
@@ -96,8 +101,28 @@ pub enum ProxyError {
     ToolDenied(String),
     #[error("this tool needs more scopes")]
     InsufficientScope(Vec<String>),
-    #[error("the body is not JSON, so the tool rules of this upstream cannot be applied")]
-    Unreadable,
+    /// The body is not one unambiguous JSON-RPC message or batch.
+    #[error(transparent)]
+    Message(#[from] crate::mcp::message::MessageError),
+    /// A header or parameter is repeated or malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The MCP headers disagree with the body.
+    #[error(transparent)]
+    HeaderMismatch(#[from] crate::mcp::message::HeaderMismatch),
+}
+
+impl Upstream {
+    /// The header the configured credential goes in, when it is not `Authorization`.
+    fn credential_header(&self) -> Option<&str> {
+        match &self.credentials {
+            UpstreamCredentials::Header { name, .. } => Some(name),
+            UpstreamCredentials::Assertion {
+                header: Some(name), ..
+            } => Some(name),
+            _ => None,
+        }
+    }
 }
 
 impl ProxyError {
@@ -114,7 +139,9 @@ impl ProxyError {
             // A JSON-RPC error answer to the call, as the upstream itself would give.
             Self::ToolDenied(_) => StatusCode::OK,
             Self::InsufficientScope(_) => StatusCode::FORBIDDEN,
-            Self::Unreadable => StatusCode::BAD_REQUEST,
+            Self::Message(_) | Self::BadRequest(_) | Self::HeaderMismatch(_) => {
+                StatusCode::BAD_REQUEST
+            }
         }
     }
 }
@@ -149,14 +176,6 @@ pub fn owner_of(p: &Principal) -> String {
 
 fn session_cache_key(upstream: &str, hash: &str) -> String {
     format!("{upstream}\n{hash}")
-}
-
-/// The JSON-RPC id of a single request in a body, to answer errors in kind.
-pub fn jsonrpc_id(body: &[u8]) -> Value {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("id").cloned())
-        .unwrap_or(Value::Null)
 }
 
 impl Proxy {
@@ -244,14 +263,21 @@ impl Proxy {
         in_flight: InFlight,
     ) -> Result<Response<Body>, (ProxyError, Value)> {
         let (parts, body) = req.into_parts();
-        // Phase: read the (small, JSON-RPC) request body, bounded.
+        // Phase: read the (small, JSON-RPC) request body, bounded, and read it once,
+        // strictly: every later phase judges this reading, and the upstream gets the bytes
+        // it was taken from.
         let body = read_bounded(body, self.settings.max_request_bytes)
             .await
             .map_err(|e| (e, Value::Null))?;
-        let id = || jsonrpc_id(&body);
-        self.forward_read(upstream, principal, parts, body.clone(), in_flight)
+        let message = if body.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            Some(message::read(&body).map_err(|e| (ProxyError::Message(e), Value::Null))?)
+        };
+        let id = message.as_ref().map_or(Value::Null, message::Body::reply_id);
+        self.forward_read(upstream, principal, parts, body, message.as_ref(), in_flight)
             .await
-            .map_err(|e| (e, id()))
+            .map_err(|e| (e, id))
     }
 
     async fn forward_read(
@@ -260,14 +286,21 @@ impl Proxy {
         principal: &Principal,
         parts: http::request::Parts,
         body: Bytes,
+        message: Option<&message::Body>,
         in_flight: InFlight,
     ) -> Result<Response<Body>, ProxyError> {
+        // Phase: headers that must be single, and agree with the body.
+        if parts.headers.get_all(SESSION_HEADER).iter().nth(1).is_some() {
+            return Err(ProxyError::BadRequest(
+                "more than one Mcp-Session-Id header".into(),
+            ));
+        }
+        message::check_headers(&parts.headers, message)?;
         // Phase: tool-level authorization.
-        match policy::check_tool_calls(&upstream.tools, &body, principal) {
+        match policy::check_tool_calls(&upstream.tools, message, principal) {
             ToolDecision::Allow => {}
             ToolDecision::Deny(name) => return Err(ProxyError::ToolDenied(name)),
             ToolDecision::NeedScopes(s) => return Err(ProxyError::InsufficientScope(s)),
-            ToolDecision::Unreadable => return Err(ProxyError::Unreadable),
         }
         let owner = owner_of(principal);
         // A stdio server: bridged here, with no session of its own.
@@ -393,7 +426,7 @@ impl Proxy {
         let authority = uri.authority().cloned();
         let mut builder = Request::builder().method(method).uri(uri);
         if let Some(h) = builder.headers_mut() {
-            *h = forwardable_headers(headers);
+            *h = forwardable_headers(headers, upstream.credential_header());
             self.apply_credentials(h, upstream, principal);
             if let Some(a) = authority
                 && let Ok(v) = HeaderValue::from_str(a.as_str())
@@ -471,12 +504,7 @@ impl Proxy {
             if parts.method != Method::POST {
                 return Err(ProxyError::MethodNotAllowed("POST"));
             }
-            let sid = parts
-                .uri
-                .query()
-                .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "sessionId"))
-                .map(|(_, v)| v.into_owned())
-                .ok_or(ProxyError::UnknownSession)?;
+            let (key, sid) = legacy_session_param(parts.uri.query())?;
             let hash = crypto::hash_secret(&format!("sse:{sid}"));
             if !self
                 .session_belongs_to(&upstream.name, &hash, &owner, now, expiry)
@@ -495,12 +523,11 @@ impl Proxy {
                 target.scheme_str().unwrap_or("http"),
                 target.authority().map(|a| a.as_str()).unwrap_or("")
             );
-            let query = parts
-                .uri
-                .query()
-                .map(|q| format!("?{q}"))
-                .unwrap_or_default();
-            let uri: Uri = format!("{base}{upstream_path}{query}")
+            // Only the parameter that was checked goes upstream, under the upstream's name.
+            let query: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair(key, &sid)
+                .finish();
+            let uri: Uri = format!("{base}{upstream_path}?{query}")
                 .parse()
                 .map_err(|_| ProxyError::BadBody)?;
             let (mut rparts, rbody) = self
@@ -536,7 +563,7 @@ impl Proxy {
                 let endpoint = base.join(data.trim()).ok()?;
                 let sid = endpoint
                     .query_pairs()
-                    .find(|(k, _)| k == "sessionId")
+                    .find(|(k, _)| LEGACY_SESSION_PARAMS.contains(&k.as_ref()))
                     .map(|(_, v)| v.into_owned())?;
                 store
                     .bind_session(
@@ -667,6 +694,33 @@ impl Proxy {
     }
 }
 
+/// The legacy transport's session parameter: `sessionId` (TypeScript SDK) or `session_id`
+/// (Python SDK).
+const LEGACY_SESSION_PARAMS: &[&str] = &["sessionId", "session_id"];
+
+/// The one session parameter of a legacy message POST, and its name. A repeated parameter
+/// (or both spellings) is refused: the gateway must check the very value that goes upstream.
+fn legacy_session_param(query: Option<&str>) -> Result<(&'static str, String), ProxyError> {
+    let mut found: Option<(&'static str, String)> = None;
+    let mut names = std::collections::HashSet::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if !names.insert(k.clone()) {
+            return Err(ProxyError::BadRequest(
+                "a query parameter is repeated".into(),
+            ));
+        }
+        if let Some(name) = LEGACY_SESSION_PARAMS.iter().find(|n| **n == k) {
+            if found.is_some() {
+                return Err(ProxyError::BadRequest(
+                    "the session is named twice in the query".into(),
+                ));
+            }
+            found = Some((name, v.into_owned()));
+        }
+    }
+    found.ok_or(ProxyError::UnknownSession)
+}
+
 async fn read_bounded(body: Body, max: usize) -> Result<Bytes, ProxyError> {
     match axum::body::to_bytes(body, max).await {
         Ok(b) => Ok(b),
@@ -692,22 +746,36 @@ fn connection_listed(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// The client's headers that may travel upstream.
-fn forwardable_headers(incoming: &HeaderMap) -> HeaderMap {
+/// Whether a client's header name is one the gateway sets or reserves. Compared with `_` read
+/// as `-` (names are already lower case): CGI and WSGI servers turn both into the same
+/// variable, so `X_Forwarded_User` would reach an upstream as `X-Forwarded-User`.
+fn reserved_header(name: &str, credential: Option<&str>) -> bool {
+    let normal: std::borrow::Cow<str> = if name.contains('_') {
+        name.replace('_', "-").into()
+    } else {
+        name.into()
+    };
+    let n = normal.as_ref();
+    HOP_BY_HOP.contains(&n)
+        || IDENTITY_HEADERS.contains(&n)
+        || CLIENT_ADDRESS_HEADERS.contains(&n)
+        || n.starts_with("x-forwarded-")
+        || matches!(n, "authorization" | "cookie" | "host" | "content-length")
+        || credential.is_some_and(|c| c.replace('_', "-").eq_ignore_ascii_case(n))
+        // A name that is only an underscore spelling of the session header would reach the
+        // upstream beside the one that was checked.
+        || (name != SESSION_HEADER && n == SESSION_HEADER)
+}
+
+/// The client's headers that may travel upstream. `credential` is the header name the
+/// upstream's configured credential uses, if not `Authorization`.
+fn forwardable_headers(incoming: &HeaderMap, credential: Option<&str>) -> HeaderMap {
     let listed = connection_listed(incoming);
     // Room for the credential and Host added next, so the map is not regrown per request.
     let mut out = HeaderMap::with_capacity(incoming.len() + 4);
     for (name, value) in incoming {
         let n = name.as_str();
-        let dropped = HOP_BY_HOP.contains(&n)
-            || IDENTITY_HEADERS.contains(&n)
-            || listed.iter().any(|l| l == n)
-            || n == "authorization"
-            || n == "cookie"
-            || n == "host"
-            || n == "content-length"
-            || n == "forwarded"
-            || n.starts_with("x-forwarded-");
+        let dropped = reserved_header(n, credential) || listed.iter().any(|l| l == n);
         if !dropped {
             out.append(name.clone(), value.clone());
         }
@@ -743,6 +811,13 @@ mod tests {
             ("cookie", "mog_session=x"),
             ("x-forwarded-user", "admin"),
             ("x-forwarded-email", "admin@example.com"),
+            ("x_forwarded_user", "root"),
+            ("x-forwarded_groups", "admins"),
+            ("x_real_ip", "10.0.0.1"),
+            ("true-client-ip", "10.0.0.1"),
+            ("forwarded", "for=10.0.0.1"),
+            ("x_api_key", "client-chosen"),
+            ("mcp_session_id", "other"),
             ("connection", "keep-alive, x-custom"),
             ("x-custom", "1"),
             ("te", "trailers"),
@@ -753,12 +828,19 @@ mod tests {
         ] {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        let out = forwardable_headers(&h);
+        let out = forwardable_headers(&h, Some("x-api-key"));
         for gone in [
             "authorization",
             "cookie",
             "x-forwarded-user",
             "x-forwarded-email",
+            "x_forwarded_user",
+            "x-forwarded_groups",
+            "x_real_ip",
+            "true-client-ip",
+            "forwarded",
+            "x_api_key",
+            "mcp_session_id",
             "connection",
             "x-custom",
             "te",

@@ -4,11 +4,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
-
 use crate::authorization::token::Principal;
 use crate::clock::Timestamp;
 use crate::config::{ProxyConfig, ToolRule};
+use crate::mcp::message::Body;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum ToolDecision {
@@ -16,8 +15,6 @@ pub enum ToolDecision {
     Deny(String),
     /// The token lacks scopes these tools need.
     NeedScopes(Vec<String>),
-    /// The body is not JSON, so the rules cannot be applied to it.
-    Unreadable,
 }
 
 fn matches(pattern: &str, name: &str) -> bool {
@@ -49,31 +46,16 @@ fn decide(rules: &[ToolRule], name: &str, p: &Principal) -> ToolDecision {
     ToolDecision::Allow
 }
 
-/// Applies the rules to every `tools/call` in a body (one message or a batch).
-pub fn check_tool_calls(rules: &[ToolRule], body: &[u8], p: &Principal) -> ToolDecision {
-    if rules.is_empty() {
+/// Applies the rules to every `tools/call` of a body (one message or a batch), as the
+/// strict reading in [`crate::mcp::message`] found them: what is judged is what runs.
+pub fn check_tool_calls(rules: &[ToolRule], body: Option<&Body>, p: &Principal) -> ToolDecision {
+    let Some(body) = body.filter(|_| !rules.is_empty()) else {
         return ToolDecision::Allow;
-    }
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        // What the gateway cannot read, it does not let through for the upstream to read
-        // differently.
-        return if body.iter().all(u8::is_ascii_whitespace) {
-            ToolDecision::Allow
-        } else {
-            ToolDecision::Unreadable
-        };
     };
-    let messages = match &v {
-        Value::Array(items) => items.iter().collect::<Vec<_>>(),
-        one => vec![one],
-    };
-    for m in messages {
-        if m.get("method").and_then(Value::as_str) == Some("tools/call") {
-            let name = m
-                .pointer("/params/name")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let d = decide(rules, name, p);
+    for m in &body.messages {
+        if m.method.as_deref() == Some("tools/call") {
+            // The strict reading refuses a `tools/call` without a string name.
+            let d = decide(rules, m.name.as_deref().unwrap_or(""), p);
             if d != ToolDecision::Allow {
                 return d;
             }
@@ -225,6 +207,11 @@ mod tests {
             .into_bytes()
     }
 
+    fn check_tool_calls(rules: &[ToolRule], body: &[u8], p: &Principal) -> ToolDecision {
+        let body = crate::mcp::message::read(body).unwrap();
+        super::check_tool_calls(rules, Some(&body), p)
+    }
+
     #[test]
     fn first_matching_rule_decides() {
         let r = rules();
@@ -268,8 +255,9 @@ mod tests {
             ToolDecision::Deny("drop_x".into())
         );
         assert_eq!(
-            check_tool_calls(&r, b"{not json", &alice),
-            ToolDecision::Unreadable
+            super::check_tool_calls(&r, None, &alice),
+            ToolDecision::Allow,
+            "no message, nothing to call"
         );
     }
 

@@ -361,6 +361,8 @@ pub trait Store: Send + Sync + 'static {
     async fn hit(&self, key: &str, window_start: Timestamp) -> StoreResult<i64>;
     async fn hits(&self, key: &str, window_start: Timestamp) -> StoreResult<i64>;
     async fn clear_hits(&self, key: &str) -> StoreResult<()>;
+    /// Gives back one hit of the window (a reserved attempt that succeeded); never below 0.
+    async fn unhit(&self, key: &str, window_start: Timestamp) -> StoreResult<()>;
 
     /// Revocations made by any instance on this store, as they happen (each event means
     /// "something was revoked; drop cached tokens"). `None` when the engine cannot tell

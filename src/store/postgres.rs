@@ -1057,6 +1057,18 @@ impl Store for PostgresStore {
         Ok(n.unwrap_or(0))
     }
 
+    async fn unhit(&self, key: &str, window_start: Timestamp) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE counters SET count = count - 1 WHERE key = $1 AND window_start = $2 AND count > 0",
+        )
+        .bind(key)
+        .bind(window_start)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
     async fn clear_hits(&self, key: &str) -> StoreResult<()> {
         sqlx::query("DELETE FROM counters WHERE key = $1")
             .bind(key)

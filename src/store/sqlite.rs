@@ -1013,6 +1013,18 @@ impl Store for SqliteStore {
         Ok(n.unwrap_or(0))
     }
 
+    async fn unhit(&self, key: &str, window_start: Timestamp) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE counters SET count = count - 1 WHERE key = ? AND window_start = ? AND count > 0",
+        )
+        .bind(key)
+        .bind(window_start)
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
     async fn clear_hits(&self, key: &str) -> StoreResult<()> {
         sqlx::query("DELETE FROM counters WHERE key = ?")
             .bind(key)

@@ -269,11 +269,12 @@ fn proxy_error(e: ProxyError, id: Value) -> Response {
     if status.is_server_error() {
         tracing::warn!(error = %e, "proxied request failed");
     }
-    let code = match e {
+    let code = match &e {
         ProxyError::UnknownSession => -32001,
         ProxyError::ToolDenied(_) => -32003,
-        ProxyError::TooLarge(_) | ProxyError::BadBody => -32600,
-        ProxyError::Unreadable => -32700,
+        ProxyError::TooLarge(_) | ProxyError::BadBody | ProxyError::BadRequest(_) => -32600,
+        ProxyError::Message(m) => m.jsonrpc_code(),
+        ProxyError::HeaderMismatch(_) => crate::mcp::message::HEADER_MISMATCH,
         _ => -32603,
     };
     let mut resp = (
