@@ -1,5 +1,6 @@
 //! The command line: parse, load configuration, run one command.
 
+use crate::text::printable;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -95,12 +96,36 @@ pub enum UsersCommand {
     Remove {
         name: String,
     },
-    /// Set a user's password (read from standard input).
+    /// Set a user's password (read from standard input). Their browser sessions end, and
+    /// their grants are revoked unless --keep-grants.
     Passwd {
         name: String,
         #[arg(long)]
         password_stdin: bool,
+        /// Keep the user's grants (their MCP clients stay connected).
+        #[arg(long)]
+        keep_grants: bool,
     },
+    /// Stop a user from signing in: their browser sessions end, and their grants are
+    /// revoked unless --keep-grants.
+    Disable {
+        name: String,
+        #[arg(long)]
+        keep_grants: bool,
+    },
+    /// Let a disabled user sign in again.
+    Enable {
+        name: String,
+    },
+    /// A user's browser sessions.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// Sign the user out of every browser (grants stay; see `grants revoke`).
+    Revoke { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -372,12 +397,17 @@ async fn users(
                     u.groups.join(",")
                 };
                 println!(
-                    "{}\t{}\t{}\t{}\tcreated {}",
+                    "{}\t{}\t{}\t{}\tcreated {}{}",
                     u.username,
                     u.id,
                     u.email.as_deref().unwrap_or("-"),
                     groups,
-                    u.created_at
+                    u.created_at,
+                    if u.disabled_at.is_some() {
+                        "\tdisabled"
+                    } else {
+                        ""
+                    }
                 );
             }
         }
@@ -396,13 +426,26 @@ async fn users(
         UsersCommand::Passwd {
             name,
             password_stdin,
+            keep_grants,
         } => {
             if !password_stdin {
                 return Err("pass the new password on standard input with --password-stdin".into());
             }
             let pw = read_password_stdin()?;
-            accounts.set_password(&name, &pw).await?;
-            println!("password of `{name}` changed");
+            let n = accounts.set_password(&name, &pw, keep_grants).await?;
+            println!("password of `{name}` changed; browser sessions ended, {n} grant(s) revoked");
+        }
+        UsersCommand::Disable { name, keep_grants } => {
+            let n = accounts.set_disabled(&name, true, keep_grants).await?;
+            println!("disabled `{name}`; browser sessions ended, {n} grant(s) revoked");
+        }
+        UsersCommand::Enable { name } => {
+            accounts.set_disabled(&name, false, true).await?;
+            println!("enabled `{name}`");
+        }
+        UsersCommand::Sessions(SessionsCommand::Revoke { name }) => {
+            accounts.end_sessions(&name).await?;
+            println!("signed `{name}` out of every browser");
         }
     }
     Ok(())
@@ -416,19 +459,21 @@ async fn clients(
 ) -> Result<(), String> {
     match c {
         ClientsCommand::List => {
+            // What strangers registered is printed with anything invisible escaped, so it
+            // cannot forge lines or send escape sequences to the operator's terminal.
             for s in &config.clients {
                 println!(
                     "{}\tconfigured\t{}",
-                    s.client_id,
-                    s.client_name.as_deref().unwrap_or("-")
+                    printable(&s.client_id),
+                    printable(s.client_name.as_deref().unwrap_or("-"))
                 );
             }
             for r in store.list_clients().await.map_err(|e| e.to_string())? {
                 println!(
                     "{}\tregistered\t{}\t{}",
-                    r.client_id,
-                    r.client_name.as_deref().unwrap_or("-"),
-                    r.redirect_uris.join(" ")
+                    printable(&r.client_id),
+                    printable(r.client_name.as_deref().unwrap_or("-")),
+                    printable(&r.redirect_uris.join(" "))
                 );
             }
         }
@@ -443,7 +488,9 @@ async fn clients(
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("no client `{client_id}`"))?;
             let shown = serde_json::to_string_pretty(&r.metadata).unwrap_or_default();
-            println!("{shown}");
+            for line in shown.lines() {
+                println!("{}", printable(line));
+            }
             println!(
                 "registered from: {}",
                 r.registered_ip.as_deref().unwrap_or("-")
@@ -612,7 +659,7 @@ async fn grants(c: GrantsCommand, store: SharedStore, clock: SharedClock) -> Res
                     "{}\t{}\t{}\t{}\t{}{}",
                     g.id,
                     user,
-                    g.client_id,
+                    printable(&g.client_id),
                     g.resource,
                     g.scopes.join(" "),
                     if g.revoked_at.is_some() {

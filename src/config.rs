@@ -187,6 +187,11 @@ pub struct RegistrationConfig {
     pub cimd_allow_http_loopback: bool,
     /// Seconds a fetched CIMD document is cached when its response says nothing.
     pub cimd_default_cache_secs: u64,
+    /// Hosts whose Client ID Metadata Documents are trusted to name real clients (exact, or
+    /// `*.example.com` for its subdomains). Their clients, like configured ones, get errors
+    /// found before sign-in redirected back (RFC 6749 §4.1.2.1); every other client's are
+    /// shown on the gateway's own page, so it is never an open redirector.
+    pub cimd_trusted_domains: Vec<String>,
 }
 
 impl fmt::Debug for RegistrationConfig {
@@ -202,6 +207,7 @@ impl fmt::Debug for RegistrationConfig {
             .field("per_ip_per_hour", &self.per_ip_per_hour)
             .field("cimd", &self.cimd)
             .field("cimd_allow_http_loopback", &self.cimd_allow_http_loopback)
+            .field("cimd_trusted_domains", &self.cimd_trusted_domains)
             .finish()
     }
 }
@@ -217,6 +223,7 @@ impl Default for RegistrationConfig {
             cimd: true,
             cimd_allow_http_loopback: false,
             cimd_default_cache_secs: 300,
+            cimd_trusted_domains: Vec::new(),
         }
     }
 }
@@ -542,6 +549,10 @@ pub struct StaticClientConfig {
     /// May call the introspection endpoint (a resource server).
     #[serde(default)]
     pub introspection: bool,
+    /// The resources (`whoami`, an upstream's name, or a resource URL) whose access tokens
+    /// this client may see as active when it introspects; required with `introspection`.
+    #[serde(default)]
+    pub introspection_resources: Vec<String>,
 }
 
 impl fmt::Debug for StaticClientConfig {
@@ -640,11 +651,17 @@ impl Config {
         }
     }
 
-    /// The issuer / resource base URL, without a trailing slash.
+    /// The issuer / resource base URL in canonical form: scheme and host in lower case, no
+    /// default port, no trailing slash. Metadata, `resource` matching and the audience of
+    /// every token derive from it, so they can never disagree on spelling.
     pub fn public_url(&self) -> String {
-        match &self.server.public_url {
-            Some(u) => u.trim_end_matches('/').to_string(),
+        let raw = match &self.server.public_url {
+            Some(u) => u.clone(),
             None => format!("http://{}", self.server.listen),
+        };
+        match Url::parse(&raw) {
+            Ok(u) => u.as_str().trim_end_matches('/').to_string(),
+            Err(_) => raw.trim_end_matches('/').to_string(),
         }
     }
 
@@ -799,6 +816,24 @@ impl Config {
             }
             if !seen.insert(c.client_id.clone()) {
                 return Err(self.invalid(&key("client_id"), "duplicated"));
+            }
+            if c.introspection && c.introspection_resources.is_empty() {
+                return Err(self.invalid(
+                    &key("introspection_resources"),
+                    "a client that introspects must name the resources whose tokens it may see",
+                ));
+            }
+            for (j, r) in c.introspection_resources.iter().enumerate() {
+                let known = (self.whoami.enabled && r == "whoami")
+                    || self.upstreams.iter().any(|u| &u.name == r)
+                    || r.starts_with("https://")
+                    || r.starts_with("http://");
+                if !known {
+                    return Err(self.invalid(
+                        &format!("clients[{i}].introspection_resources[{j}]"),
+                        "not `whoami`, an upstream's name, or a resource URL",
+                    ));
+                }
             }
             match c.token_endpoint_auth_method.as_str() {
                 "client_secret_basic" | "client_secret_post" => {

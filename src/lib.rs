@@ -14,6 +14,7 @@ pub mod mcp;
 pub mod net;
 pub mod proxy;
 pub mod store;
+pub mod text;
 pub mod web;
 
 pub use web::{App, Gateway};

@@ -26,6 +26,8 @@ pub struct PageContext {
     pub scopes: Vec<String>,
     pub resource: String,
     pub username: Option<String>,
+    /// The client's name mixes alphabets with look-alike letters: say so on the page.
+    pub name_mixes_scripts: bool,
 }
 
 #[derive(Debug)]
@@ -40,6 +42,14 @@ pub enum AuthorizeStep {
     },
     /// Back to the client (with a code or an error).
     Redirect(String),
+    /// An error found before the person signed in and approved, for a client whose identity
+    /// nobody vouches for: shown here, naming where the link back goes, never redirected
+    /// automatically (RFC 9700 §4.11.2: no open redirector).
+    Stopped {
+        message: String,
+        redirect_host: String,
+        back: String,
+    },
 }
 
 /// An error that cannot be sent to the client's redirect URI: shown to the person.
@@ -85,7 +95,47 @@ pub struct NewSession {
     pub max_age: i64,
 }
 
+/// Where a redirect URI sends the person, as the pages name it: host and port (a loopback
+/// port changes from run to run, so it is left out), or the scheme of a native app.
+fn redirect_host_of(redirect_uri: &str) -> String {
+    Url::parse(redirect_uri)
+        .ok()
+        .map(|u| match u.host_str() {
+            Some(h) => match u.port() {
+                Some(port) if !super::redirect::is_loopback(&u) => format!("{h}:{port}"),
+                _ => h.to_string(),
+            },
+            None => format!("{}:", u.scheme()),
+        })
+        .unwrap_or_default()
+}
+
+/// RFC 6265 §5.1.4 path-match: would a cookie with `cookie_path` be sent to `path`?
+fn path_matches(path: &str, cookie_path: &str) -> bool {
+    path == cookie_path
+        || path
+            .strip_prefix(cookie_path)
+            .is_some_and(|rest| cookie_path.ends_with('/') || rest.starts_with('/'))
+}
+
 impl AuthorizationServer {
+    /// Where every page a person sees lives, and the only path the browser cookies are sent
+    /// to (on https the cookies are `__Host-` with path `/`, and never reach http callbacks).
+    pub fn browser_path(&self) -> String {
+        format!("{}/authorize", self.settings.base_path)
+    }
+
+    /// Signs a browser out: its session ends here and now.
+    pub async fn end_session(&self, cookie_secret: &str) -> Result<(), OAuthError> {
+        if cookie_secret.is_empty() || cookie_secret.len() > 100 {
+            return Ok(());
+        }
+        Ok(self
+            .store
+            .delete_session(&crypto::hash_secret(cookie_secret))
+            .await?)
+    }
+
     fn error_redirect(&self, redirect_uri: &str, state: Option<&str>, e: &OAuthError) -> String {
         self.redirect_with(
             redirect_uri,
@@ -170,14 +220,36 @@ impl AuthorizationServer {
                 }
             },
         };
-        // From here on, errors go back to the client.
+        // The gateway's cookies are scoped to its browser paths, but cookies ignore ports: a
+        // native client's loopback callback on the gateway's own host under those paths
+        // would receive them (RFC 6265 §8.5).
+        if !self.settings.secure_cookies
+            && Url::parse(&redirect_uri).is_ok_and(|u| {
+                u.scheme() == "http"
+                    && super::redirect::is_loopback(&u)
+                    && path_matches(u.path(), &self.browser_path())
+            })
+        {
+            return Err(PageError::bad(
+                "The redirect_uri is a loopback address under this server's own sign-in paths, where it would receive this server's cookies.",
+            ));
+        }
+        // From here on, errors go back to the client: by redirect for a client whose
+        // identity is vouched for, by a link on the gateway's page for any other.
         let state = params.get("state").ok().flatten();
+        let verified = self.client_is_verified(&client);
         let fail = |e: OAuthError| {
-            Ok(AuthorizeStep::Redirect(self.error_redirect(
-                &redirect_uri,
-                state,
-                &e,
-            )))
+            let back = self.error_redirect(&redirect_uri, state, &e);
+            Ok(if verified {
+                AuthorizeStep::Redirect(back)
+            } else {
+                tracing::info!(client_id = ?client.client_id, error = e.code.as_str(), "authorization request stopped before sign-in");
+                AuthorizeStep::Stopped {
+                    message: e.description.clone(),
+                    redirect_host: redirect_host_of(&redirect_uri),
+                    back,
+                }
+            })
         };
         match self.check_authorization_request(params, &client) {
             Err(e) => fail(e),
@@ -201,7 +273,11 @@ impl AuthorizationServer {
                     expires_at: now + self.settings.request_ttl,
                 };
                 let user = match &session_user {
-                    Some(id) => self.store.user_by_id(id).await?,
+                    Some(id) => self
+                        .store
+                        .user_by_id(id)
+                        .await?
+                        .filter(|u| u.disabled_at.is_none()),
                     None => None,
                 };
                 if prompt_none {
@@ -254,10 +330,10 @@ impl AuthorizationServer {
         }
         match params.get("response_type")? {
             Some("code") => {}
-            Some(other) => {
+            Some(_) => {
                 return Err(OAuthError::new(
                     ErrorCode::UnsupportedResponseType,
-                    format!("response_type `{other}` is not supported; use `code`"),
+                    "this response_type is not supported; use `code`",
                 ));
             }
             None => return Err(OAuthError::invalid_request("response_type is missing")),
@@ -280,10 +356,10 @@ impl AuthorizationServer {
         })?;
         match params.get("code_challenge_method")? {
             Some("S256") => {}
-            Some(m) => {
-                return Err(OAuthError::invalid_request(format!(
-                    "code_challenge_method `{m}` is not supported; use S256"
-                )));
+            Some(_) => {
+                return Err(OAuthError::invalid_request(
+                    "this code_challenge_method is not supported; use S256",
+                ));
             }
             None => {
                 return Err(OAuthError::invalid_request(
@@ -308,16 +384,7 @@ impl AuthorizationServer {
         client: &Client,
         username: Option<&str>,
     ) -> PageContext {
-        let redirect_host = Url::parse(&p.redirect_uri)
-            .ok()
-            .map(|u| match u.host_str() {
-                Some(h) => match u.port() {
-                    Some(port) if !super::redirect::is_loopback(&u) => format!("{h}:{port}"),
-                    _ => h.to_string(),
-                },
-                None => format!("{}:", u.scheme()),
-            })
-            .unwrap_or_default();
+        let redirect_host = redirect_host_of(&p.redirect_uri);
         let verified_domain = (client.kind == ClientKind::Metadata)
             .then(|| {
                 Url::parse(&client.client_id)
@@ -335,6 +402,10 @@ impl AuthorizationServer {
             scopes: p.scopes.clone(),
             resource: p.resource.clone(),
             username: username.map(str::to_string),
+            name_mixes_scripts: client
+                .name
+                .as_deref()
+                .is_some_and(crate::text::mixes_scripts),
         }
     }
 
@@ -457,7 +528,7 @@ impl AuthorizationServer {
                     .put_session(&crypto::hash_secret(&secret), &user.id, now, now + max_age)
                     .await?;
                 self.store.set_pending_user(&p.id, &user.id).await?;
-                tracing::info!(user = %user.username, client_id = %client.client_id, "login");
+                tracing::info!(user = ?user.username, client_id = ?client.client_id, "login");
                 let step = self
                     .after_login(&p, handle, &client, &user.id, &user.username)
                     .await?;

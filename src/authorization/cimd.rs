@@ -163,9 +163,10 @@ fn parse_document(doc: &Value, client_id: &str) -> Result<Client, String> {
     if redirect_uris.is_empty() || redirect_uris.len() > 20 {
         return Err("redirect_uris must have 1 to 20 entries".into());
     }
-    for u in &redirect_uris {
-        check_registered_redirect_uri(u, true)?;
-    }
+    let redirect_uris = redirect_uris
+        .iter()
+        .map(|u| check_registered_redirect_uri(u, true))
+        .collect::<Result<Vec<_>, _>>()?;
     if let Some(gt) = m.get("grant_types").and_then(Value::as_array)
         && gt
             .iter()
@@ -173,10 +174,14 @@ fn parse_document(doc: &Value, client_id: &str) -> Result<Client, String> {
     {
         return Err("only the authorization_code and refresh_token grant types are allowed".into());
     }
-    let name = m
-        .get("client_name")
-        .and_then(Value::as_str)
-        .map(|s| s.chars().filter(|c| !c.is_control()).take(200).collect());
+    let name = match m.get("client_name") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() <= 200 => {
+            crate::text::check_display_name(s).map_err(|why| format!("client_name {why}"))?;
+            Some(s.clone())
+        }
+        Some(_) => return Err("client_name must be a string of at most 200 bytes".into()),
+    };
     Ok(Client {
         client_id: client_id.to_string(),
         kind: ClientKind::Metadata,
@@ -187,6 +192,7 @@ fn parse_document(doc: &Value, client_id: &str) -> Result<Client, String> {
         grant_types: vec!["authorization_code".into(), "refresh_token".into()],
         scopes: None,
         introspection: false,
+        introspection_audiences: Vec::new(),
     })
 }
 
@@ -207,5 +213,9 @@ mod tests {
         assert!(parse_document(&basic, id).is_err());
         let no_redirect = json!({"client_id": id});
         assert!(parse_document(&no_redirect, id).is_err());
+        let bidi = json!({"client_id": id, "client_name": "Claude \u{202e}edoC", "redirect_uris": ["http://127.0.0.1/cb"]});
+        assert!(parse_document(&bidi, id).is_err());
+        let newline = json!({"client_id": id, "redirect_uris": ["http://127.0.0.1/cb\nforged"]});
+        assert!(parse_document(&newline, id).is_err());
     }
 }

@@ -55,6 +55,8 @@ pub struct Client {
     /// Scopes it may obtain; `None`: any configured scope.
     pub scopes: Option<Vec<String>>,
     pub introspection: bool,
+    /// Resource identifiers whose access tokens this client sees when it introspects.
+    pub introspection_audiences: Vec<String>,
 }
 
 impl Client {
@@ -85,6 +87,8 @@ impl Client {
             grant_types: c.grant_types.clone(),
             scopes: (!c.scopes.is_empty()).then(|| c.scopes.clone()),
             introspection: c.introspection,
+            // Resolved to resource URLs once the resources are known.
+            introspection_audiences: c.introspection_resources.clone(),
         }
     }
 
@@ -100,6 +104,7 @@ impl Client {
             grant_types: r.grant_types,
             scopes: r.scope,
             introspection: false,
+            introspection_audiences: Vec::new(),
         }
     }
 }
@@ -141,6 +146,17 @@ fn opt_string(m: &Map<String, Value>, key: &str, max: usize) -> Result<Option<St
         ))),
         Some(_) => Err(metadata_error(format!("`{key}` must be a string"))),
     }
+}
+
+/// A name shown to people (the consent page, the console): no control or invisible
+/// formatting characters, so what is shown is what is there.
+fn display_name(m: &Map<String, Value>, key: &str) -> Result<Option<String>, OAuthError> {
+    let Some(name) = opt_string(m, key, 200)? else {
+        return Ok(None);
+    };
+    crate::text::check_display_name(&name)
+        .map_err(|why| metadata_error(format!("`{key}` {why}")))?;
+    Ok(Some(name))
 }
 
 fn string_array(
@@ -321,7 +337,7 @@ impl AuthorizationServer {
             r.insert("client_secret".into(), Value::String(secret));
             r.insert("client_secret_expires_at".into(), json!(0));
         }
-        tracing::info!(client_id = %client_id, ip, "client registered");
+        tracing::info!(client_id = ?client_id, ip, "client registered");
         Ok(response)
     }
 
@@ -378,10 +394,14 @@ impl AuthorizationServer {
                 "redirect_uris is required for the authorization_code grant",
             ));
         }
-        for u in &redirect_uris {
-            check_registered_redirect_uri(u, auth_method == AuthMethod::None)
-                .map_err(|e| OAuthError::new(ErrorCode::InvalidRedirectUri, e))?;
-        }
+        // Stored (and later compared and shown) in canonical form.
+        let redirect_uris = redirect_uris
+            .iter()
+            .map(|u| {
+                check_registered_redirect_uri(u, auth_method == AuthMethod::None)
+                    .map_err(|e| OAuthError::new(ErrorCode::InvalidRedirectUri, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let scope = match opt_string(m, "scope", 1024)? {
             None => None,
             Some(s) => {
@@ -405,8 +425,7 @@ impl AuthorizationServer {
             redirect_uris,
             auth_method,
             grant_types,
-            client_name: opt_string(m, "client_name", 200)?
-                .map(|s| s.chars().filter(|c| !c.is_control()).collect()),
+            client_name: display_name(m, "client_name")?,
             client_uri,
             scope,
             software_id: opt_string(m, "software_id", 200)?,

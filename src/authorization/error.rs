@@ -61,10 +61,17 @@ pub struct OAuthError {
 }
 
 impl OAuthError {
+    /// Descriptions are kept within RFC 6749's character set here, once for every error,
+    /// wherever it is shown (JSON, a redirect, a log line).
     pub fn new(code: ErrorCode, description: impl Into<String>) -> Self {
+        let description = description.into();
+        let description = match crate::text::oauth_description(&description) {
+            std::borrow::Cow::Borrowed(_) => description,
+            std::borrow::Cow::Owned(clean) => clean,
+        };
         Self {
             code,
-            description: description.into(),
+            description,
             basic_challenge: false,
             retry_after: None,
         }

@@ -61,6 +61,7 @@ pub struct Settings {
     pub unused_client_ttl: i64,
     pub dcr_per_ip_per_hour: i64,
     pub cimd: bool,
+    pub cimd_trusted_domains: Vec<String>,
     pub secure_cookies: bool,
 }
 
@@ -138,7 +139,46 @@ impl AuthorizationServer {
             unused_client_ttl: config.registration.unused_client_ttl_secs,
             dcr_per_ip_per_hour: config.registration.per_ip_per_hour,
             cimd: config.registration.cimd,
+            cimd_trusted_domains: config
+                .registration
+                .cimd_trusted_domains
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
         };
+        let static_clients: Vec<Client> = config
+            .clients
+            .iter()
+            .map(|c| {
+                let mut client = Client::from_config(c);
+                client.introspection_audiences = client
+                    .introspection_audiences
+                    .iter()
+                    .map(|r| {
+                        resources
+                            .iter()
+                            .find(|res| res.name == *r)
+                            .map(|res| res.url.clone())
+                            .or_else(|| {
+                                Url::parse(r).ok().and_then(|u| {
+                                    let normal = u.as_str().trim_end_matches('/');
+                                    resources
+                                        .iter()
+                                        .find(|res| res.url == normal)
+                                        .map(|res| res.url.clone())
+                                })
+                            })
+                            .ok_or_else(|| {
+                                format!(
+                                    "clients `{}`: introspection_resources: `{r}` is not a resource of this gateway",
+                                    c.client_id
+                                )
+                            })
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(client)
+            })
+            .collect::<Result<_, String>>()?;
         let fetcher = SafeFetcher::new(config.registration.cimd_allow_http_loopback)
             .map_err(|e| e.to_string())?;
         Ok(Arc::new(Self {
@@ -148,11 +188,35 @@ impl AuthorizationServer {
             clock,
             resources,
             session_ttl: config.login.session_ttl_secs,
-            static_clients: config.clients.iter().map(Client::from_config).collect(),
+            static_clients,
             cimd: cimd::CimdResolver::new(fetcher, config.registration.cimd_default_cache_secs),
             tokens: token::TokenCache::default(),
             clients_seen: crate::cache::TtlCache::new(token::TOKEN_CACHE_SECS, 10_000),
         }))
+    }
+
+    /// Whether the client's identity is vouched for: configured here, or a CIMD document on
+    /// a trusted domain. Anyone can register a client (open DCR) or publish a document, so
+    /// for those a redirect back is no proof of anything.
+    pub fn client_is_verified(&self, client: &Client) -> bool {
+        match client.kind {
+            clients::ClientKind::Configured => true,
+            clients::ClientKind::Registered => false,
+            clients::ClientKind::Metadata => Url::parse(&client.client_id)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+                .is_some_and(|host| {
+                    self.settings
+                        .cimd_trusted_domains
+                        .iter()
+                        .any(|d| match d.strip_prefix("*.") {
+                            Some(parent) => host
+                                .strip_suffix(parent)
+                                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+                            None => host == *d,
+                        })
+                }),
+        }
     }
 
     pub fn configured_clients(&self) -> &[Client] {
@@ -177,7 +241,7 @@ impl AuthorizationServer {
             [one] => self.find_resource(one).ok_or_else(|| {
                 OAuthError::new(
                     ErrorCode::InvalidTarget,
-                    format!("`{one}` is not a resource protected by this gateway"),
+                    "the `resource` is not one protected by this gateway",
                 )
             }),
             _ => Err(OAuthError::new(
@@ -224,7 +288,7 @@ impl AuthorizationServer {
                     if !self.settings.scopes.iter().any(|k| k == sc) {
                         return Err(OAuthError::new(
                             ErrorCode::InvalidScope,
-                            format!("unknown scope `{sc}`"),
+                            "a requested scope is not offered by this server",
                         ));
                     }
                     if let Some(allowed) = &client.scopes
@@ -232,7 +296,7 @@ impl AuthorizationServer {
                     {
                         return Err(OAuthError::new(
                             ErrorCode::InvalidScope,
-                            format!("this client may not ask for `{sc}`"),
+                            "this client may not ask for one of the requested scopes",
                         ));
                     }
                     if !out.iter().any(|o| o == sc) {

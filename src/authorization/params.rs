@@ -34,7 +34,7 @@ impl Params {
             }
             if v.len() > MAX_VALUE_LEN {
                 return Err(OAuthError::invalid_request(format!(
-                    "the `{k}` parameter is longer than {MAX_VALUE_LEN} bytes"
+                    "a parameter is longer than {MAX_VALUE_LEN} bytes"
                 )));
             }
             values

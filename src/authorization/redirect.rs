@@ -13,11 +13,17 @@ const FORBIDDEN_SCHEMES: &[&str] = &[
     "filesystem",
 ];
 
-/// Checks a URI offered for registration. `public` clients may use private-use schemes
-/// (native apps, RFC 8252 §7.1); confidential ones need https or loopback http.
-pub fn check_registered_redirect_uri(uri: &str, public: bool) -> Result<(), String> {
+/// Checks a URI offered for registration and returns its canonical form, which is what is
+/// stored. `public` clients may use private-use schemes (native apps, RFC 8252 §7.1);
+/// confidential ones need https or loopback http.
+pub fn check_registered_redirect_uri(uri: &str, public: bool) -> Result<String, String> {
     if uri.len() > 2000 {
         return Err("a redirect URI is longer than 2000 characters".into());
+    }
+    // The URL parser would silently drop tabs and newlines; the raw string would then be
+    // stored and printed. Nothing invisible is accepted, and the message does not repeat it.
+    if crate::text::has_invisible(uri) {
+        return Err("a redirect URI contains white space, control or invisible characters".into());
     }
     let url = Url::parse(uri).map_err(|e| format!("`{uri}` is not an absolute URI ({e})"))?;
     if url.fragment().is_some() || uri.contains('#') {
@@ -47,7 +53,10 @@ pub fn check_registered_redirect_uri(uri: &str, public: bool) -> Result<(), Stri
         }
         _ => {}
     }
-    Ok(())
+    if crate::text::has_invisible(url.as_str()) {
+        return Err("a redirect URI contains invisible characters".into());
+    }
+    Ok(url.as_str().to_string())
 }
 
 pub fn is_loopback(url: &Url) -> bool {
@@ -66,9 +75,17 @@ pub fn redirect_matches(registered: &str, presented: &str) -> bool {
     if registered == presented {
         return true;
     }
+    if crate::text::has_invisible(presented) {
+        return false;
+    }
     let (Ok(r), Ok(p)) = (Url::parse(registered), Url::parse(presented)) else {
         return false;
     };
+    // Registered URIs are stored in canonical form; the same URL spelled otherwise (scheme or
+    // host case, a default port) is the same place.
+    if r.as_str() == p.as_str() {
+        return true;
+    }
     r.scheme() == "http"
         && p.scheme() == "http"
         && is_loopback(&r)

@@ -128,9 +128,9 @@ impl AuthorizationServer {
             "authorization_code" => self.exchange_code(params, &client).await,
             "refresh_token" => self.refresh(params, &client).await,
             "client_credentials" => self.client_credentials(params, &client).await,
-            other => Err(OAuthError::new(
+            _ => Err(OAuthError::new(
                 ErrorCode::UnsupportedGrantType,
-                format!("grant_type `{other}` is not supported"),
+                "this grant_type is not supported",
             )),
         }
     }
@@ -350,10 +350,10 @@ impl AuthorizationServer {
             None => grant.scopes.clone(),
             Some(s) => {
                 let asked = crate::store::split_scopes(s);
-                if let Some(bad) = asked.iter().find(|a| !grant.scopes.contains(a)) {
+                if asked.iter().any(|a| !grant.scopes.contains(a)) {
                     return Err(OAuthError::new(
                         ErrorCode::InvalidScope,
-                        format!("`{bad}` was not granted originally"),
+                        "a requested scope was not granted originally",
                     ));
                 }
                 asked
@@ -534,9 +534,12 @@ impl AuthorizationServer {
         let token = params.require("token")?;
         let hash = crypto::hash_secret(token);
         let now = self.clock.now();
+        // A resource server sees only tokens meant for its own resources; anything else is
+        // as good as unknown to it (RFC 7662 §4).
         if let Some(TokenInfo {
             token: t, username, ..
         }) = self.store.access_token(&hash, now).await?
+            && client.introspection_audiences.contains(&t.resource)
         {
             let mut v = json!({
                 "active": true,
@@ -558,7 +561,9 @@ impl AuthorizationServer {
             }
             return Ok(v);
         }
+        // A refresh token is its client's alone.
         if let Some(r) = self.store.refresh_token(&hash, now).await?
+            && r.client_id == client.client_id
             && r.used_at.is_none()
             && let Some(g) = self.store.grant(&r.grant_id).await?
             && g.revoked_at.is_none()

@@ -141,6 +141,7 @@ impl LocalAccounts {
             created_at: self.clock.now(),
             email: None,
             groups: Vec::new(),
+            disabled_at: None,
         };
         match self.store.create_user(&user).await {
             Ok(()) => Ok(user),
@@ -149,21 +150,69 @@ impl LocalAccounts {
         }
     }
 
-    pub async fn set_password(&self, username: &str, password: &str) -> Result<(), String> {
-        validate_password(password)?;
-        let user = self
-            .store
+    async fn named(&self, username: &str) -> Result<UserRecord, String> {
+        self.store
             .user_by_name(username)
             .await
             .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no user named `{username}`"))?;
+            .ok_or_else(|| format!("no user named `{username}`"))
+    }
+
+    /// Sets a new password. Whoever knew the old one may hold a browser session or grants
+    /// made with it: the sessions end, and the grants too unless `keep_grants`. Returns how
+    /// many grants were revoked.
+    pub async fn set_password(
+        &self,
+        username: &str,
+        password: &str,
+        keep_grants: bool,
+    ) -> Result<u64, String> {
+        validate_password(password)?;
+        let user = self.named(username).await?;
         let pw = password.to_string();
         let hash = off_thread(move || hash_password(&pw)).await??;
         self.store
             .set_password(&user.id, &hash)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(())
+        self.end_access(&user, keep_grants).await
+    }
+
+    /// Disables (or enables again) an account. Disabling ends its browser sessions, and its
+    /// grants unless `keep_grants`. Returns how many grants were revoked.
+    pub async fn set_disabled(
+        &self,
+        username: &str,
+        disabled: bool,
+        keep_grants: bool,
+    ) -> Result<u64, String> {
+        let user = self.named(username).await?;
+        let at = disabled.then(|| self.clock.now());
+        self.store
+            .set_user_disabled(&user.id, at)
+            .await
+            .map_err(|e| e.to_string())?;
+        if disabled {
+            self.end_access(&user, keep_grants).await
+        } else {
+            Ok(0)
+        }
+    }
+
+    /// Signs a user out of every browser (their grants stay).
+    pub async fn end_sessions(&self, username: &str) -> Result<(), String> {
+        let user = self.named(username).await?;
+        self.end_access(&user, true).await.map(|_| ())
+    }
+
+    async fn end_access(&self, user: &UserRecord, keep_grants: bool) -> Result<u64, String> {
+        let n = self
+            .store
+            .end_user_access(&user.id, !keep_grants, self.clock.now())
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(target: "audit", user = ?user.username, grants_revoked = n, "user's sessions ended");
+        Ok(n)
     }
 
     pub async fn verify(
@@ -199,7 +248,9 @@ impl LocalAccounts {
             .await
             .unwrap_or(false);
         match user {
-            Some(u) if ok => {
+            // A disabled account answers like a wrong password: nothing is revealed to
+            // someone who does not know the password either.
+            Some(u) if ok && u.disabled_at.is_none() => {
                 // A success gives back only its own reservation: failures counted in the
                 // meantime, by attempts running beside it, stay counted.
                 self.store.unhit(&account_key, window_start).await?;

@@ -591,12 +591,7 @@ pub fn is_stateless(headers: &http::HeaderMap, body: Option<&Body>) -> bool {
         .get("mcp-protocol-version")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| STATELESS_VERSIONS.contains(&v.trim()));
-    by_header
-        || body.is_some_and(|b| {
-            b.messages
-                .iter()
-                .any(|m| m.meta_protocol_version.is_some())
-        })
+    by_header || body.is_some_and(|b| b.messages.iter().any(|m| m.meta_protocol_version.is_some()))
 }
 
 /// MCP 2026-07-28 repeats a request's method, and the tool, prompt or resource it names, in
@@ -780,21 +775,43 @@ mod tests {
         let v = ("mcp-protocol-version", "2026-07-28");
         assert!(ok(&[v, ("mcp-method", "tools/call"), ("mcp-name", "echo")]).is_ok());
         assert!(ok(&[v, ("mcp-method", "tools/call"), ("mcp-name", "  echo\t")]).is_ok());
-        assert!(ok(&[v, ("mcp-method", "tools/call"), ("mcp-name", "=?base64?ZWNobw==?=")]).is_ok());
+        assert!(
+            ok(&[
+                v,
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "=?base64?ZWNobw==?=")
+            ])
+            .is_ok()
+        );
         for bad in [
             vec![v, ("mcp-method", "tools/call"), ("mcp-name", "drop")],
             vec![v, ("mcp-method", "tools/call")],
             vec![v, ("mcp-name", "echo")],
             vec![v, ("mcp-method", "Tools/Call"), ("mcp-name", "echo")],
             vec![v, ("mcp-method", "tools/list"), ("mcp-name", "echo")],
-            vec![v, ("mcp-method", "tools/call"), ("mcp-name", "echo"), ("mcp-name", "echo")],
-            vec![v, ("mcp-method", "tools/call"), ("mcp-name", "=?base64?!!?=")],
-            vec![("mcp-protocol-version", "2025-11-25"), ("mcp-method", "tools/call"), ("mcp-name", "echo")],
+            vec![
+                v,
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "echo"),
+                ("mcp-name", "echo"),
+            ],
+            vec![
+                v,
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "=?base64?!!?="),
+            ],
+            vec![
+                ("mcp-protocol-version", "2025-11-25"),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "echo"),
+            ],
         ] {
             assert!(ok(&bad).is_err(), "{bad:?}");
         }
         // An older revision needs no headers, but those it sends must agree.
-        let old = read(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#).unwrap();
+        let old =
+            read(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#)
+                .unwrap();
         let h = |p: &[(&str, &str)]| check_headers(&headers(p), Some(&old));
         assert!(h(&[("mcp-protocol-version", "2025-11-25")]).is_ok());
         assert!(h(&[("mcp-method", "tools/call"), ("mcp-name", "drop")]).is_err());

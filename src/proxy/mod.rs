@@ -274,10 +274,19 @@ impl Proxy {
         } else {
             Some(message::read(&body).map_err(|e| (ProxyError::Message(e), Value::Null))?)
         };
-        let id = message.as_ref().map_or(Value::Null, message::Body::reply_id);
-        self.forward_read(upstream, principal, parts, body, message.as_ref(), in_flight)
-            .await
-            .map_err(|e| (e, id))
+        let id = message
+            .as_ref()
+            .map_or(Value::Null, message::Body::reply_id);
+        self.forward_read(
+            upstream,
+            principal,
+            parts,
+            body,
+            message.as_ref(),
+            in_flight,
+        )
+        .await
+        .map_err(|e| (e, id))
     }
 
     async fn forward_read(
@@ -290,7 +299,13 @@ impl Proxy {
         in_flight: InFlight,
     ) -> Result<Response<Body>, ProxyError> {
         // Phase: headers that must be single, and agree with the body.
-        if parts.headers.get_all(SESSION_HEADER).iter().nth(1).is_some() {
+        if parts
+            .headers
+            .get_all(SESSION_HEADER)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
             return Err(ProxyError::BadRequest(
                 "more than one Mcp-Session-Id header".into(),
             ));

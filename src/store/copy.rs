@@ -81,6 +81,7 @@ pub const TABLES: &[Table] = &[
             ("created_at", Int),
             ("email", Text),
             ("groups", Text),
+            ("disabled_at", Int),
         ],
     },
     Table {

@@ -39,6 +39,8 @@ pub struct UserRecord {
     pub created_at: Timestamp,
     pub email: Option<String>,
     pub groups: Vec<String>,
+    /// When an administrator disabled the account; it cannot sign in while set.
+    pub disabled_at: Option<Timestamp>,
 }
 
 impl std::fmt::Debug for UserRecord {
@@ -214,6 +216,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<bool>;
     /// Deletes the user and everything issued to them.
     async fn delete_user(&self, user_id: &str, now: Timestamp) -> StoreResult<bool>;
+    /// Ends what a user's past sign-ins hold, in one transaction: their browser sessions,
+    /// unfinished authorization requests and unused codes, and with `revoke_grants` their
+    /// grants and tokens. Returns how many grants were revoked.
+    async fn end_user_access(
+        &self,
+        user_id: &str,
+        revoke_grants: bool,
+        now: Timestamp,
+    ) -> StoreResult<u64>;
+    async fn set_user_disabled(
+        &self,
+        user_id: &str,
+        disabled_at: Option<Timestamp>,
+    ) -> StoreResult<bool>;
     async fn count_users(&self) -> StoreResult<i64>;
 
     // clients

@@ -350,6 +350,52 @@ impl Store for PostgresStore {
         Ok(r.rows_affected() == 1)
     }
 
+    async fn end_user_access(
+        &self,
+        user_id: &str,
+        revoke_grants: bool,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        let mut tx = self.write_tx().await?;
+        let mut revoked = 0;
+        if revoke_grants {
+            let filter = GrantFilter {
+                user_id: Some(user_id.to_string()),
+                ..Default::default()
+            };
+            revoked = revoke_grants_in(&mut tx, &filter, now)
+                .await
+                .map_err(backend)?;
+        }
+        for sql in [
+            "DELETE FROM browser_sessions WHERE user_id = $1",
+            "DELETE FROM auth_codes WHERE user_id = $1 AND consumed_at IS NULL",
+            "DELETE FROM pending_authorizations WHERE user_id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(revoked)
+    }
+
+    async fn set_user_disabled(
+        &self,
+        user_id: &str,
+        disabled_at: Option<Timestamp>,
+    ) -> StoreResult<bool> {
+        let r = sqlx::query("UPDATE users SET disabled_at = $1 WHERE id = $2")
+            .bind(disabled_at)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
     async fn count_users(&self) -> StoreResult<i64> {
         sqlx::query_scalar("SELECT COUNT(*) FROM users")
             .fetch_one(&self.pool)

@@ -12,6 +12,7 @@ macro_rules! row_mappers {
                 created_at: r.try_get("created_at")?,
                 email: r.try_get("email")?,
                 groups: split_scopes(&r.try_get::<String, _>("groups")?),
+                disabled_at: r.try_get("disabled_at")?,
             })
         }
 

@@ -237,7 +237,12 @@ impl Gateway {
                 get(oauth::authorize).post(oauth::authorize_post),
             )
             .route(&format!("{base}/authorize/login"), post(oauth::login))
-            .route(&format!("{base}/authorize/consent"), post(oauth::consent));
+            .route(&format!("{base}/authorize/consent"), post(oauth::consent))
+            .route(
+                &format!("{base}/authorize/logout"),
+                get(oauth::logout_page).post(oauth::logout),
+            )
+            .route(&format!("{base}/logout"), get(oauth::logout_redirect));
         let mut protected = Router::new();
         for r in &app.auth.resources {
             protected = protected.route(&r.path, axum::routing::any(mcp::protected));

@@ -145,7 +145,7 @@ async fn client_form(
 }
 
 fn refused(endpoint: &'static str, e: OAuthError) -> Response {
-    tracing::info!(endpoint, error = e.code.as_str(), description = %e.description, "request refused");
+    tracing::info!(endpoint, error = e.code.as_str(), description = ?e.description, "request refused");
     e.into_response()
 }
 
@@ -254,6 +254,18 @@ fn cookie(app: &App, headers: &HeaderMap, base: &'static str) -> Option<String> 
         .map(|(_, v)| v.to_string())
 }
 
+/// Where the browser sends the cookies: only the sign-in pages. On plain http (a gateway on
+/// loopback) this keeps them from a native client's loopback callback, which shares the
+/// host (cookies ignore ports); on https `__Host-` requires `/`, and `Secure` keeps them
+/// from http callbacks.
+fn cookie_path(app: &App) -> String {
+    if app.auth.settings.secure_cookies {
+        "/".into()
+    } else {
+        app.auth.browser_path()
+    }
+}
+
 fn set_cookie(
     app: &App,
     resp: &mut Response,
@@ -270,8 +282,16 @@ fn set_cookie(
         .map(|s| format!("; Max-Age={s}"))
         .unwrap_or_default();
     let name = cookie_name(app, base);
-    let cookie = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax{max_age}{secure}");
+    let path = cookie_path(app);
+    let cookie = format!("{name}={value}; Path={path}; HttpOnly; SameSite=Lax{max_age}{secure}");
     if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    // Earlier versions set these with path `/` on http; a browser still holding one would
+    // send it everywhere on the host.
+    if !app.auth.settings.secure_cookies
+        && let Ok(v) = HeaderValue::from_str(&format!("{name}=; Path=/; Max-Age=0"))
+    {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
 }
@@ -293,6 +313,14 @@ fn render_step(app: &App, step: AuthorizeStep, after_post: bool) -> Response {
         AuthorizeStep::Consent { ctx } => html(
             StatusCode::OK,
             pages::consent(&ctx, &format!("{base}/authorize/consent")),
+        ),
+        AuthorizeStep::Stopped {
+            message,
+            redirect_host,
+            back,
+        } => html(
+            StatusCode::BAD_REQUEST,
+            pages::stopped(&message, &redirect_host, &back),
         ),
         AuthorizeStep::Redirect(url) => {
             let resp = if after_post {
@@ -417,4 +445,43 @@ pub async fn consent(State(app): State<App>, headers: HeaderMap, body: Body) -> 
         Ok(step) => render_step(&app, step, true),
         Err(e) => e.into_response(),
     }
+}
+
+/// `GET /logout`: the sign-out page lives under the browser path, where the cookies are.
+pub async fn logout_redirect(State(app): State<App>) -> Response {
+    no_store(Redirect::to(&format!("{}/logout", app.auth.browser_path())).into_response())
+}
+
+/// The sign-out page: a form, so that a link or an image elsewhere cannot sign anyone out.
+pub async fn logout_page(State(app): State<App>, headers: HeaderMap) -> Response {
+    let signed_in = matches!(session_user(&app, &headers).await, Ok(Some(_)));
+    let action = format!("{}/logout", app.auth.browser_path());
+    html(StatusCode::OK, pages::logout(&action, signed_in))
+}
+
+/// `POST` of the sign-out form: the session ends in the store, and the cookies are cleared.
+pub async fn logout(State(app): State<App>, headers: HeaderMap) -> Response {
+    // A form posted from another site: SameSite=Lax already keeps the cookie from it; the
+    // Origin check refuses it outright.
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
+        && url::Url::parse(&app.auth.settings.issuer)
+            .map(|u| u.origin().ascii_serialization())
+            .is_ok_and(|ours| !ours.eq_ignore_ascii_case(origin))
+    {
+        return PageError {
+            status: 403,
+            message: "Sign-out must come from this server's own page.".into(),
+        }
+        .into_response();
+    }
+    if let Some(c) = cookie(&app, &headers, SESSION_COOKIE)
+        && let Err(e) = app.auth.end_session(&c).await
+    {
+        return PageError::from(e).into_response();
+    }
+    let mut resp = html(StatusCode::OK, pages::logout("", false));
+    for base in [SESSION_COOKIE, BINDING_COOKIE] {
+        set_cookie(&app, &mut resp, base, "", Some(0));
+    }
+    resp
 }

@@ -47,6 +47,14 @@ fn client_label(ctx: &PageContext) -> String {
     }
 }
 
+fn name_warning(ctx: &PageContext) -> &'static str {
+    if ctx.name_mixes_scripts {
+        r#"<p class="error" role="alert">This application's name mixes letters of different alphabets, a way to imitate the name of another application. Go on only if you expected it.</p>"#
+    } else {
+        ""
+    }
+}
+
 pub fn login(ctx: &PageContext, action: &str, error: Option<&str>) -> String {
     let error = error
         .map(|e| format!(r#"<p class="error" role="alert">{}</p>"#, escape(e)))
@@ -56,7 +64,7 @@ pub fn login(ctx: &PageContext, action: &str, error: Option<&str>) -> String {
         &format!(
             r#"<h1>Sign in</h1>
 <p><strong>{client}</strong> wants to connect to your account.</p>
-{error}
+{warning}{error}
 <form method="post" action="{action}">
 <input type="hidden" name="request" value="{handle}">
 <input type="hidden" name="csrf" value="{csrf}">
@@ -67,6 +75,7 @@ pub fn login(ctx: &PageContext, action: &str, error: Option<&str>) -> String {
 <button type="submit">Sign in</button>
 </form>"#,
             client = client_label(ctx),
+            warning = name_warning(ctx),
             action = escape(action),
             handle = escape(&ctx.handle),
             csrf = escape(&ctx.csrf),
@@ -93,7 +102,7 @@ pub fn consent(ctx: &PageContext, action: &str) -> String {
         &format!(
             r#"<h1>Allow access?</h1>
 <p><strong>{client}</strong> asks to use <code>{resource}</code>{as_user}.</p>
-{verified}
+{warning}{verified}
 <p>After you decide, you will be sent to <strong>{host}</strong>.</p>
 <p>It asks for:</p><ul>{scopes}</ul>
 <form method="post" action="{action}">
@@ -104,6 +113,7 @@ pub fn consent(ctx: &PageContext, action: &str) -> String {
 </form>
 <p class="muted">Client ID: <code>{client_id}</code></p>"#,
             client = client_label(ctx),
+            warning = name_warning(ctx),
             resource = escape(&ctx.resource),
             as_user = ctx
                 .username
@@ -127,4 +137,33 @@ pub fn error(message: &str) -> String {
             escape(message)
         ),
     )
+}
+
+/// An authorization request stopped before sign-in, for a client nobody vouches for: the
+/// person sees why, and where the link back would take them.
+pub fn stopped(message: &str, redirect_host: &str, back: &str) -> String {
+    layout(
+        "Request stopped",
+        &format!(
+            r#"<h1>This request cannot continue</h1><p class="error" role="alert">{message}</p>
+<p>The application that sent you here asked to be answered at <strong>{host}</strong>. This server does not vouch for it, so you are not sent there automatically.</p>
+<p><a href="{back}" rel="noreferrer">Return to {host}</a></p>"#,
+            message = escape(message),
+            host = escape(redirect_host),
+            back = escape(back),
+        ),
+    )
+}
+
+pub fn logout(action: &str, signed_in: bool) -> String {
+    let body = if signed_in {
+        format!(
+            r#"<h1>Sign out</h1><p>Sign this browser out of the gateway? Applications you connected keep working; an administrator can revoke them.</p>
+<form method="post" action="{}"><button type="submit">Sign out</button></form>"#,
+            escape(action)
+        )
+    } else {
+        "<h1>Signed out</h1><p>This browser is not signed in.</p>".to_string()
+    };
+    layout("Sign out", &body)
 }

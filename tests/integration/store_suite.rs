@@ -584,6 +584,7 @@ async fn counters_sessions_consents_keys_and_users() {
         );
 
         let user = UserRecord {
+            disabled_at: None,
             id: "u1".into(),
             username: "alice".into(),
             password_hash: "h".into(),

@@ -286,7 +286,8 @@ async fn confidential_clients_authenticate_by_basic_or_post_and_failures_are_401
                 r#"client_id = "svc"
                client_secret = "s3cret:with%odd"
                grant_types = ["client_credentials"]
-               introspection = true"#,
+               introspection = true
+               introspection_resources = ["whoami"]"#,
             )
             .unwrap(),
         );
@@ -405,7 +406,8 @@ async fn revocation_and_introspection() {
                 r#"client_id = "rs"
                client_secret = "resource-server-secret"
                grant_types = ["client_credentials"]
-               introspection = true"#,
+               introspection = true
+               introspection_resources = ["whoami"]"#,
             )
             .unwrap(),
         );
