@@ -78,6 +78,13 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<String>,
     /// Largest request body accepted on the OAuth endpoints, in bytes.
     pub max_body_bytes: usize,
+    /// An HTTP proxy for fetching URLs that came from outside (CIMD documents). Proxy
+    /// environment variables are never used for those fetches.
+    pub egress_proxy: Option<String>,
+    /// Seconds a client has to send a request's headers, on a new or kept-alive connection.
+    pub header_read_timeout_secs: u64,
+    /// Most client connections open at once; further ones wait to be accepted.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +94,9 @@ impl Default for ServerConfig {
             public_url: None,
             trusted_proxies: Vec::new(),
             max_body_bytes: 64 * 1024,
+            egress_proxy: None,
+            header_read_timeout_secs: 10,
+            max_connections: 10_000,
         }
     }
 }
@@ -706,6 +716,21 @@ impl Config {
         }
         if !(100..=60_000).contains(&self.store.acquire_timeout_ms) {
             return Err(self.invalid("store.acquire_timeout_ms", "100 to 60000"));
+        }
+        if !(1..=300).contains(&self.server.header_read_timeout_secs) {
+            return Err(self.invalid("server.header_read_timeout_secs", "1 to 300"));
+        }
+        if self.server.max_connections == 0 {
+            return Err(self.invalid("server.max_connections", "at least 1"));
+        }
+        if let Some(p) = &self.server.egress_proxy {
+            let ok = Url::parse(p).is_ok_and(|u| matches!(u.scheme(), "http" | "https" | "socks5"));
+            if !ok {
+                return Err(self.invalid(
+                    "server.egress_proxy",
+                    "an http://, https:// or socks5:// proxy URL",
+                ));
+            }
         }
         for (i, p) in self.server.trusted_proxies.iter().enumerate() {
             parse_net(p).ok_or_else(|| {

@@ -74,21 +74,55 @@ struct PublicOnlyResolver {
     allow_loopback: bool,
 }
 
+/// Why a name could not be used; found again in the error chain to tell the operator.
+#[derive(Debug, thiserror::Error)]
+enum ResolveError {
+    #[error("the name did not resolve")]
+    NoSuchName,
+    #[error("the name resolves to no public address")]
+    NotPublic,
+}
+
 impl Resolve for PublicOnlyResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_string();
         let allow_loopback = self.allow_loopback;
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
+            let found = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map_err(|_| ResolveError::NoSuchName)?;
+            let addrs: Vec<SocketAddr> = found
                 .filter(|a| is_public_ip(a.ip()) || (allow_loopback && is_loopback_ip(a.ip())))
                 .collect();
             if addrs.is_empty() {
-                return Err(format!("`{host}` has no public address").into());
+                return Err(ResolveError::NotPublic.into());
             }
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
     }
+}
+
+/// Host names that only mean something inside a network. With an egress proxy the proxy,
+/// not the gateway, resolves names, so the gateway refuses these by name instead.
+fn is_internal_name(host: &str) -> bool {
+    let h = host.trim_end_matches('.').to_ascii_lowercase();
+    !h.contains('.')
+        || [
+            ".localhost",
+            ".local",
+            ".localdomain",
+            ".internal",
+            ".intranet",
+            ".lan",
+            ".home",
+            ".corp",
+            ".private",
+            ".home.arpa",
+            ".in-addr.arpa",
+            ".ip6.arpa",
+        ]
+        .iter()
+        .any(|s| h.ends_with(s))
 }
 
 /// Fetches documents from URLs supplied by others.
@@ -96,6 +130,8 @@ impl Resolve for PublicOnlyResolver {
 pub struct SafeFetcher {
     client: reqwest::Client,
     allow_http_loopback: bool,
+    /// Names are resolved by an explicitly configured egress proxy.
+    via_proxy: bool,
 }
 
 /// A fetched document with the freshness its response declared.
@@ -108,8 +144,18 @@ pub struct Fetched {
 }
 
 impl SafeFetcher {
-    pub fn new(allow_http_loopback: bool) -> Result<Self, FetchError> {
-        let client = reqwest::Client::builder()
+    /// `egress_proxy`: an explicit proxy for these fetches. Proxy environment variables
+    /// (`HTTPS_PROXY`, `ALL_PROXY`) are never read: a proxy resolves names itself, and the
+    /// public-address check would silently never run.
+    pub fn new(allow_http_loopback: bool, egress_proxy: Option<&str>) -> Result<Self, FetchError> {
+        let mut builder = reqwest::Client::builder().no_proxy();
+        if let Some(p) = egress_proxy {
+            builder = builder.proxy(
+                reqwest::Proxy::all(p)
+                    .map_err(|e| FetchError::Failed(format!("the egress proxy: {e}")))?,
+            );
+        }
+        let client = builder
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(5))
@@ -122,6 +168,7 @@ impl SafeFetcher {
         Ok(Self {
             client,
             allow_http_loopback,
+            via_proxy: egress_proxy.is_some(),
         })
     }
 
@@ -152,6 +199,14 @@ impl SafeFetcher {
             && !loopback_allowed
         {
             return Err(FetchError::Refused(format!("{ip} is not a public address")));
+        }
+        if self.via_proxy
+            && let Some(url::Host::Domain(d)) = url.host()
+            && is_internal_name(d)
+        {
+            return Err(FetchError::Refused(
+                "the host is an internal name, and names are resolved by the egress proxy".into(),
+            ));
         }
         Ok(())
     }
@@ -206,12 +261,31 @@ impl SafeFetcher {
     }
 }
 
-/// A description of a failed fetch that names neither the URL nor anything it returned.
+/// A description of a failed fetch that names neither the URL nor anything it returned, but
+/// does name the cause: an operator reading "could not connect" cannot tell a bad
+/// certificate from a typo in the host name.
 fn without_url(e: &reqwest::Error) -> String {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<ResolveError>() {
+            return r.to_string();
+        }
+        let text = s.to_string().to_ascii_lowercase();
+        if text.contains("certificate") || text.contains("invalidcertificate") {
+            return "TLS certificate verification failed".into();
+        }
+        if text.contains("tls") || text.contains("handshake") {
+            return "the TLS handshake failed".into();
+        }
+        if text.contains("connection refused") {
+            return "the connection was refused".into();
+        }
+        source = s.source();
+    }
     if e.is_timeout() {
         "timed out".into()
     } else if e.is_connect() {
-        "could not connect (or no public address)".into()
+        "could not connect".into()
     } else if e.is_redirect() {
         "redirects are not followed".into()
     } else if e.is_body() || e.is_decode() {
@@ -268,7 +342,7 @@ mod tests {
 
     #[test]
     fn urls_checked_before_connecting() {
-        let f = SafeFetcher::new(false).expect("client");
+        let f = SafeFetcher::new(false, None).expect("client");
         let bad = [
             "http://example.com/x",
             "https://127.0.0.1/x",
@@ -284,7 +358,7 @@ mod tests {
             f.check_url(&Url::parse("https://example.com/x").expect("url"))
                 .is_ok()
         );
-        let dev = SafeFetcher::new(true).expect("client");
+        let dev = SafeFetcher::new(true, None).expect("client");
         assert!(
             dev.check_url(&Url::parse("http://127.0.0.1:9/x").expect("url"))
                 .is_ok()
@@ -293,6 +367,43 @@ mod tests {
             dev.check_url(&Url::parse("http://10.0.0.1/x").expect("url"))
                 .is_err()
         );
+        // With an egress proxy, names the proxy would resolve inside the network are refused
+        // by name; public names and public literals pass.
+        let proxied = SafeFetcher::new(false, Some("http://127.0.0.1:3128")).expect("client");
+        for u in [
+            "https://localhost/x",
+            "https://db/x",
+            "https://metadata.google.internal/x",
+            "https://printer.local/x",
+            "https://app.localhost./x",
+            "https://10.1.2.3/x",
+        ] {
+            assert!(
+                proxied.check_url(&Url::parse(u).expect("url")).is_err(),
+                "{u}"
+            );
+        }
+        assert!(
+            proxied
+                .check_url(&Url::parse("https://client.example.com/c.json").expect("url"))
+                .is_ok()
+        );
+    }
+
+    /// A name that resolves only to loopback is refused by the gateway's own resolver, with
+    /// the cause named.
+    #[tokio::test]
+    async fn a_name_without_a_public_address_is_refused_by_name() {
+        let f = SafeFetcher::new(false, None).expect("client");
+        let err = f
+            .get(
+                &Url::parse("https://localhost:1/x").expect("url"),
+                "*/*",
+                10,
+            )
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("no public address"), "{err}");
     }
 
     #[test]

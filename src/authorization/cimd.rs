@@ -74,10 +74,15 @@ impl CimdResolver {
         {
             return entry.clone().map_err(invalid);
         }
-        let url = self.check_client_id(client_id)?;
+        let url = self.check_client_id(client_id).inspect_err(|e| {
+            tracing::info!(client_id = ?client_id, reason = ?e.description, "client metadata document refused");
+        })?;
         let (ttl, result) = match self.fetch(&url, client_id).await {
             Ok((client, ttl)) => (ttl as i64, Ok(client)),
-            Err(e) => (NEGATIVE_CACHE_SECS, Err(e)),
+            Err(e) => {
+                tracing::info!(client_id = ?client_id, reason = ?e, "client metadata document refused");
+                (NEGATIVE_CACHE_SECS, Err(e))
+            }
         };
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= MAX_CACHED {
@@ -100,6 +105,7 @@ impl CimdResolver {
             .await
             .map_err(|e| match e {
                 FetchError::Status(s) => format!("fetching it answered HTTP {s}"),
+                FetchError::TooLarge(n) => format!("it is larger than {n} bytes"),
                 other => other.to_string(),
             })?;
         if let Some(ct) = &fetched.content_type {

@@ -179,8 +179,11 @@ impl AuthorizationServer {
                 Ok(client)
             })
             .collect::<Result<_, String>>()?;
-        let fetcher = SafeFetcher::new(config.registration.cimd_allow_http_loopback)
-            .map_err(|e| e.to_string())?;
+        let fetcher = SafeFetcher::new(
+            config.registration.cimd_allow_http_loopback,
+            config.server.egress_proxy.as_deref(),
+        )
+        .map_err(|e| e.to_string())?;
         Ok(Arc::new(Self {
             accounts: LocalAccounts::new(store.clone(), clock.clone(), &config.login),
             settings,

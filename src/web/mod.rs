@@ -2,6 +2,7 @@
 //! call lives in `authorization`, `login` and `mcp`.
 
 mod errors;
+pub mod listen;
 mod mcp;
 mod oauth;
 mod pages;
@@ -309,12 +310,13 @@ impl Gateway {
             }
         });
         let router = self.router();
-        let result = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        let limits = listen::ConnectionLimits {
+            header_read_timeout: Duration::from_secs(
+                self.config.server.header_read_timeout_secs.max(1),
+            ),
+            max_connections: self.config.server.max_connections,
+        };
+        let result = listen::serve(listener, router, limits, shutdown).await;
         sweeper.abort();
         reaper.abort();
         follower.abort();
