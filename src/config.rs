@@ -724,12 +724,9 @@ impl Config {
             return Err(self.invalid("server.max_connections", "at least 1"));
         }
         if let Some(p) = &self.server.egress_proxy {
-            let ok = Url::parse(p).is_ok_and(|u| matches!(u.scheme(), "http" | "https" | "socks5"));
+            let ok = Url::parse(p).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
             if !ok {
-                return Err(self.invalid(
-                    "server.egress_proxy",
-                    "an http://, https:// or socks5:// proxy URL",
-                ));
+                return Err(self.invalid("server.egress_proxy", "an http:// or https:// proxy URL"));
             }
         }
         for (i, p) in self.server.trusted_proxies.iter().enumerate() {

@@ -58,9 +58,21 @@ async fn unknown_client_and_unregistered_redirect_stop_at_an_html_page() {
 
 #[tokio::test]
 async fn request_errors_go_back_to_the_client_with_state_and_iss() {
-    let gw = TestGateway::start().await;
+    // A configured client: its identity is vouched for, so errors found before sign-in go
+    // back to it by redirect (an openly registered one gets a page; see hardening_auth).
+    let gw = TestGateway::start_with(|c| {
+        c.clients.push(
+            toml::from_str(
+                r#"client_id = "native-app"
+                   token_endpoint_auth_method = "none"
+                   redirect_uris = ["http://127.0.0.1:7777/cb"]"#,
+            )
+            .unwrap(),
+        );
+    })
+    .await;
     let redirect = "http://127.0.0.1:7777/cb";
-    let client_id = gw.register_public(redirect).await;
+    let client_id = "native-app".to_string();
     let pkce = Pkce::new();
     let resource = gw.resource();
     let base = authorize_params(&client_id, redirect, &pkce, &resource);

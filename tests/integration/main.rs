@@ -8,6 +8,8 @@ mod cli;
 mod cluster;
 mod conformance;
 mod everything;
+pub mod hardening;
+mod hardening_auth;
 pub mod js;
 mod metadata;
 mod protected;
