@@ -85,6 +85,8 @@ pub struct ServerConfig {
     pub header_read_timeout_secs: u64,
     /// Most client connections open at once; further ones wait to be accepted.
     pub max_connections: usize,
+    /// Seconds a client has to send a whole request body (OAuth forms, MCP messages).
+    pub body_read_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -97,6 +99,7 @@ impl Default for ServerConfig {
             egress_proxy: None,
             header_read_timeout_secs: 10,
             max_connections: 10_000,
+            body_read_timeout_secs: 30,
         }
     }
 }
@@ -719,6 +722,9 @@ impl Config {
         }
         if !(1..=300).contains(&self.server.header_read_timeout_secs) {
             return Err(self.invalid("server.header_read_timeout_secs", "1 to 300"));
+        }
+        if !(1..=600).contains(&self.server.body_read_timeout_secs) {
+            return Err(self.invalid("server.body_read_timeout_secs", "1 to 600"));
         }
         if self.server.max_connections == 0 {
             return Err(self.invalid("server.max_connections", "at least 1"));

@@ -104,6 +104,8 @@ pub enum ProxyError {
     /// The body is not one unambiguous JSON-RPC message or batch.
     #[error(transparent)]
     Message(#[from] crate::mcp::message::MessageError),
+    #[error("the request body did not arrive in time")]
+    SlowBody,
     /// A header or parameter is repeated or malformed.
     #[error("{0}")]
     BadRequest(String),
@@ -139,6 +141,7 @@ impl ProxyError {
             // A JSON-RPC error answer to the call, as the upstream itself would give.
             Self::ToolDenied(_) => StatusCode::OK,
             Self::InsufficientScope(_) => StatusCode::FORBIDDEN,
+            Self::SlowBody => StatusCode::REQUEST_TIMEOUT,
             Self::Message(_) | Self::BadRequest(_) | Self::HeaderMismatch(_) => {
                 StatusCode::BAD_REQUEST
             }
@@ -150,6 +153,8 @@ pub struct Proxy {
     client: Client<HttpsConnector<HttpConnector>, Body>,
     upstreams: Vec<Upstream>,
     settings: ProxyConfig,
+    /// How long a client may take to send its request body.
+    body_timeout: Duration,
     store: SharedStore,
     clock: SharedClock,
     pub limits: std::sync::Arc<Limits>,
@@ -240,6 +245,7 @@ impl Proxy {
             issuer: config.public_url(),
             sessions_seen: crate::cache::TtlCache::new(SESSION_CACHE_SECS, SESSION_CACHE_MAX),
             settings: config.proxy.clone(),
+            body_timeout: Duration::from_secs(config.server.body_read_timeout_secs),
             store,
             clock,
         })
@@ -266,7 +272,7 @@ impl Proxy {
         // Phase: read the (small, JSON-RPC) request body, bounded, and read it once,
         // strictly: every later phase judges this reading, and the upstream gets the bytes
         // it was taken from.
-        let body = read_bounded(body, self.settings.max_request_bytes)
+        let body = read_bounded(body, self.settings.max_request_bytes, self.body_timeout)
             .await
             .map_err(|e| (e, Value::Null))?;
         let message = if body.iter().all(u8::is_ascii_whitespace) {
@@ -736,8 +742,13 @@ fn legacy_session_param(query: Option<&str>) -> Result<(&'static str, String), P
     found.ok_or(ProxyError::UnknownSession)
 }
 
-async fn read_bounded(body: Body, max: usize) -> Result<Bytes, ProxyError> {
-    match axum::body::to_bytes(body, max).await {
+async fn read_bounded(body: Body, max: usize, wait: Duration) -> Result<Bytes, ProxyError> {
+    // A body sent a byte at a time must not hold the connection and the user's in-flight
+    // slot for ever.
+    let Ok(read) = tokio::time::timeout(wait, axum::body::to_bytes(body, max)).await else {
+        return Err(ProxyError::SlowBody);
+    };
+    match read {
         Ok(b) => Ok(b),
         Err(e) => {
             let too_large = std::error::Error::source(&e)

@@ -30,6 +30,7 @@ pub struct App {
     pub proxy: Arc<Proxy>,
     trusted_proxies: Arc<Vec<ipnet::IpNet>>,
     max_body: usize,
+    body_timeout: Duration,
     origins: Arc<OriginPolicy>,
 }
 
@@ -166,6 +167,7 @@ impl Gateway {
                 proxy,
                 trusted_proxies: Arc::new(trusted),
                 max_body: config.server.max_body_bytes,
+                body_timeout: Duration::from_secs(config.server.body_read_timeout_secs),
                 origins: Arc::new(OriginPolicy::new(&config)),
             },
             config,

@@ -62,7 +62,10 @@ pub async fn not_found() -> Response {
 
 /// Reads a body up to the configured limit.
 async fn read_body(app: &App, body: Body) -> Result<Bytes, OAuthError> {
-    axum::body::to_bytes(body, app.max_body).await.map_err(|_| {
+    let read = tokio::time::timeout(app.body_timeout, axum::body::to_bytes(body, app.max_body))
+        .await
+        .map_err(|_| OAuthError::invalid_request("the request body did not arrive in time"))?;
+    read.map_err(|_| {
         OAuthError::invalid_request(format!(
             "the request body is larger than {} bytes",
             app.max_body

@@ -684,6 +684,42 @@ async fn slow_or_idle_connections_are_dropped_and_capped() {
     assert!(closed.is_ok(), "an idle kept-alive connection is closed");
 }
 
+#[tokio::test]
+async fn a_body_sent_a_byte_at_a_time_is_cut_off() {
+    let rec = crate::hardening::Recorder::start().await;
+    let url = format!("{}/mcp", rec.url);
+    let gw = TestGateway::start_with(move |c| {
+        c.server.body_read_timeout_secs = 1;
+        c.upstreams
+            .push(toml::from_str(&format!("name = \"r\"\nurl = \"{url}\"")).unwrap());
+    })
+    .await;
+    let t = authorize_for(&gw, "alice", &format!("{}/mcp/r", gw.base)).await;
+    let addr = gw.direct.trim_start_matches("http://").to_string();
+    for (path, auth, expected) in [
+        ("/token", String::new(), "HTTP/1.1 400"),
+        (
+            "/mcp/r",
+            format!("authorization: Bearer {}\r\n", t.access_token),
+            "HTTP/1.1 408",
+        ),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}content-type: application/x-www-form-urlencoded\r\ncontent-length: 1000\r\n\r\ngrant_type="
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("answered without the rest of the body")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with(expected), "{path}: {answer}");
+    }
+    assert_eq!(rec.seen.count(), 0);
+}
+
 const BIN: &str = env!("CARGO_BIN_EXE_mcp-oauth-gateway");
 
 #[tokio::test]
