@@ -136,7 +136,8 @@ impl CimdResolver {
     }
 }
 
-fn parse_document(doc: &Value, client_id: &str) -> Result<Client, String> {
+/// Checks a fetched document (public for the fuzz target).
+pub fn parse_document(doc: &Value, client_id: &str) -> Result<Client, String> {
     let m = doc.as_object().ok_or("it is not a JSON object")?;
     if m.get("client_id").and_then(Value::as_str) != Some(client_id) {
         return Err("its client_id does not equal the URL it was fetched from".into());

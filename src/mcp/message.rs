@@ -139,7 +139,7 @@ impl<'de> SeenKeys<'de> {
         if let Some(set) = &mut self.many {
             return set.insert(key);
         }
-        if self.few.iter().any(|k| *k == key) {
+        if self.few.contains(&key) {
             return false;
         }
         self.few.push(key);
@@ -176,7 +176,9 @@ impl<'de> de::Deserialize<'de> for Key<'de> {
 }
 
 /// Checks a key of an object whose members the gateway reads: no repeat, and no case
-/// variant of a member name.
+/// variant of a member name. (The key is a `Cow` so that a borrowed one is kept in `seen`
+/// without a copy.)
+#[allow(clippy::ptr_arg)]
 fn check_member_key<'de, E: de::Error>(
     key: &Cow<'de, str>,
     seen: &mut SeenKeys<'de>,

@@ -6,6 +6,7 @@
 mod assertion;
 mod policy;
 mod relay;
+pub mod sse;
 mod stdio;
 
 pub use stdio::StdioServer;

@@ -22,38 +22,12 @@ pub type EndpointRewrite = Box<
         + Send,
 >;
 
-/// Finds the first complete `endpoint` event in `buf`: (start, end, data).
-fn find_endpoint_event(buf: &[u8]) -> Option<(usize, usize, String)> {
-    let text = std::str::from_utf8(buf).ok()?;
-    let mut start = 0;
-    while let Some(rel) = text[start..].find("\n\n") {
-        let end = start + rel + 2;
-        let event = &text[start..end];
-        let mut is_endpoint = false;
-        let mut data = Vec::new();
-        for line in event.lines() {
-            let line = line.trim_end_matches('\r');
-            if let Some(v) = line.strip_prefix("event:") {
-                is_endpoint = v.trim() == "endpoint";
-            } else if let Some(v) = line.strip_prefix("data:") {
-                data.push(v.strip_prefix(' ').unwrap_or(v));
-            }
-        }
-        if is_endpoint {
-            return Some((start, end, data.join("\n")));
-        }
-        start = end;
-    }
-    None
-}
-
 struct State {
     body: Incoming,
     /// Counts this request as in flight until the stream ends.
     _in_flight: super::InFlight,
-    /// The bytes sent so far end an SSE event (or nothing was sent yet).
-    at_boundary: bool,
-    tail: [u8; 2],
+    /// The last bytes sent, to know when the stream is between two SSE events.
+    tail: super::sse::Tail,
     idle_for: Duration,
     done: bool,
     endpoint: Option<EndpointRewrite>,
@@ -71,8 +45,7 @@ pub fn relay(
     let state = State {
         body,
         _in_flight: in_flight,
-        at_boundary: true,
-        tail: [b'\n', b'\n'],
+        tail: super::sse::Tail::default(),
         idle_for: Duration::ZERO,
         done: false,
         endpoint,
@@ -99,7 +72,7 @@ pub fn relay(
                     st.idle_for = Duration::ZERO;
                     let data = if st.endpoint.is_some() {
                         st.pending.extend_from_slice(&data);
-                        match find_endpoint_event(&st.pending) {
+                        match super::sse::find_event(&st.pending, "endpoint") {
                             Some((start, end, value)) => {
                                 let rewrite = st.endpoint.take()?;
                                 let Some(new) = rewrite(value).await else {
@@ -125,13 +98,7 @@ pub fn relay(
                     } else {
                         data
                     };
-                    let n = data.len();
-                    st.tail = if n >= 2 {
-                        [data[n - 2], data[n - 1]]
-                    } else {
-                        [st.tail[1], data[0]]
-                    };
-                    st.at_boundary = st.tail == [b'\n', b'\n'] || data.ends_with(b"\r\n\r\n");
+                    st.tail.push(&data);
                     return Some((Ok::<Bytes, std::io::Error>(data), st));
                 }
                 Ok(Some(Err(e))) => {
@@ -145,7 +112,7 @@ pub fn relay(
                         tracing::debug!("upstream stream idle; closing it");
                         return None;
                     }
-                    if sse && st.at_boundary {
+                    if sse && st.tail.at_boundary() {
                         return Some((Ok(Bytes::from_static(KEEPALIVE)), st));
                     }
                 }

@@ -1,7 +1,9 @@
 //! HTTP: the router, thin handlers, and the mapping from results to responses. The logic they
 //! call lives in `authorization`, `login` and `mcp`.
 
+pub mod challenge;
 mod errors;
+pub mod headers;
 pub mod listen;
 mod mcp;
 mod oauth;

@@ -7,7 +7,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, OriginalUri, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use base64::Engine;
 use serde_json::Value;
 
 use super::errors::{html, no_store};
@@ -98,43 +97,6 @@ async fn read_form(app: &App, headers: &HeaderMap, body: Body) -> Result<Params,
     Params::parse(&bytes)
 }
 
-/// HTTP Basic client credentials, form-url-decoded as RFC 6749 §2.3.1 requires.
-fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OAuthError> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let Some(v) = values.next() else {
-        return Ok(None);
-    };
-    let bad = || {
-        let mut e = OAuthError::invalid_client("the Authorization header is not valid HTTP Basic");
-        e.basic_challenge = true;
-        e
-    };
-    if values.next().is_some() {
-        return Err(OAuthError::invalid_request(
-            "more than one Authorization header",
-        ));
-    }
-    let v = v.to_str().map_err(|_| bad())?;
-    let Some((scheme, rest)) = v.split_once(' ') else {
-        return Err(bad());
-    };
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(bad());
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(rest.trim())
-        .map_err(|_| bad())?;
-    let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
-    let (id, secret) = decoded.split_once(':').ok_or_else(bad)?;
-    let unescape = |s: &str| {
-        form_urlencoded::parse(format!("v={s}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
-    };
-    Ok(Some((unescape(id), unescape(secret))))
-}
-
 /// The common front of the client-authenticated form endpoints (token, revoke, introspect):
 /// Basic credentials if any, then the form. Errors are logged (without secrets) and mapped.
 async fn client_form(
@@ -142,7 +104,7 @@ async fn client_form(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(Params, Option<(String, String)>), OAuthError> {
-    let basic = basic_credentials(headers)?;
+    let basic = super::headers::basic_credentials(headers)?;
     let params = read_form(app, headers, body).await?;
     Ok((params, basic))
 }
@@ -246,15 +208,7 @@ const SESSION_COOKIE: &str = "mog_session";
 const BINDING_COOKIE: &str = "mog_bind";
 
 fn cookie(app: &App, headers: &HeaderMap, base: &'static str) -> Option<String> {
-    let name = cookie_name(app, base);
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
+    super::headers::cookie_value(headers, &cookie_name(app, base))
 }
 
 /// Where the browser sends the cookies: only the sign-in pages. On plain http (a gateway on

@@ -14,8 +14,10 @@ use crate::support::*;
 use mcp_oauth_gateway::config::{UpstreamConfig, UpstreamCredentials};
 
 /// What reached the upstream: headers, query and body of every request.
+type Request = (HeaderMap, Option<String>, Bytes);
+
 #[derive(Default, Clone)]
-pub struct Seen(Arc<Mutex<Vec<(HeaderMap, Option<String>, Bytes)>>>);
+pub struct Seen(Arc<Mutex<Vec<Request>>>);
 
 impl Seen {
     pub fn bodies(&self) -> Vec<String> {
@@ -26,7 +28,7 @@ impl Seen {
             .map(|(_, _, b)| String::from_utf8_lossy(b).into_owned())
             .collect()
     }
-    pub fn last(&self) -> (HeaderMap, Option<String>, Bytes) {
+    pub fn last(&self) -> Request {
         self.0.lock().unwrap().last().cloned().expect("a request")
     }
     pub fn count(&self) -> usize {
@@ -51,7 +53,7 @@ fn go_style_method_and_tool(body: &str) -> (Option<String>, Option<String>) {
         obj.iter()
             .filter(|(k, _)| fold(k) == key)
             .map(|(_, v)| v)
-            .last()
+            .next_back()
     }
     let Ok(Value::Object(m)) = serde_json::from_str::<Value>(body) else {
         return (None, None);
