@@ -13,52 +13,25 @@ use crate::authorization::token::{BearerError, Principal};
 use crate::mcp::whoami;
 use crate::proxy::ProxyError;
 
-fn quote(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"")
-}
-
 fn challenge(app: &App, r: &Resource, status: StatusCode, error: Option<(&str, &str)>) -> Response {
-    let mut value = format!(
-        "Bearer resource_metadata=\"{}\", scope=\"{}\"",
-        quote(&app.auth.resource_metadata_url(r)),
-        quote(&r.scopes.join(" "))
-    );
+    let metadata = app.auth.resource_metadata_url(r);
+    let scope = r.scopes.join(" ");
+    let mut params = vec![
+        ("resource_metadata", metadata.as_str()),
+        ("scope", scope.as_str()),
+    ];
     let mut body =
         json!({"error": "unauthorized", "error_description": "a bearer token is required"});
     if let Some((code, description)) = error {
-        value.push_str(&format!(
-            ", error=\"{code}\", error_description=\"{}\"",
-            quote(description)
-        ));
+        params.extend([("error", code), ("error_description", description)]);
         body = json!({"error": code, "error_description": description});
     }
     let mut resp = (status, axum::Json(body)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    // Always a valid header value: the writer quotes and replaces what a header cannot hold.
+    if let Ok(v) = HeaderValue::from_str(&super::challenge::bearer(&params)) {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
     resp
-}
-
-/// The bearer token of the request, from the Authorization header only.
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, &'static str> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let Some(v) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err("more than one Authorization header");
-    }
-    let v = v
-        .to_str()
-        .map_err(|_| "the Authorization header is not valid")?;
-    match v.split_once(' ') {
-        Some((scheme, token))
-            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
-        {
-            Ok(Some(token.trim()))
-        }
-        _ => Err("the Authorization header must use the Bearer scheme"),
-    }
 }
 
 fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> Response {
@@ -102,7 +75,7 @@ async fn gate<'a>(
             )),
         ));
     }
-    let token = bearer(headers).map_err(|m| {
+    let token = super::headers::bearer_token(headers).map_err(|m| {
         challenge(
             app,
             resource,
@@ -293,6 +266,8 @@ fn proxy_error(e: ProxyError, id: Value) -> Response {
     resp
 }
 
+/// The HTTP front of the built-in server: the method, media type and size are judged here;
+/// what the body says (in either protocol era) is `whoami::answer`'s.
 async fn whoami(
     app: &App,
     principal: Principal,
@@ -306,18 +281,6 @@ async fn whoami(
         resp.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return resp;
-    }
-    if let Some(v) = headers
-        .get("mcp-protocol-version")
-        .and_then(|v| v.to_str().ok())
-        && !whoami::SUPPORTED_VERSIONS.contains(&v)
-        && v != "2026-07-28"
-    {
-        return jsonrpc_error(
-            StatusCode::BAD_REQUEST,
-            -32600,
-            &format!("unsupported MCP-Protocol-Version `{v}`"),
-        );
     }
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -336,9 +299,17 @@ async fn whoami(
             "the body must be application/json",
         );
     }
-    let bytes = match axum::body::to_bytes(body, app.max_body.max(1024 * 1024)).await {
-        Ok(b) => b,
+    let read = axum::body::to_bytes(body, app.max_body.max(1024 * 1024));
+    let bytes = match tokio::time::timeout(app.body_timeout, read).await {
+        Ok(Ok(b)) => b,
         Err(_) => {
+            return jsonrpc_error(
+                StatusCode::REQUEST_TIMEOUT,
+                -32600,
+                "the request body did not arrive in time",
+            );
+        }
+        Ok(Err(_)) => {
             return jsonrpc_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 -32600,
@@ -346,18 +317,11 @@ async fn whoami(
             );
         }
     };
-    let msg: Value = match serde_json::from_slice(&bytes) {
-        Ok(v) => v,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                axum::Json(whoami::parse_error(&format!("invalid JSON: {e}"))),
-            )
-                .into_response();
-        }
-    };
-    match whoami::handle_body(&principal, &msg) {
-        Some(answer) => axum::Json(answer).into_response(),
-        None => StatusCode::ACCEPTED.into_response(),
+    let answer = whoami::answer(&principal, &headers, &bytes);
+    match answer.body {
+        // Errors too are sent as application/json: clients of the stateless revision read an
+        // error body only under that media type.
+        Some(v) => (answer.status, axum::Json(v)).into_response(),
+        None => answer.status.into_response(),
     }
 }

@@ -21,3 +21,4 @@ mod store_suite;
 mod support;
 mod token;
 mod upstream_fixture;
+mod whoami_modern;
