@@ -8,8 +8,11 @@ fuzz_target!(|data: &[u8]| {
     let whole = find_event(data, "endpoint");
     if let Some((start, end, text)) = &whole {
         assert!(start < end && *end <= data.len());
-        // The event is complete where it ends: nothing after it changes it.
-        assert_eq!(find_event(&data[..*end], "endpoint"), Some((*start, *end, text.clone())));
+        // The event is complete where it ends: nothing after it changes it. (A lone CR at the
+        // very end is read only once the next byte shows it is not the first half of CRLF.)
+        if data[*end - 1] != b'\r' {
+            assert_eq!(find_event(&data[..*end], "endpoint"), Some((*start, *end, text.clone())));
+        }
     }
     // Arriving in pieces, the first piece that holds the event finds the same one.
     for cut in [1usize, 2, 3, 7, 64] {
