@@ -15,6 +15,15 @@ use url::Url;
 
 pub const ENV_PREFIX: &str = "MCP_OAUTH_GATEWAY_";
 
+/// A resource path that is the same before and after URL parsing: unreserved characters and
+/// `/`, no dot segments. Resource identifiers are compared in canonical form, and a path the
+/// parser would re-encode or resolve could never match.
+fn plain_path(path: &str) -> bool {
+    path.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/'))
+        && !path.split('/').any(|seg| seg == "." || seg == "..")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {file}: {source}")]
@@ -814,10 +823,13 @@ impl Config {
             return Err(self.invalid("registration.max_clients", "must be at least 1"));
         }
         if self.whoami.enabled {
-            if !self.whoami.path.starts_with('/') || self.whoami.path.starts_with("/.well-known") {
+            if !self.whoami.path.starts_with('/')
+                || self.whoami.path.starts_with("/.well-known")
+                || !plain_path(&self.whoami.path)
+            {
                 return Err(self.invalid(
                     "whoami.path",
-                    "must start with / and not be under /.well-known",
+                    "must start with /, not be under /.well-known, and use letters, digits and - . _ ~ / only",
                 ));
             }
             for s in &self.whoami.scopes {
@@ -1007,10 +1019,11 @@ impl Config {
                 || path.starts_with("/.well-known")
                 || path.contains("//")
                 || path.ends_with('/')
+                || !plain_path(&path)
             {
                 return Err(self.invalid(
                     &key("path"),
-                    "must start with /, not end with /, and not be under /.well-known",
+                    "must start with /, not end with /, not be under /.well-known, and use letters, digits and - . _ ~ / only",
                 ));
             }
             if !paths.insert(path.clone()) {

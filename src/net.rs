@@ -33,6 +33,11 @@ pub fn is_public_ip(ip: IpAddr) -> bool {
                 return is_public_v4(v4);
             }
             let s = v6.segments();
+            // IPv4-compatible (::a.b.c.d, deprecated but still routed by some stacks to the
+            // embedded address) and IPv4-translated (::ffff:0:a.b.c.d).
+            if s[..6] == [0; 6] || s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+                return false;
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
@@ -40,7 +45,8 @@ pub fn is_public_ip(ip: IpAddr) -> bool {
                 || (s[0] & 0xffc0) == 0xfe80 // link-local
                 || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
                 || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-                || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64 can reach private v4
+                || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64 (and its local-use /48)
+                || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // discard-only, 100::/64
                 || (s[0] == 0x2002) // 6to4 embeds arbitrary v4
                 || (s[0] == 0x2001 && s[1] == 0)) // Teredo
         }
@@ -120,9 +126,20 @@ fn is_internal_name(host: &str) -> bool {
             ".home.arpa",
             ".in-addr.arpa",
             ".ip6.arpa",
+            ".test",
+            ".example",
+            ".invalid",
+            ".onion",
+            ".consul",
+            ".svc",
         ]
         .iter()
         .any(|s| h.ends_with(s))
+        // Wildcard DNS that answers with the address written in the name (127.0.0.1.nip.io).
+        || h.split('.')
+            .collect::<Vec<_>>()
+            .windows(4)
+            .any(|w| w.iter().all(|l| !l.is_empty() && l.len() <= 3 && l.bytes().all(|b| b.is_ascii_digit())))
 }
 
 /// Fetches documents from URLs supplied by others.
@@ -325,6 +342,10 @@ mod tests {
             "0.0.0.0",
             "255.255.255.255",
             "::1",
+            "::7f00:1",
+            "::ffff:0:7f00:1",
+            "100::1",
+            "64:ff9b:1::a00:1",
             "fc00::1",
             "fe80::1",
             "::ffff:127.0.0.1",
@@ -377,6 +398,10 @@ mod tests {
             "https://printer.local/x",
             "https://app.localhost./x",
             "https://10.1.2.3/x",
+            "https://127.0.0.1.nip.io/x",
+            "https://db.service.consul/x",
+            "https://[::7f00:1]/x",
+            "https://[::ffff:0:7f00:1]/x",
         ] {
             assert!(
                 proxied.check_url(&Url::parse(u).expect("url")).is_err(),

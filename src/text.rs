@@ -8,7 +8,7 @@ use std::borrow::Cow;
 /// characters. They change how a name looks without looking like anything.
 fn is_format_or_invisible(c: char) -> bool {
     matches!(c as u32,
-        0x00AD | 0x034F | 0x061C | 0x0600..=0x0605 | 0x06DD | 0x070F | 0x0890..=0x0891
+        0x00AD | 0x034F | 0x2800 | 0x061C | 0x0600..=0x0605 | 0x06DD | 0x070F | 0x0890..=0x0891
         | 0x08E2 | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F | 0x200B..=0x200F
         | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F | 0x3164 | 0xFE00..=0xFE0F
         | 0xFEFF | 0xFFA0 | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F
@@ -20,6 +20,11 @@ fn is_format_or_invisible(c: char) -> bool {
 pub fn check_display_name(name: &str) -> Result<(), &'static str> {
     if name.chars().any(char::is_control) {
         return Err("contains control characters");
+    }
+    if name.chars().any(|c| c.is_whitespace() && c != ' ') {
+        return Err(
+            "contains white space other than plain spaces (line separators, wide or special spaces)",
+        );
     }
     if name.chars().any(is_format_or_invisible) {
         return Err(
@@ -42,10 +47,15 @@ pub fn has_invisible(s: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Script {
     Latin,
+    /// Fullwidth forms, small capitals and IPA letters, letter-like symbols and the
+    /// mathematical alphanumerics: Latin look-alikes that are not plain Latin.
+    LatinLookalike,
     Greek,
+    Coptic,
     Cyrillic,
     Armenian,
     Cherokee,
+    Lisu,
     Other,
 }
 
@@ -54,10 +64,15 @@ fn script_of(c: char) -> Option<Script> {
         return None;
     }
     Some(match c as u32 {
-        0x0041..=0x024F | 0x1E00..=0x1EFF | 0x2C60..=0x2C7F | 0xA720..=0xA7FF | 0xFF21..=0xFF5A => {
-            Script::Latin
-        }
+        0x0041..=0x024F | 0x1E00..=0x1EFF | 0x2C60..=0x2C7F | 0xA720..=0xA7FF => Script::Latin,
+        0x0250..=0x02AF
+        | 0x1D00..=0x1DBF
+        | 0x2100..=0x214F
+        | 0xFF21..=0xFF5A
+        | 0x1D400..=0x1D7FF => Script::LatinLookalike,
+        0x03E2..=0x03EF | 0x2C80..=0x2CFF => Script::Coptic,
         0x0370..=0x03FF | 0x1F00..=0x1FFF => Script::Greek,
+        0xA4D0..=0xA4FF => Script::Lisu,
         0x0400..=0x052F | 0x1C80..=0x1C8F | 0x2DE0..=0x2DFF | 0xA640..=0xA69F => Script::Cyrillic,
         0x0530..=0x058F => Script::Armenian,
         0x13A0..=0x13FF | 0xAB70..=0xABBF => Script::Cherokee,
@@ -136,6 +151,12 @@ mod tests {
         assert!(mixes_scripts("\u{0421}laude"));
         assert!(mixes_scripts("Clαude"));
         assert!(!mixes_scripts("Claude Code 2"));
+        assert!(mixes_scripts("\u{A4DA}laude"), "Lisu");
+        assert!(mixes_scripts("\u{1D5A2}laude"), "mathematical sans-serif C");
+        assert!(mixes_scripts("\u{FF23}laude"), "fullwidth C");
+        assert!(check_display_name("Claude\u{2028}Code").is_err());
+        assert!(check_display_name("Claude\u{2800}").is_err());
+        assert!(check_display_name("Claude\u{3000}Code").is_err());
         assert!(!mixes_scripts("Клод"));
         assert!(!mixes_scripts("Claude 日本語"));
     }

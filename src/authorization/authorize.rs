@@ -110,6 +110,31 @@ fn redirect_host_of(redirect_uri: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A path with its percent-escapes decoded (invalid UTF-8 replaced).
+fn percent_decoded(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// RFC 6265 §5.1.4 path-match: would a cookie with `cookie_path` be sent to `path`?
 fn path_matches(path: &str, cookie_path: &str) -> bool {
     path == cookie_path
@@ -222,14 +247,15 @@ impl AuthorizationServer {
         };
         // The gateway's cookies are scoped to its browser paths, but cookies ignore ports: a
         // native client's loopback callback on the gateway's own host under those paths
-        // would receive them (RFC 6265 §8.5).
-        if !self.settings.secure_cookies
-            && Url::parse(&redirect_uri).is_ok_and(|u| {
-                u.scheme() == "http"
-                    && super::redirect::is_loopback(&u)
-                    && path_matches(u.path(), &self.browser_path())
-            })
-        {
+        // would receive them (RFC 6265 §8.5). Compared decoded and without case, as browsers
+        // may normalise `%65` to `e` before they match cookie paths.
+        if Url::parse(&redirect_uri).is_ok_and(|u| {
+            super::redirect::is_loopback(&u)
+                && path_matches(
+                    &percent_decoded(u.path()).to_ascii_lowercase(),
+                    &self.browser_path().to_ascii_lowercase(),
+                )
+        }) {
             return Err(PageError::bad(
                 "The redirect_uri is a loopback address under this server's own sign-in paths, where it would receive this server's cookies.",
             ));
@@ -318,11 +344,7 @@ impl AuthorizationServer {
         params: &Params,
         client: &Client,
     ) -> Result<(Vec<String>, String, String), OAuthError> {
-        if let Some(name) = params.first_repeated(&["resource"]) {
-            return Err(OAuthError::invalid_request(format!(
-                "the `{name}` parameter is repeated"
-            )));
-        }
+        params.check_not_repeated(&["resource"])?;
         if params.get("request")?.is_some() || params.get("request_uri")?.is_some() {
             return Err(OAuthError::invalid_request(
                 "request objects are not supported",

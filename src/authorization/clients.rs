@@ -159,6 +159,17 @@ fn display_name(m: &Map<String, Value>, key: &str) -> Result<Option<String>, OAu
     Ok(Some(name))
 }
 
+/// An identifier or URL: visible characters only.
+fn visible(m: &Map<String, Value>, key: &str, max: usize) -> Result<Option<String>, OAuthError> {
+    let v = opt_string(m, key, max)?;
+    if v.as_deref().is_some_and(crate::text::has_invisible) {
+        return Err(metadata_error(format!(
+            "`{key}` contains white space, control or invisible characters"
+        )));
+    }
+    Ok(v)
+}
+
 fn string_array(
     m: &Map<String, Value>,
     key: &str,
@@ -414,7 +425,7 @@ impl AuthorizationServer {
                 Some(scopes)
             }
         };
-        let client_uri = opt_string(m, "client_uri", 2000)?;
+        let client_uri = visible(m, "client_uri", 2000)?;
         if let Some(u) = &client_uri {
             let ok = url::Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "https" | "http"));
             if !ok {
@@ -428,8 +439,8 @@ impl AuthorizationServer {
             client_name: display_name(m, "client_name")?,
             client_uri,
             scope,
-            software_id: opt_string(m, "software_id", 200)?,
-            software_version: opt_string(m, "software_version", 100)?,
+            software_id: visible(m, "software_id", 200)?,
+            software_version: visible(m, "software_version", 100)?,
         })
     }
 

@@ -63,6 +63,8 @@ pub struct Settings {
     pub cimd: bool,
     pub cimd_trusted_domains: Vec<String>,
     pub secure_cookies: bool,
+    /// The issuer's host is loopback: native clients' callbacks share it.
+    pub issuer_is_loopback: bool,
 }
 
 pub struct AuthorizationServer {
@@ -118,6 +120,7 @@ impl AuthorizationServer {
         }
         let settings = Settings {
             secure_cookies: issuer_url.scheme() == "https",
+            issuer_is_loopback: redirect::is_loopback(&issuer_url),
             issuer,
             base_path,
             scopes: config.authorization.scopes.clone(),

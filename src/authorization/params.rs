@@ -75,6 +75,38 @@ impl Params {
         self.values.get(name).map(Vec::as_slice).unwrap_or(&[])
     }
 
+    /// Refuses a repeated parameter (RFC 6749 §3.1), except the ones allowed to repeat. The
+    /// description names a parameter only if it is one OAuth defines: the name is the
+    /// client's text, and descriptions travel back in redirects.
+    pub fn check_not_repeated(&self, allowed: &[&str]) -> Result<(), OAuthError> {
+        const KNOWN: &[&str] = &[
+            "response_type",
+            "client_id",
+            "redirect_uri",
+            "scope",
+            "state",
+            "code_challenge",
+            "code_challenge_method",
+            "resource",
+            "prompt",
+            "response_mode",
+            "grant_type",
+            "code",
+            "code_verifier",
+            "refresh_token",
+            "client_secret",
+            "token",
+            "token_type_hint",
+        ];
+        match self.first_repeated(allowed) {
+            None => Ok(()),
+            Some(name) if KNOWN.contains(&name) => Err(OAuthError::invalid_request(format!(
+                "the `{name}` parameter is repeated"
+            ))),
+            Some(_) => Err(OAuthError::invalid_request("a parameter is repeated")),
+        }
+    }
+
     /// The first parameter that appears more than once, ignoring the ones allowed to repeat.
     pub fn first_repeated(&self, allowed: &[&str]) -> Option<&str> {
         self.values
@@ -94,6 +126,11 @@ mod tests {
         assert!(p.get("a").is_err());
         assert_eq!(p.get("b").expect("b"), Some("3"));
         assert_eq!(p.first_repeated(&[]), Some("a"));
+        let e = Params::parse(b"x=1&PLEASE-CALL-555=1&PLEASE-CALL-555=2")
+            .expect("parsed")
+            .check_not_repeated(&[])
+            .expect_err("repeated");
+        assert_eq!(e.description, "a parameter is repeated");
     }
 
     #[test]

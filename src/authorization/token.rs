@@ -102,11 +102,7 @@ impl AuthorizationServer {
         params: &Params,
         basic: Option<(String, String)>,
     ) -> Result<TokenResponse, OAuthError> {
-        if let Some(name) = params.first_repeated(&["resource"]) {
-            return Err(OAuthError::invalid_request(format!(
-                "the `{name}` parameter is repeated"
-            )));
-        }
+        params.check_not_repeated(&["resource"])?;
         let grant_type = params.require("grant_type")?;
         // A refresh needs the grant to be live in the store, which a client's removal is
         // not, so only a refresh may take the client from the cache.
@@ -481,11 +477,7 @@ impl AuthorizationServer {
         params: &Params,
         basic: Option<(String, String)>,
     ) -> Result<(), OAuthError> {
-        if let Some(name) = params.first_repeated(&[]) {
-            return Err(OAuthError::invalid_request(format!(
-                "the `{name}` parameter is repeated"
-            )));
-        }
+        params.check_not_repeated(&[])?;
         let client = self
             .authenticate_client(params, basic, super::clients::ClientLookup::Fresh)
             .await?;

@@ -229,9 +229,12 @@ impl LocalAccounts {
         // Every attempt reserves its place in both counts before the password is checked,
         // in one atomic increment each: concurrent attempts cannot all read "under the
         // limit" and then all be checked. What is over the limit is refused unchecked.
-        let by_account = self.store.hit(&account_key, window_start).await?;
-        let by_ip = self.store.hit(&ip_key, window_start).await?;
-        if by_account > self.max_per_account || by_ip > self.max_per_ip {
+        // The address first: an address over its limit must not count against (and so lock)
+        // the accounts it names.
+        if self.store.hit(&ip_key, window_start).await? > self.max_per_ip {
+            return Ok(LoginOutcome::Throttled { retry_after });
+        }
+        if self.store.hit(&account_key, window_start).await? > self.max_per_account {
             return Ok(LoginOutcome::Throttled { retry_after });
         }
         let user = if validate_username(username).is_ok() && password.len() <= 1024 {

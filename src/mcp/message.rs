@@ -530,6 +530,42 @@ pub fn read(body: &[u8]) -> Result<Body, MessageError> {
     })
 }
 
+/// A body the gateway judges must be declared as what it was judged as: JSON in UTF-8, not
+/// compressed. Upstream servers decode with the declared charset (the TypeScript SDK and
+/// Python's aiohttp honour `charset=utf-7`, in which a method or tool name can be spelled in
+/// plain ASCII that the gateway would read as something else), and decompress what says
+/// `Content-Encoding`. So only `application/json`, with at most `charset=utf-8`, passes.
+pub fn check_body_encoding(headers: &http::HeaderMap) -> Result<(), String> {
+    let mut types = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let (Some(ct), None) = (types.next(), types.next()) else {
+        return Err("the body needs one Content-Type: application/json".into());
+    };
+    let ct = ct
+        .to_str()
+        .map_err(|_| "the Content-Type header is not visible ASCII".to_string())?;
+    let mut parts = ct.split(';');
+    let essence = parts.next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err("the body must be application/json".into());
+    }
+    for p in parts {
+        let (name, value) = p.split_once('=').unwrap_or((p, ""));
+        let value = value.trim().trim_matches('"');
+        if !(name.trim().eq_ignore_ascii_case("charset") && value.eq_ignore_ascii_case("utf-8")) {
+            return Err("the only Content-Type parameter accepted is charset=utf-8".into());
+        }
+    }
+    for enc in headers.get_all(http::header::CONTENT_ENCODING) {
+        if !enc.to_str().is_ok_and(|e| {
+            e.split(',')
+                .all(|e| e.trim().eq_ignore_ascii_case("identity"))
+        }) {
+            return Err("a compressed or encoded body is not accepted".into());
+        }
+    }
+    Ok(())
+}
+
 /// Protocol revisions of the stateless era, which carry the version in every request's
 /// `_meta` and repeat the method and name in headers.
 pub const STATELESS_VERSIONS: &[&str] = &["2026-07-28"];
@@ -603,6 +639,8 @@ pub fn is_stateless(headers: &http::HeaderMap, body: Option<&Body>) -> bool {
 /// are required (and the protocol version header must equal the body's); on older ones they
 /// are optional, but checked when present.
 pub fn check_headers(headers: &http::HeaderMap, body: Option<&Body>) -> Result<(), HeaderMismatch> {
+    // Which revision judges the request must not depend on which of two values is read.
+    single_header(headers, "mcp-protocol-version")?;
     let method = single_header(headers, "mcp-method")?;
     let name = single_header(headers, "mcp-name")?;
     let stateless = is_stateless(headers, body);
@@ -759,6 +797,39 @@ mod tests {
         assert!(read(dup.as_bytes()).is_err());
     }
 
+    #[test]
+    fn only_utf8_json_is_judged() {
+        let ok = |ct: &str| check_body_encoding(&headers(&[("content-type", ct)])).is_ok();
+        assert!(ok("application/json"));
+        assert!(ok("Application/JSON; charset=UTF-8"));
+        assert!(ok("application/json;charset=\"utf-8\""));
+        for bad in [
+            "application/json; charset=utf-7",
+            "application/json; charset=utf-16",
+            "application/json; charset=utf-8; charset=utf-7",
+            "application/json; boundary=x",
+            "text/plain",
+            "application/json-seq",
+        ] {
+            assert!(!ok(bad), "{bad}");
+        }
+        assert!(check_body_encoding(&headers(&[])).is_err());
+        assert!(
+            check_body_encoding(&headers(&[
+                ("content-type", "application/json"),
+                ("content-type", "application/json; charset=utf-7")
+            ]))
+            .is_err()
+        );
+        assert!(
+            check_body_encoding(&headers(&[
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip")
+            ]))
+            .is_err()
+        );
+    }
+
     fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
         let mut h = http::HeaderMap::new();
         for (k, v) in pairs {
@@ -817,6 +888,13 @@ mod tests {
         let h = |p: &[(&str, &str)]| check_headers(&headers(p), Some(&old));
         assert!(h(&[("mcp-protocol-version", "2025-11-25")]).is_ok());
         assert!(h(&[("mcp-method", "tools/call"), ("mcp-name", "drop")]).is_err());
+        assert!(
+            h(&[
+                ("mcp-protocol-version", "2025-11-25"),
+                ("mcp-protocol-version", "2026-07-28")
+            ])
+            .is_err()
+        );
         let batch = read(br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#).unwrap();
         assert!(check_headers(&headers(&[("mcp-method", "ping")]), Some(&batch)).is_err());
         assert!(check_headers(&headers(&[v, ("mcp-method", "ping")]), Some(&batch)).is_err());

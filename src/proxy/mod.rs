@@ -54,7 +54,26 @@ const HOP_BY_HOP: &[&str] = &[
 
 /// Addresses of the client as a proxy in front would state them: only a trusted proxy may say
 /// these, and the gateway is the last one before the upstream.
-const CLIENT_ADDRESS_HEADERS: &[&str] = &["forwarded", "x-real-ip", "true-client-ip"];
+const CLIENT_ADDRESS_HEADERS: &[&str] = &[
+    "forwarded",
+    "x-forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+];
+
+/// Headers with which proxies and frameworks let a request say it is another request (another
+/// path or method) than the one the gateway judged.
+const REWRITE_HEADERS: &[&str] = &[
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 /// Identity headers only the gateway may set; whatever a client sends under these names is
 /// dropped before anything else.
@@ -107,6 +126,9 @@ pub enum ProxyError {
     Message(#[from] crate::mcp::message::MessageError),
     #[error("the request body did not arrive in time")]
     SlowBody,
+    /// The body is not declared as plain UTF-8 JSON.
+    #[error("{0}")]
+    UnsupportedMedia(String),
     /// A header or parameter is repeated or malformed.
     #[error("{0}")]
     BadRequest(String),
@@ -143,6 +165,7 @@ impl ProxyError {
             Self::ToolDenied(_) => StatusCode::OK,
             Self::InsufficientScope(_) => StatusCode::FORBIDDEN,
             Self::SlowBody => StatusCode::REQUEST_TIMEOUT,
+            Self::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Message(_) | Self::BadRequest(_) | Self::HeaderMismatch(_) => {
                 StatusCode::BAD_REQUEST
             }
@@ -279,6 +302,8 @@ impl Proxy {
         let message = if body.iter().all(u8::is_ascii_whitespace) {
             None
         } else {
+            message::check_body_encoding(&parts.headers)
+                .map_err(|e| (ProxyError::UnsupportedMedia(e), Value::Null))?;
             Some(message::read(&body).map_err(|e| (ProxyError::Message(e), Value::Null))?)
         };
         let id = message
@@ -773,25 +798,19 @@ fn connection_listed(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// Whether a client's header name is one the gateway sets or reserves. Compared with `_` read
-/// as `-` (names are already lower case): CGI and WSGI servers turn both into the same
-/// variable, so `X_Forwarded_User` would reach an upstream as `X-Forwarded-User`.
+/// Whether a client's header name is one the gateway sets, reserves or drops (names are
+/// already lower case). Every name with an `_` is dropped, as nginx does by default: CGI,
+/// WSGI and other servers turn `_` and `-` into the same variable, so `X_Forwarded_User` or
+/// `Mcp_Session_Id` would reach an upstream as the header the gateway set or checked.
 fn reserved_header(name: &str, credential: Option<&str>) -> bool {
-    let normal: std::borrow::Cow<str> = if name.contains('_') {
-        name.replace('_', "-").into()
-    } else {
-        name.into()
-    };
-    let n = normal.as_ref();
-    HOP_BY_HOP.contains(&n)
-        || IDENTITY_HEADERS.contains(&n)
-        || CLIENT_ADDRESS_HEADERS.contains(&n)
-        || n.starts_with("x-forwarded-")
-        || matches!(n, "authorization" | "cookie" | "host" | "content-length")
-        || credential.is_some_and(|c| c.replace('_', "-").eq_ignore_ascii_case(n))
-        // A name that is only an underscore spelling of the session header would reach the
-        // upstream beside the one that was checked.
-        || (name != SESSION_HEADER && n == SESSION_HEADER)
+    name.contains('_')
+        || HOP_BY_HOP.contains(&name)
+        || IDENTITY_HEADERS.contains(&name)
+        || CLIENT_ADDRESS_HEADERS.contains(&name)
+        || REWRITE_HEADERS.contains(&name)
+        || name.starts_with("x-forwarded-")
+        || matches!(name, "authorization" | "cookie" | "host" | "content-length")
+        || credential.is_some_and(|c| c.eq_ignore_ascii_case(name))
 }
 
 /// The client's headers that may travel upstream. `credential` is the header name the
@@ -845,6 +864,9 @@ mod tests {
             ("forwarded", "for=10.0.0.1"),
             ("x_api_key", "client-chosen"),
             ("mcp_session_id", "other"),
+            ("mcp_method", "tools/list"),
+            ("x-original-url", "/admin"),
+            ("cf-connecting-ip", "10.0.0.1"),
             ("connection", "keep-alive, x-custom"),
             ("x-custom", "1"),
             ("te", "trailers"),
@@ -868,6 +890,9 @@ mod tests {
             "forwarded",
             "x_api_key",
             "mcp_session_id",
+            "mcp_method",
+            "x-original-url",
+            "cf-connecting-ip",
             "connection",
             "x-custom",
             "te",

@@ -245,7 +245,11 @@ fn proxy_error(e: ProxyError, id: Value) -> Response {
     let code = match &e {
         ProxyError::UnknownSession => -32001,
         ProxyError::ToolDenied(_) => -32003,
-        ProxyError::TooLarge(_) | ProxyError::BadBody | ProxyError::BadRequest(_) => -32600,
+        ProxyError::TooLarge(_)
+        | ProxyError::BadBody
+        | ProxyError::BadRequest(_)
+        | ProxyError::UnsupportedMedia(_)
+        | ProxyError::SlowBody => -32600,
         ProxyError::Message(m) => m.jsonrpc_code(),
         ProxyError::HeaderMismatch(_) => crate::mcp::message::HEADER_MISMATCH,
         _ => -32603,
@@ -282,22 +286,8 @@ async fn whoami(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return resp;
     }
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case("application/json")
-        });
-    if !is_json {
-        return jsonrpc_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            -32700,
-            "the body must be application/json",
-        );
+    if let Err(m) = crate::mcp::message::check_body_encoding(&headers) {
+        return jsonrpc_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, -32600, &m);
     }
     let read = axum::body::to_bytes(body, app.max_body.max(1024 * 1024));
     let bytes = match tokio::time::timeout(app.body_timeout, read).await {

@@ -194,11 +194,13 @@ pub async fn register(
 }
 
 fn cookie_name(app: &App, base: &'static str) -> String {
-    // `__Host-` pins the cookie to this origin, path `/`, https only.
-    if app.auth.settings.secure_cookies {
-        format!("__Host-{base}")
-    } else {
-        base.to_string()
+    let s = &app.auth.settings;
+    match (s.secure_cookies, s.issuer_is_loopback) {
+        // `__Host-` pins the cookie to this origin, path `/`, https only.
+        (true, false) => format!("__Host-{base}"),
+        // On loopback even https needs the narrow path (below); `__Secure-` allows one.
+        (true, true) => format!("__Secure-{base}"),
+        (false, _) => base.to_string(),
     }
 }
 
@@ -211,16 +213,43 @@ fn cookie(app: &App, headers: &HeaderMap, base: &'static str) -> Option<String> 
     super::headers::cookie_value(headers, &cookie_name(app, base))
 }
 
-/// Where the browser sends the cookies: only the sign-in pages. On plain http (a gateway on
-/// loopback) this keeps them from a native client's loopback callback, which shares the
-/// host (cookies ignore ports); on https `__Host-` requires `/`, and `Secure` keeps them
-/// from http callbacks.
+/// Where the browser sends the cookies: only the sign-in pages. A native client's loopback
+/// callback shares the gateway's host when the gateway is on loopback (cookies ignore
+/// ports), and browsers send even `Secure` cookies to `http://127.0.0.1` (a secure context),
+/// so there the path is what keeps them away. On https elsewhere `__Host-` requires `/`,
+/// and `Secure` keeps them from http callbacks.
 fn cookie_path(app: &App) -> String {
-    if app.auth.settings.secure_cookies {
+    let s = &app.auth.settings;
+    if s.secure_cookies && !s.issuer_is_loopback {
         "/".into()
     } else {
         app.auth.browser_path()
     }
+}
+
+/// A browser that kept a cookie of an earlier version (path `/`) sends it beside the current
+/// one, and a name sent twice counts as absent: tell such a browser to drop the old one.
+/// Only then, so that a simple client's cookie jar never sees a cookie to delete.
+fn forget_stale_cookies(app: &App, headers: &HeaderMap, mut resp: Response) -> Response {
+    if cookie_path(app) == "/" {
+        return resp;
+    }
+    for base in [SESSION_COOKIE, BINDING_COOKIE] {
+        let name = cookie_name(app, base);
+        let sent = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter(|c| c.trim().split_once('=').is_some_and(|(k, _)| k == name))
+            .count();
+        if sent > 1
+            && let Ok(v) = HeaderValue::from_str(&format!("{name}=; Path=/; Max-Age=0"))
+        {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    resp
 }
 
 fn set_cookie(
@@ -242,13 +271,6 @@ fn set_cookie(
     let path = cookie_path(app);
     let cookie = format!("{name}={value}; Path={path}; HttpOnly; SameSite=Lax{max_age}{secure}");
     if let Ok(v) = HeaderValue::from_str(&cookie) {
-        resp.headers_mut().append(header::SET_COOKIE, v);
-    }
-    // Earlier versions set these with path `/` on http; a browser still holding one would
-    // send it everywhere on the host.
-    if !app.auth.settings.secure_cookies
-        && let Ok(v) = HeaderValue::from_str(&format!("{name}=; Path=/; Max-Age=0"))
-    {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
 }
@@ -314,7 +336,7 @@ async fn authorize_with(
         app.auth.begin_authorization(&params, user, &binding).await
     }
     .await;
-    match result {
+    let resp = match result {
         Ok(step) => {
             let mut resp = render_step(&app, step, after_post);
             if existing.is_none() {
@@ -323,7 +345,8 @@ async fn authorize_with(
             resp
         }
         Err(e) => e.into_response(),
-    }
+    };
+    forget_stale_cookies(&app, &headers, resp)
 }
 
 pub async fn authorize(
@@ -365,7 +388,7 @@ pub async fn login(
             .await
     }
     .await;
-    match result {
+    let resp = match result {
         Ok((step, session)) => {
             let mut resp = render_step(&app, step, true);
             if let Some(s) = session {
@@ -374,7 +397,8 @@ pub async fn login(
             resp
         }
         Err(e) => e.into_response(),
-    }
+    };
+    forget_stale_cookies(&app, &headers, resp)
 }
 
 pub async fn consent(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
@@ -398,10 +422,11 @@ pub async fn consent(State(app): State<App>, headers: HeaderMap, body: Body) -> 
             .await
     }
     .await;
-    match result {
+    let resp = match result {
         Ok(step) => render_step(&app, step, true),
         Err(e) => e.into_response(),
-    }
+    };
+    forget_stale_cookies(&app, &headers, resp)
 }
 
 /// `GET /logout`: the sign-out page lives under the browser path, where the cookies are.
@@ -420,10 +445,26 @@ pub async fn logout_page(State(app): State<App>, headers: HeaderMap) -> Response
 pub async fn logout(State(app): State<App>, headers: HeaderMap) -> Response {
     // A form posted from another site: SameSite=Lax already keeps the cookie from it; the
     // Origin check refuses it outright.
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
-        && url::Url::parse(&app.auth.settings.issuer)
+    // The page posts to itself, so its Origin is the issuer's, or that of the host name the
+    // browser used to reach this server (`127.0.0.1` for a `localhost` issuer).
+    let same_origin = |origin: &str| {
+        let issuer = url::Url::parse(&app.auth.settings.issuer)
             .map(|u| u.origin().ascii_serialization())
-            .is_ok_and(|ours| !ours.eq_ignore_ascii_case(origin))
+            .unwrap_or_default();
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let scheme = if app.auth.settings.secure_cookies {
+            "https"
+        } else {
+            "http"
+        };
+        origin.eq_ignore_ascii_case(&issuer)
+            || (!host.is_empty() && origin.eq_ignore_ascii_case(&format!("{scheme}://{host}")))
+    };
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
+        && !same_origin(origin)
     {
         return PageError {
             status: 403,

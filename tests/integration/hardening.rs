@@ -213,6 +213,27 @@ async fn tool_rules_judge_exactly_what_a_lenient_upstream_would_run() {
             "{b}"
         );
     }
+    // Declared in a charset an upstream would decode otherwise (UTF-7 reads as ASCII to the
+    // gateway: "+AHQAbwBvAGwAcw-/call" is "tools/call"), or compressed: refused.
+    let utf7 = r#"{"jsonrpc":"2.0","id":1,"method":"+AHQAbwBvAGwAcw-/call","params":{"name":"+AGQAcgBvAHAAXwB0AGEAYgBsAGU-"}}"#;
+    for (ct, ce) in [
+        ("application/json; charset=utf-7", "identity"),
+        ("application/json; charset=utf-16", "identity"),
+        ("text/plain", "identity"),
+        ("application/json", "gzip"),
+    ] {
+        let r = TestGateway::http()
+            .post(gw.url("/mcp/go"))
+            .bearer_auth(&t.access_token)
+            .header("content-type", ct)
+            .header("content-encoding", ce)
+            .body(utf7)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 415, "{ct} {ce}");
+    }
+    assert_eq!(rec.seen.count(), 1);
     // Not JSON at all: a parse error, and nothing forwarded.
     let (status, v) = post(&gw, "/mcp/go", &t.access_token, "{\"jsonrpc\":").await;
     assert_eq!((status, v["error"]["code"].as_i64()), (400, Some(-32700)));

@@ -415,19 +415,135 @@ async fn the_gateways_cookies_never_reach_a_loopback_callback() {
         "{}",
         requests[0]
     );
-    // A loopback callback under the gateway's own sign-in paths would get them: refused.
-    let under = format!("http://127.0.0.1:{port}/authorize/cb");
-    let client_id = gw.register_public(&under).await;
+    // A loopback callback under the gateway's own sign-in paths would get them: refused,
+    // however the path is spelled.
+    for path in [
+        "/authorize/cb",
+        "/authoriz%65/cb",
+        "/Authorize/cb",
+        "/authorize",
+    ] {
+        let under = format!("http://127.0.0.1:{port}{path}");
+        let client_id = gw.register_public(&under).await;
+        let r = TestGateway::http()
+            .get(authorize_url(
+                &gw,
+                &authorize_params(&client_id, &under, &pkce, &resource),
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        assert!(r.headers().get("location").is_none());
+    }
+    // A browser still holding a cookie of an earlier version (path `/`) sends the name twice:
+    // that counts as no cookie, and the answer tells the browser to drop the old one.
+    let r = TestGateway::http()
+        .get(&url)
+        .header(
+            "cookie",
+            format!("mog_bind={}; mog_bind={}", "a".repeat(40), "b".repeat(40)),
+        )
+        .send()
+        .await
+        .unwrap();
+    let set: Vec<String> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert!(
+        set.iter().any(|c| c == "mog_bind=; Path=/; Max-Age=0"),
+        "{set:?}"
+    );
+    assert!(
+        set.iter()
+            .any(|c| c.starts_with("mog_bind=") && c.contains("Path=/authorize;"))
+    );
+}
+
+#[tokio::test]
+async fn an_https_gateway_on_loopback_still_keeps_its_cookies_on_the_sign_in_paths() {
+    // Browsers treat http://127.0.0.1 as a secure context and send it Secure cookies too.
+    let gw = TestGateway::start_with(|c| {
+        c.server.public_url = Some(format!("https://localhost:{}", c.server.listen.port()));
+    })
+    .await;
+    let redirect = "http://127.0.0.1:7777/cb";
+    let client_id = gw.register_public(redirect).await;
+    let pkce = Pkce::new();
+    let resource = gw.resource();
     let r = TestGateway::http()
         .get(authorize_url(
             &gw,
-            &authorize_params(&client_id, &under, &pkce, &resource),
+            &authorize_params(&client_id, redirect, &pkce, &resource),
+        ))
+        .send()
+        .await
+        .unwrap();
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set.starts_with("__Secure-mog_bind=")
+            && set.contains("Path=/authorize;")
+            && set.contains("Secure"),
+        "{set}"
+    );
+    let under = "http://127.0.0.1:7777/authorize/cb";
+    let client_id = gw.register_public(under).await;
+    let r = TestGateway::http()
+        .get(authorize_url(
+            &gw,
+            &authorize_params(&client_id, under, &pkce, &resource),
         ))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    assert!(r.headers().get("location").is_none());
+}
+
+#[tokio::test]
+async fn an_address_over_its_limit_does_not_lock_the_accounts_it_names() {
+    let gw = TestGateway::start_with(|c| {
+        c.login.max_failures_per_ip = 3;
+        c.login.max_failures_per_account = 5;
+        c.server.trusted_proxies = vec!["127.0.0.1".into()];
+    })
+    .await;
+    let redirect = "http://127.0.0.1:7777/cb";
+    let client_id = gw.register_public(redirect).await;
+    let browser = TestGateway::browser();
+    let (request, csrf) = login_form(&gw, &browser, &client_id, redirect).await;
+    let attempt = |from: &'static str, pw: &'static str| {
+        let (b, request, csrf, url) = (
+            browser.clone(),
+            request.clone(),
+            csrf.clone(),
+            gw.url("/authorize/login"),
+        );
+        async move {
+            b.post(url)
+                .header("x-forwarded-for", from)
+                .form(&[
+                    ("request", request.as_str()),
+                    ("csrf", csrf.as_str()),
+                    ("username", "alice"),
+                    ("password", pw),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        seen.push(attempt("198.51.100.7", "wrong password!").await);
+    }
+    assert_eq!(seen, [401, 401, 401, 429, 429, 429, 429, 429, 429, 429]);
+    // Only the three checked attempts counted against alice: from elsewhere she signs in.
+    assert_eq!(attempt("203.0.113.9", PASSWORD).await, 200);
 }
 
 #[tokio::test]
