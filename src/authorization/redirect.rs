@@ -29,7 +29,9 @@ pub fn check_registered_redirect_uri(uri: &str, public: bool) -> Result<String, 
     if url.fragment().is_some() || uri.contains('#') {
         return Err(format!("`{uri}` has a fragment"));
     }
-    if uri.contains('*') {
+    // Checked on the canonical form too: the parser maps look-alikes such as the fullwidth
+    // asterisk in a host name to the ASCII character.
+    if uri.contains('*') || url.as_str().contains('*') {
         return Err(format!("`{uri}`: wildcards are not allowed"));
     }
     match url.scheme() {
@@ -141,5 +143,7 @@ mod tests {
         assert!(check_registered_redirect_uri("javascript:alert(1)", true).is_err());
         assert!(check_registered_redirect_uri("https://app.example/cb#x", true).is_err());
         assert!(check_registered_redirect_uri("/relative", true).is_err());
+        // Found by the fuzz target: a fullwidth asterisk becomes `*` once parsed.
+        assert!(check_registered_redirect_uri("https:Att.ph-\u{FF0A}2usht.l", true).is_err());
     }
 }
