@@ -58,6 +58,10 @@ pub fn check_registered_redirect_uri(uri: &str, public: bool) -> Result<String, 
     if crate::text::has_invisible(url.as_str()) {
         return Err("a redirect URI contains invisible characters".into());
     }
+    // Percent-encoding can make the canonical form longer than what was sent.
+    if url.as_str().len() > 2000 {
+        return Err("a redirect URI is longer than 2000 characters once encoded".into());
+    }
     Ok(url.as_str().to_string())
 }
 
