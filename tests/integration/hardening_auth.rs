@@ -52,35 +52,40 @@ async fn login_form(
     )
 }
 
+/// One sign-in attempt on a login form, from `from` (a forwarded address) if given.
+async fn sign_in(
+    gw: &TestGateway,
+    browser: &reqwest::Client,
+    (request, csrf): &(String, String),
+    user: &str,
+    password: &str,
+    from: Option<&str>,
+) -> u16 {
+    let mut req = browser.post(gw.url("/authorize/login"));
+    if let Some(ip) = from {
+        req = req.header("x-forwarded-for", ip);
+    }
+    req.form(&[
+        ("request", request.as_str()),
+        ("csrf", csrf.as_str()),
+        ("username", user),
+        ("password", password),
+    ])
+    .send()
+    .await
+    .unwrap()
+    .status()
+    .as_u16()
+}
+
 #[tokio::test]
 async fn concurrent_sign_ins_get_no_more_password_checks_than_the_limit() {
     let gw = TestGateway::start().await;
     let redirect = "http://127.0.0.1:7777/cb";
     let client_id = gw.register_public(redirect).await;
     let browser = TestGateway::browser();
-    let (request, csrf) = login_form(&gw, &browser, &client_id, redirect).await;
-    let attempt = |pw: &'static str| {
-        let (b, request, csrf, url) = (
-            browser.clone(),
-            request.clone(),
-            csrf.clone(),
-            gw.url("/authorize/login"),
-        );
-        async move {
-            b.post(url)
-                .form(&[
-                    ("request", request.as_str()),
-                    ("csrf", csrf.as_str()),
-                    ("username", "alice"),
-                    ("password", pw),
-                ])
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
+    let form = login_form(&gw, &browser, &client_id, redirect).await;
+    let attempt = |pw| sign_in(&gw, &browser, &form, "alice", pw, None);
     let all = futures_util::future::join_all((0..10).map(|_| attempt("wrong password!"))).await;
     let checked = all.iter().filter(|s| **s == 401).count();
     let throttled = all.iter().filter(|s| **s == 429).count();
@@ -88,29 +93,8 @@ async fn concurrent_sign_ins_get_no_more_password_checks_than_the_limit() {
 
     // A success running beside failures does not wipe them.
     gw.clock.advance(901);
-    let (request, csrf) = login_form(&gw, &browser, &client_id, redirect).await;
-    let attempt = |pw: &'static str| {
-        let (b, request, csrf, url) = (
-            browser.clone(),
-            request.clone(),
-            csrf.clone(),
-            gw.url("/authorize/login"),
-        );
-        async move {
-            b.post(url)
-                .form(&[
-                    ("request", request.as_str()),
-                    ("csrf", csrf.as_str()),
-                    ("username", "alice"),
-                    ("password", pw),
-                ])
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
+    let form = login_form(&gw, &browser, &client_id, redirect).await;
+    let attempt = |pw| sign_in(&gw, &browser, &form, "alice", pw, None);
     let mixed = futures_util::future::join_all(
         ["wrong password!"; 4]
             .into_iter()
@@ -283,32 +267,13 @@ async fn a_new_password_or_a_disabled_account_ends_what_the_old_one_opened() {
     gw.accounts.set_disabled("bob", true, false).await.unwrap();
     gw.clock.advance(6);
     assert_eq!(call_whoami(&gw, &b.access_token).await.0, 401);
-    let (request, csrf) = login_form(&gw, &bob_browser, &client_id, redirect).await;
-    let r = bob_browser
-        .post(gw.url("/authorize/login"))
-        .form(&[
-            ("request", request.as_str()),
-            ("csrf", csrf.as_str()),
-            ("username", "bob"),
-            ("password", "another new password"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    let form = login_form(&gw, &bob_browser, &client_id, redirect).await;
+    let new_password = "another new password";
+    let disabled = sign_in(&gw, &bob_browser, &form, "bob", new_password, None).await;
+    assert_eq!(disabled, 401);
     gw.accounts.set_disabled("bob", false, false).await.unwrap();
-    let r = bob_browser
-        .post(gw.url("/authorize/login"))
-        .form(&[
-            ("request", request.as_str()),
-            ("csrf", csrf.as_str()),
-            ("username", "bob"),
-            ("password", "another new password"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "enabled again");
+    let enabled = sign_in(&gw, &bob_browser, &form, "bob", new_password, None).await;
+    assert_eq!(enabled, 200, "enabled again");
 }
 
 #[tokio::test]
@@ -513,37 +478,25 @@ async fn an_address_over_its_limit_does_not_lock_the_accounts_it_names() {
     let redirect = "http://127.0.0.1:7777/cb";
     let client_id = gw.register_public(redirect).await;
     let browser = TestGateway::browser();
-    let (request, csrf) = login_form(&gw, &browser, &client_id, redirect).await;
-    let attempt = |from: &'static str, pw: &'static str| {
-        let (b, request, csrf, url) = (
-            browser.clone(),
-            request.clone(),
-            csrf.clone(),
-            gw.url("/authorize/login"),
-        );
-        async move {
-            b.post(url)
-                .header("x-forwarded-for", from)
-                .form(&[
-                    ("request", request.as_str()),
-                    ("csrf", csrf.as_str()),
-                    ("username", "alice"),
-                    ("password", pw),
-                ])
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
+    let form = login_form(&gw, &browser, &client_id, redirect).await;
     let mut seen = Vec::new();
     for _ in 0..10 {
-        seen.push(attempt("198.51.100.7", "wrong password!").await);
+        seen.push(
+            sign_in(
+                &gw,
+                &browser,
+                &form,
+                "alice",
+                "wrong password!",
+                Some("198.51.100.7"),
+            )
+            .await,
+        );
     }
     assert_eq!(seen, [401, 401, 401, 429, 429, 429, 429, 429, 429, 429]);
     // Only the three checked attempts counted against alice: from elsewhere she signs in.
-    assert_eq!(attempt("203.0.113.9", PASSWORD).await, 200);
+    let from_elsewhere = sign_in(&gw, &browser, &form, "alice", PASSWORD, Some("203.0.113.9"));
+    assert_eq!(from_elsewhere.await, 200);
 }
 
 #[tokio::test]
