@@ -160,6 +160,39 @@ fn grant_where(f: &GrantFilter, first: usize) -> (String, Vec<String>) {
     (clauses.join(" AND "), binds)
 }
 
+/// Ends what a user's sign-ins hold, inside `tx`: browser sessions, unfinished requests and
+/// codes (only unused ones when `unused_codes_only`, so replays of used ones stay detectable),
+/// and with `revoke_grants` the grants. Returns how many grants were revoked.
+async fn end_user_access_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    user_id: &str,
+    revoke_grants: bool,
+    unused_codes_only: bool,
+    now: Timestamp,
+) -> Result<u64, sqlx::Error> {
+    let mut revoked = 0;
+    if revoke_grants {
+        let filter = GrantFilter {
+            user_id: Some(user_id.to_string()),
+            ..Default::default()
+        };
+        revoked = revoke_grants_in(tx, &filter, now).await?;
+    }
+    let codes = if unused_codes_only {
+        "DELETE FROM auth_codes WHERE user_id = $1 AND consumed_at IS NULL"
+    } else {
+        "DELETE FROM auth_codes WHERE user_id = $1"
+    };
+    for sql in [
+        "DELETE FROM browser_sessions WHERE user_id = $1",
+        codes,
+        "DELETE FROM pending_authorizations WHERE user_id = $1",
+    ] {
+        sqlx::query(sql).bind(user_id).execute(&mut **tx).await?;
+    }
+    Ok(revoked)
+}
+
 async fn revoke_grants_in(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     f: &GrantFilter,
@@ -328,24 +361,9 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        let filter = GrantFilter {
-            user_id: Some(user_id.to_string()),
-            ..Default::default()
-        };
-        revoke_grants_in(&mut tx, &filter, now)
+        end_user_access_in(&mut tx, user_id, true, false, now)
             .await
             .map_err(backend)?;
-        for sql in [
-            "DELETE FROM browser_sessions WHERE user_id = $1",
-            "DELETE FROM auth_codes WHERE user_id = $1",
-            "DELETE FROM pending_authorizations WHERE user_id = $1",
-        ] {
-            sqlx::query(sql)
-                .bind(user_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
         tx.commit().await.map_err(backend)?;
         Ok(r.rows_affected() == 1)
     }
@@ -357,27 +375,9 @@ impl Store for PostgresStore {
         now: Timestamp,
     ) -> StoreResult<u64> {
         let mut tx = self.write_tx().await?;
-        let mut revoked = 0;
-        if revoke_grants {
-            let filter = GrantFilter {
-                user_id: Some(user_id.to_string()),
-                ..Default::default()
-            };
-            revoked = revoke_grants_in(&mut tx, &filter, now)
-                .await
-                .map_err(backend)?;
-        }
-        for sql in [
-            "DELETE FROM browser_sessions WHERE user_id = $1",
-            "DELETE FROM auth_codes WHERE user_id = $1 AND consumed_at IS NULL",
-            "DELETE FROM pending_authorizations WHERE user_id = $1",
-        ] {
-            sqlx::query(sql)
-                .bind(user_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
+        let revoked = end_user_access_in(&mut tx, user_id, revoke_grants, true, now)
+            .await
+            .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         Ok(revoked)
     }
