@@ -47,6 +47,13 @@ impl<V: Clone> TtlCache<V> {
         }
     }
 
+    /// Removes every entry whose value matches.
+    pub fn remove_where(&self, mut matches: impl FnMut(&V) -> bool) {
+        if let Ok(mut m) = self.entries.lock() {
+            m.retain(|_, (v, _)| !matches(v));
+        }
+    }
+
     pub fn clear(&self) {
         if let Ok(mut m) = self.entries.lock() {
             m.clear();

@@ -676,7 +676,7 @@ async fn grants(c: GrantsCommand, store: SharedStore, clock: SharedClock) -> Res
                 return Err("say which grants: --user, --client or --grant".into());
             }
             let n = store
-                .revoke_grants(&filter, clock.now())
+                .revoke_grants(&filter, crate::store::EndReason::AdminRevoked, clock.now())
                 .await
                 .map_err(|e| e.to_string())?;
             println!("revoked {n} grant(s) and their tokens");

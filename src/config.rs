@@ -154,6 +154,9 @@ pub struct AuthorizationConfig {
     pub default_scopes: Vec<String>,
     pub access_token_ttl_secs: i64,
     pub refresh_token_ttl_secs: i64,
+    /// No grant lives longer than this, however often it is refreshed: then the person
+    /// signs in again.
+    pub grant_max_lifetime_secs: i64,
     pub code_ttl_secs: i64,
     /// How long a rotated refresh token may be presented again and get the same answer,
     /// provided its successor has not been used yet.
@@ -171,6 +174,7 @@ impl Default for AuthorizationConfig {
             default_scopes: vec!["mcp".into()],
             access_token_ttl_secs: 3600,
             refresh_token_ttl_secs: 30 * 24 * 3600,
+            grant_max_lifetime_secs: 90 * 24 * 3600,
             code_ttl_secs: 60,
             refresh_retry_window_secs: 10,
             remember_consent: true,
@@ -790,6 +794,10 @@ impl Config {
             (
                 "authorization.refresh_token_ttl_secs",
                 a.refresh_token_ttl_secs,
+            ),
+            (
+                "authorization.grant_max_lifetime_secs",
+                a.grant_max_lifetime_secs,
             ),
             ("authorization.code_ttl_secs", a.code_ttl_secs),
             ("authorization.request_ttl_secs", a.request_ttl_secs),

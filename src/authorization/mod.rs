@@ -21,7 +21,7 @@ use crate::config::{Config, DcrMode};
 use crate::crypto;
 use crate::login::LocalAccounts;
 use crate::net::SafeFetcher;
-use crate::store::SharedStore;
+use crate::store::{SharedStore, StoreEvent};
 
 pub use clients::Client;
 pub use error::{ErrorCode, OAuthError};
@@ -51,6 +51,8 @@ pub struct Settings {
     pub default_scopes: Vec<String>,
     pub access_token_ttl: i64,
     pub refresh_token_ttl: i64,
+    /// No grant lives longer, however often it is refreshed.
+    pub grant_max_lifetime: i64,
     pub code_ttl: i64,
     pub refresh_retry_window: i64,
     pub remember_consent: bool,
@@ -76,11 +78,11 @@ pub struct AuthorizationServer {
     session_ttl: i64,
     static_clients: Vec<Client>,
     cimd: cimd::CimdResolver,
-    pub tokens: token::TokenCache,
+    pub tokens: Arc<token::TokenCache>,
     /// Registered clients recently read, so `/token` does not read the client on every call.
     /// A removed client's grants, tokens and codes go with it, and the removal empties this
     /// on every instance (it is a revocation); at worst it lingers `TOKEN_CACHE_SECS`.
-    clients_seen: crate::cache::TtlCache<Client>,
+    clients_seen: Arc<crate::cache::TtlCache<Client>>,
 }
 
 impl AuthorizationServer {
@@ -127,6 +129,7 @@ impl AuthorizationServer {
             default_scopes: config.authorization.default_scopes.clone(),
             access_token_ttl: config.authorization.access_token_ttl_secs,
             refresh_token_ttl: config.authorization.refresh_token_ttl_secs,
+            grant_max_lifetime: config.authorization.grant_max_lifetime_secs,
             code_ttl: config.authorization.code_ttl_secs,
             refresh_retry_window: config.authorization.refresh_retry_window_secs,
             remember_consent: config.authorization.remember_consent,
@@ -187,6 +190,19 @@ impl AuthorizationServer {
             config.server.egress_proxy.as_deref(),
         )
         .map_err(|e| e.to_string())?;
+        let tokens = Arc::new(token::TokenCache::default());
+        let clients_seen = Arc::new(crate::cache::TtlCache::new(token::TOKEN_CACHE_SECS, 10_000));
+        {
+            let (tokens, clients_seen) = (tokens.clone(), clients_seen.clone());
+            store.on_event(Arc::new(move |event| {
+                tokens.forget(event);
+                match event {
+                    StoreEvent::ClientRemoved { client } => clients_seen.remove(client),
+                    StoreEvent::Resync => clients_seen.clear(),
+                    _ => {}
+                }
+            }));
+        }
         Ok(Arc::new(Self {
             accounts: LocalAccounts::new(store.clone(), clock.clone(), &config.login),
             settings,
@@ -196,8 +212,8 @@ impl AuthorizationServer {
             session_ttl: config.login.session_ttl_secs,
             static_clients,
             cimd: cimd::CimdResolver::new(fetcher, config.registration.cimd_default_cache_secs),
-            tokens: token::TokenCache::default(),
-            clients_seen: crate::cache::TtlCache::new(token::TOKEN_CACHE_SECS, 10_000),
+            tokens,
+            clients_seen,
         }))
     }
 
@@ -326,18 +342,14 @@ impl AuthorizationServer {
         let now = self.clock.now();
         let swept = self
             .store
-            .sweep(now, now - self.settings.unused_client_ttl)
+            .sweep(
+                now,
+                now - self.settings.unused_client_ttl,
+                Some(now - self.settings.grant_max_lifetime),
+            )
             .await;
         // Unused clients may have gone.
         self.clients_seen.clear();
         swept
-    }
-
-    /// Empties the caches whenever the store reports a revocation (by any instance).
-    pub async fn follow_revocations(&self, mut events: tokio::sync::mpsc::Receiver<()>) {
-        while events.recv().await.is_some() {
-            self.tokens.clear();
-            self.clients_seen.clear();
-        }
     }
 }

@@ -10,8 +10,8 @@ use super::error::{ErrorCode, OAuthError};
 use super::params::Params;
 use crate::crypto;
 use crate::store::{
-    AccessTokenRecord, GrantFilter, GrantRecord, RedeemOutcome, RefreshTokenRecord, RotateOutcome,
-    TokenInfo,
+    AccessTokenRecord, EndReason, GrantFilter, GrantRecord, RedeemOutcome, RefreshTokenRecord,
+    RotateOutcome, StoreEvent, TokenInfo,
 };
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -52,9 +52,9 @@ pub struct Principal {
 }
 
 /// Valid access tokens recently seen, so that the MCP path does not read the store on every
-/// request. An entry is trusted for `TOKEN_CACHE_SECS` at most; every revocation made
-/// through this instance empties the cache at once. A revocation made elsewhere (the CLI,
-/// another instance) takes effect here within `TOKEN_CACHE_SECS`.
+/// request. An entry is trusted for `TOKEN_CACHE_SECS` at most; it goes at once when its
+/// grant ends or it is revoked, by this instance or (as soon as the store's events arrive)
+/// another one or the CLI.
 pub struct TokenCache {
     entries: crate::cache::TtlCache<TokenInfo>,
 }
@@ -83,6 +83,23 @@ impl TokenCache {
 
     pub fn clear(&self) {
         self.entries.clear();
+    }
+
+    /// Drops what an event ended.
+    pub fn forget(&self, event: &StoreEvent) {
+        match event {
+            StoreEvent::GrantEnded(g) => self
+                .entries
+                .remove_where(|info| info.token.grant_id.as_deref() == Some(g.grant.as_str())),
+            StoreEvent::AccessTokenRevoked { token_hash } => self.entries.remove(token_hash),
+            StoreEvent::UserRemoved { user } => self
+                .entries
+                .remove_where(|info| info.token.user_id.as_deref() == Some(user.as_str())),
+            StoreEvent::ClientRemoved { client } => self
+                .entries
+                .remove_where(|info| info.token.client_id == *client),
+            StoreEvent::Resync => self.entries.clear(),
+        }
     }
 }
 
@@ -131,8 +148,11 @@ impl AuthorizationServer {
         }
     }
 
+    /// An access token, expiring after its lifetime or when its grant must end, whichever
+    /// comes first.
     fn mint_access(
         &self,
+        grant_ends: Option<i64>,
         grant_id: Option<&str>,
         client_id: &str,
         user_id: Option<&str>,
@@ -149,12 +169,17 @@ impl AuthorizationServer {
             resource: resource.to_string(),
             scopes: scopes.to_vec(),
             created_at: now,
-            expires_at: now + self.settings.access_token_ttl,
+            expires_at: (now + self.settings.access_token_ttl).min(grant_ends.unwrap_or(i64::MAX)),
         };
         (token, record)
     }
 
-    fn mint_refresh(&self, grant_id: &str, client_id: &str) -> (String, RefreshTokenRecord) {
+    fn mint_refresh(
+        &self,
+        grant_ends: i64,
+        grant_id: &str,
+        client_id: &str,
+    ) -> (String, RefreshTokenRecord) {
         let now = self.clock.now();
         let token = crypto::new_secret(crypto::REFRESH_TOKEN_PREFIX);
         let record = RefreshTokenRecord {
@@ -162,7 +187,7 @@ impl AuthorizationServer {
             grant_id: grant_id.to_string(),
             client_id: client_id.to_string(),
             created_at: now,
-            expires_at: now + self.settings.refresh_token_ttl,
+            expires_at: (now + self.settings.refresh_token_ttl).min(grant_ends),
             used_at: None,
             successor_hash: None,
             retry_sealed: None,
@@ -212,7 +237,7 @@ impl AuthorizationServer {
             && record.consumed_at.is_some()
         {
             // RFC 6749 §4.1.2 / RFC 9700 §4.5: a replayed code revokes what it issued.
-            self.revoke_grant_after_replay(grant_id, "authorization code")
+            self.revoke_grant_after_replay(grant_id, EndReason::CodeReplayed)
                 .await?;
             return Err(OAuthError::invalid_grant(
                 "the authorization code was used already",
@@ -255,8 +280,11 @@ impl AuthorizationServer {
             scopes: record.scopes.clone(),
             created_at: now,
             revoked_at: None,
+            ended_reason: None,
         };
+        let grant_ends = now + self.settings.grant_max_lifetime;
         let (access, access_rec) = self.mint_access(
+            Some(grant_ends),
             Some(&grant.id),
             &client.client_id,
             Some(&record.user_id),
@@ -265,7 +293,7 @@ impl AuthorizationServer {
         );
         let refresh = client
             .allows_grant("refresh_token")
-            .then(|| self.mint_refresh(&grant.id, &client.client_id));
+            .then(|| self.mint_refresh(grant_ends, &grant.id, &client.client_id));
         match self
             .store
             .redeem_code(
@@ -280,13 +308,13 @@ impl AuthorizationServer {
             RedeemOutcome::Issued => Ok(TokenResponse {
                 access_token: access,
                 token_type: "Bearer".into(),
-                expires_in: self.settings.access_token_ttl,
+                expires_in: access_rec.expires_at - now,
                 refresh_token: refresh.map(|(t, _)| t),
                 scope: record.scopes.join(" "),
             }),
             RedeemOutcome::Replayed { grant_id } => {
                 if let Some(g) = grant_id {
-                    self.revoke_grant_after_replay(&g, "authorization code")
+                    self.revoke_grant_after_replay(&g, EndReason::CodeReplayed)
                         .await?;
                 }
                 Err(OAuthError::invalid_grant(
@@ -302,7 +330,7 @@ impl AuthorizationServer {
     async fn revoke_grant_after_replay(
         &self,
         grant_id: &str,
-        what: &str,
+        reason: EndReason,
     ) -> Result<(), OAuthError> {
         let n = self
             .store
@@ -311,16 +339,16 @@ impl AuthorizationServer {
                     grant_id: Some(grant_id.to_string()),
                     ..Default::default()
                 },
+                reason,
                 self.clock.now(),
             )
             .await?;
         tracing::warn!(
             grant_id,
-            what,
+            %reason,
             revoked = n,
             "replayed credential; grant revoked"
         );
-        self.tokens.clear();
         Ok(())
     }
 
@@ -340,6 +368,22 @@ impl AuthorizationServer {
             Some(g) if g.revoked_at.is_none() => g,
             _ => return Err(OAuthError::invalid_grant("the grant has been revoked")),
         };
+        let grant_ends = grant.created_at + self.settings.grant_max_lifetime;
+        if now >= grant_ends {
+            self.store
+                .revoke_grants(
+                    &GrantFilter {
+                        grant_id: Some(grant.id.clone()),
+                        ..Default::default()
+                    },
+                    EndReason::MaxLifetime,
+                    now,
+                )
+                .await?;
+            return Err(OAuthError::invalid_grant(
+                "the grant reached its maximum lifetime; authorize again",
+            ));
+        }
         self.check_bound_resource(params, &grant.resource)?;
         // Down-scoping is allowed; widening is not (RFC 6749 §6).
         let scopes = match params.get("scope")? {
@@ -359,17 +403,18 @@ impl AuthorizationServer {
             return self.refresh_reused(presented, old).await;
         }
         let (access, access_rec) = self.mint_access(
+            Some(grant_ends),
             Some(&grant.id),
             &client.client_id,
             grant.user_id.as_deref(),
             &grant.resource,
             &scopes,
         );
-        let (refresh, refresh_rec) = self.mint_refresh(&grant.id, &client.client_id);
+        let (refresh, refresh_rec) = self.mint_refresh(grant_ends, &grant.id, &client.client_id);
         let response = TokenResponse {
             access_token: access,
             token_type: "Bearer".into(),
-            expires_in: self.settings.access_token_ttl,
+            expires_in: access_rec.expires_at - now,
             refresh_token: Some(refresh),
             scope: scopes.join(" "),
         };
@@ -438,7 +483,7 @@ impl AuthorizationServer {
             response.expires_in = (response.expires_in - (now - issued_at)).max(1);
             return Ok(response);
         }
-        self.revoke_grant_after_replay(&old.grant_id, "refresh token")
+        self.revoke_grant_after_replay(&old.grant_id, EndReason::RefreshReplayed)
             .await?;
         Err(OAuthError::invalid_grant(
             "the refresh token was used already; the grant has been revoked",
@@ -459,7 +504,7 @@ impl AuthorizationServer {
         let resource = self.resolve_resource(params.all("resource"))?;
         let scopes = self.check_scopes(params.get("scope")?, client)?;
         let (access, record) =
-            self.mint_access(None, &client.client_id, None, &resource.url, &scopes);
+            self.mint_access(None, None, &client.client_id, None, &resource.url, &scopes);
         self.store.insert_access_token(&record).await?;
         Ok(TokenResponse {
             access_token: access,
@@ -492,18 +537,17 @@ impl AuthorizationServer {
                             grant_id: Some(r.grant_id),
                             ..Default::default()
                         },
+                        EndReason::Revoked,
                         now,
                     )
                     .await?;
-                self.tokens.clear();
             }
             return Ok(());
         }
         if let Some(info) = self.store.access_token(&hash, now).await?
             && info.token.client_id == client.client_id
         {
-            self.store.revoke_access_token(&hash).await?;
-            self.tokens.clear();
+            self.store.revoke_access_token(&hash, now).await?;
         }
         Ok(())
     }

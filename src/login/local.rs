@@ -10,7 +10,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use crate::clock::SharedClock;
 use crate::config::LoginConfig;
 use crate::crypto;
-use crate::store::{SharedStore, StoreError, UserRecord};
+use crate::store::{EndReason, SharedStore, StoreError, UserRecord};
 
 /// Argon2id takes 19 MiB per hash. Without a bound, a burst of logins from many addresses
 /// (each under its own throttle) could ask for hundreds of them at once.
@@ -175,7 +175,8 @@ impl LocalAccounts {
             .set_password(&user.id, &hash)
             .await
             .map_err(|e| e.to_string())?;
-        self.end_access(&user, keep_grants).await
+        self.end_access(&user, keep_grants, EndReason::PasswordChanged)
+            .await
     }
 
     /// Disables (or enables again) an account. Disabling ends its browser sessions, and its
@@ -193,7 +194,8 @@ impl LocalAccounts {
             .await
             .map_err(|e| e.to_string())?;
         if disabled {
-            self.end_access(&user, keep_grants).await
+            self.end_access(&user, keep_grants, EndReason::UserDisabled)
+                .await
         } else {
             Ok(0)
         }
@@ -202,13 +204,21 @@ impl LocalAccounts {
     /// Signs a user out of every browser (their grants stay).
     pub async fn end_sessions(&self, username: &str) -> Result<(), String> {
         let user = self.named(username).await?;
-        self.end_access(&user, true).await.map(|_| ())
+        // Grants stay, so the reason is never recorded.
+        self.end_access(&user, true, EndReason::AdminRevoked)
+            .await
+            .map(|_| ())
     }
 
-    async fn end_access(&self, user: &UserRecord, keep_grants: bool) -> Result<u64, String> {
+    async fn end_access(
+        &self,
+        user: &UserRecord,
+        keep_grants: bool,
+        reason: EndReason,
+    ) -> Result<u64, String> {
         let n = self
             .store
-            .end_user_access(&user.id, !keep_grants, self.clock.now())
+            .end_user_access(&user.id, !keep_grants, reason, self.clock.now())
             .await
             .map_err(|e| e.to_string())?;
         tracing::info!(target: "audit", user = ?user.username, grants_revoked = n, "user's sessions ended");

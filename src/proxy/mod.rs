@@ -34,7 +34,7 @@ use crate::clock::SharedClock;
 use crate::config::{Config, ProxyConfig, ToolRule, UpstreamCredentials};
 use crate::crypto;
 use crate::mcp::message;
-use crate::store::SharedStore;
+use crate::store::{SharedStore, StoreEvent};
 
 pub const SESSION_HEADER: &str = "mcp-session-id";
 
@@ -188,7 +188,7 @@ pub struct Proxy {
     /// session is not a store read per call. Only confirmed bindings are kept, and a binding
     /// never changes owner, so the cache can only be stale about a session that has ended
     /// (on another instance), for at most its lifetime — and then the upstream refuses it.
-    sessions_seen: crate::cache::TtlCache<String>,
+    sessions_seen: std::sync::Arc<crate::cache::TtlCache<String>>,
 }
 
 /// How long a confirmed session binding is trusted without asking the store.
@@ -261,13 +261,33 @@ impl Proxy {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let sessions_seen = std::sync::Arc::new(crate::cache::TtlCache::new(
+            SESSION_CACHE_SECS,
+            SESSION_CACHE_MAX,
+        ));
+        {
+            // A removed user's or client's sessions are not theirs to resume anywhere.
+            let seen = sessions_seen.clone();
+            store.on_event(std::sync::Arc::new(move |event| match event {
+                StoreEvent::UserRemoved { user } => {
+                    let owner = format!("user:{user}");
+                    seen.remove_where(|o| *o == owner);
+                }
+                StoreEvent::ClientRemoved { client } => {
+                    let owner = format!("client:{client}");
+                    seen.remove_where(|o| *o == owner);
+                }
+                StoreEvent::Resync => seen.clear(),
+                _ => {}
+            }));
+        }
         Ok(Self {
             client,
             upstreams,
             limits: Limits::new(&config.proxy),
             signer,
             issuer: config.public_url(),
-            sessions_seen: crate::cache::TtlCache::new(SESSION_CACHE_SECS, SESSION_CACHE_MAX),
+            sessions_seen,
             settings: config.proxy.clone(),
             body_timeout: Duration::from_secs(config.server.body_read_timeout_secs),
             store,

@@ -46,18 +46,10 @@ impl Table {
         format!("SELECT {} FROM {}", cols.join(", "), self.name)
     }
 
-    /// `numbered` gives PostgreSQL's `$1, $2…`, otherwise SQLite's `?`.
-    pub fn insert_sql(&self, numbered: bool) -> String {
+    /// Placeholders `$1, $2…`, which both engines read.
+    pub fn insert_sql(&self) -> String {
         let cols: Vec<&str> = self.columns.iter().map(|(c, _)| *c).collect();
-        let marks: Vec<String> = (1..=cols.len())
-            .map(|i| {
-                if numbered {
-                    format!("${i}")
-                } else {
-                    "?".into()
-                }
-            })
-            .collect();
+        let marks: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
         format!(
             "INSERT INTO {} ({}) VALUES ({})",
             self.name,
@@ -110,6 +102,7 @@ pub const TABLES: &[Table] = &[
             ("scopes", Text),
             ("created_at", Int),
             ("revoked_at", Int),
+            ("ended_reason", Text),
         ],
     },
     Table {
@@ -219,6 +212,10 @@ pub const TABLES: &[Table] = &[
     },
 ];
 
+/// Tables whose rows matter only for a moment (events the other instances have heard
+/// within seconds): not copied.
+const TRANSIENT: &[&str] = &["store_events"];
+
 /// How many rows of each table were copied.
 #[derive(Debug, Default)]
 pub struct CopyReport {
@@ -229,6 +226,9 @@ pub struct CopyReport {
 /// describes.
 pub fn check_schema(schema: &[(String, Vec<String>)]) -> StoreResult<()> {
     for (table, columns) in schema {
+        if TRANSIENT.contains(&table.as_str()) {
+            continue;
+        }
         let Some(known) = TABLES.iter().find(|t| t.name == table) else {
             return Err(StoreError::Backend(format!(
                 "the source has a table `{table}` this version cannot copy"

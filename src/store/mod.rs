@@ -4,8 +4,10 @@
 //! several gateway instances on one database cannot both win it.
 
 pub mod copy;
+pub mod events;
 mod postgres;
 mod rows;
+mod shared;
 mod sqlite;
 
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use async_trait::async_trait;
 
 use crate::clock::Timestamp;
 
+pub use events::{EndReason, EventBus, GrantEnded, StoreEvent};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -113,7 +116,9 @@ pub struct GrantRecord {
     pub resource: String,
     pub scopes: Vec<String>,
     pub created_at: Timestamp,
+    /// When it ended (whatever the reason; the column keeps its first name).
     pub revoked_at: Option<Timestamp>,
+    pub ended_reason: Option<EndReason>,
 }
 
 #[derive(Debug, Clone)]
@@ -198,11 +203,16 @@ pub struct SweepCounts {
     pub clients: u64,
     pub counters: u64,
     pub mcp_sessions: u64,
+    pub events: u64,
+    /// Grants ended because nothing live was left of them, or they reached their lifetime.
+    pub grants_ended: u64,
 }
 
+// The store is split by concern, so that a capability depends only on what it uses; `Store`
+// is all of them, for the places (the server's assembly, `store copy`) that need everything.
+
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    // users
+pub trait UserStore: Send + Sync {
     async fn create_user(&self, user: &UserRecord) -> StoreResult<()>;
     async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>>;
     async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>>;
@@ -214,15 +224,16 @@ pub trait Store: Send + Sync + 'static {
         email: Option<&str>,
         groups: &[String],
     ) -> StoreResult<bool>;
-    /// Deletes the user and everything issued to them.
+    /// Deletes the user and everything issued to them; their grants end (`UserRemoved`).
     async fn delete_user(&self, user_id: &str, now: Timestamp) -> StoreResult<bool>;
     /// Ends what a user's past sign-ins hold, in one transaction: their browser sessions,
     /// unfinished authorization requests and unused codes, and with `revoke_grants` their
-    /// grants and tokens. Returns how many grants were revoked.
+    /// grants (for `reason`). Returns how many grants ended.
     async fn end_user_access(
         &self,
         user_id: &str,
         revoke_grants: bool,
+        reason: EndReason,
         now: Timestamp,
     ) -> StoreResult<u64>;
     async fn set_user_disabled(
@@ -231,25 +242,34 @@ pub trait Store: Send + Sync + 'static {
         disabled_at: Option<Timestamp>,
     ) -> StoreResult<bool>;
     async fn count_users(&self) -> StoreResult<i64>;
+}
 
-    // clients
+#[async_trait]
+pub trait ClientStore: Send + Sync {
     /// Inserts a dynamically registered client unless `max_clients` are already stored.
     async fn register_client(&self, client: &ClientRecord, max_clients: i64) -> StoreResult<()>;
     async fn client(&self, client_id: &str) -> StoreResult<Option<ClientRecord>>;
     async fn list_clients(&self) -> StoreResult<Vec<ClientRecord>>;
-    /// Deletes a client with its grants, tokens and consents.
+    /// Deletes a client with its codes and consents; its grants end (`ClientRemoved`).
     async fn delete_client(&self, client_id: &str, now: Timestamp) -> StoreResult<bool>;
     async fn touch_client(&self, client_id: &str, now: Timestamp) -> StoreResult<()>;
+}
 
-    // authorization requests in flight
+/// Authorization requests in flight and the codes they end in.
+#[async_trait]
+pub trait AuthorizationStore: Send + Sync {
     async fn put_pending(&self, p: &PendingAuthorization) -> StoreResult<()>;
     async fn pending(&self, id: &str, now: Timestamp) -> StoreResult<Option<PendingAuthorization>>;
     async fn set_pending_user(&self, id: &str, user_id: &str) -> StoreResult<()>;
     async fn delete_pending(&self, id: &str) -> StoreResult<()>;
-
-    // codes and tokens
     async fn insert_code(&self, code: &AuthCodeRecord) -> StoreResult<()>;
     async fn code(&self, code_hash: &str) -> StoreResult<Option<AuthCodeRecord>>;
+}
+
+/// Grants and the tokens they issue. Every end of a grant happens here, atomically, and is
+/// published as one [`GrantEnded`].
+#[async_trait]
+pub trait GrantStore: Send + Sync {
     /// Atomically: mark the code used (only if unused and unexpired), create the grant and its
     /// first tokens, and link the code to the grant.
     async fn redeem_code(
@@ -271,14 +291,14 @@ pub trait Store: Send + Sync + 'static {
         token_hash: &str,
         now: Timestamp,
     ) -> StoreResult<Option<RefreshTokenRecord>>;
-    /// Atomically: consume `old_hash` (only if unused, unexpired and its grant live), store
-    /// its successors and the sealed retry answer.
     /// A live (unexpired) refresh token and its grant, in one read: the refresh hot path.
     async fn refresh_token_and_grant(
         &self,
         token_hash: &str,
         now: Timestamp,
     ) -> StoreResult<Option<(RefreshTokenRecord, Option<GrantRecord>)>>;
+    /// Atomically: consume `old_hash` (only if unused, unexpired and its grant live), store
+    /// its successors and the sealed retry answer.
     async fn rotate_refresh(
         &self,
         old_hash: &str,
@@ -288,20 +308,34 @@ pub trait Store: Send + Sync + 'static {
         retry_sealed: &[u8],
         retry_until: Timestamp,
     ) -> StoreResult<RotateOutcome>;
-    async fn revoke_access_token(&self, token_hash: &str) -> StoreResult<bool>;
-
-    // grants
+    async fn revoke_access_token(&self, token_hash: &str, now: Timestamp) -> StoreResult<bool>;
     async fn grant(&self, grant_id: &str) -> StoreResult<Option<GrantRecord>>;
     async fn list_grants(
         &self,
         filter: &GrantFilter,
         include_revoked: bool,
     ) -> StoreResult<Vec<GrantRecord>>;
-    /// Revokes matching grants, deletes every token they issued and the matching remembered
-    /// consents. Returns how many grants were revoked.
-    async fn revoke_grants(&self, filter: &GrantFilter, now: Timestamp) -> StoreResult<u64>;
+    /// Ends the matching live grants for `reason`: deletes every token they issued and the
+    /// matching remembered consents. Returns how many grants ended.
+    async fn revoke_grants(
+        &self,
+        filter: &GrantFilter,
+        reason: EndReason,
+        now: Timestamp,
+    ) -> StoreResult<u64>;
+    /// What this process hears of ended grants and revoked tokens: its own, and once
+    /// `hear_other_instances` was called, every other instance's on the same store.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreEvent>;
+    /// Like `subscribe`, but `listener` is called as each event is published, before the
+    /// call that ended the grant returns: for caches.
+    fn on_event(&self, listener: events::Listener);
+    /// Starts (once) hearing what other instances and processes end: PostgreSQL's `LISTEN`,
+    /// or a poll of SQLite's events table. A serving gateway calls it; the CLI does not.
+    fn hear_other_instances(&self);
+}
 
-    // consent
+#[async_trait]
+pub trait ConsentStore: Send + Sync {
     async fn has_consent(
         &self,
         user_id: &str,
@@ -319,8 +353,11 @@ pub trait Store: Send + Sync + 'static {
         scopes: &[String],
         now: Timestamp,
     ) -> StoreResult<()>;
+}
 
-    // browser sessions at the authorization server
+/// Browser sessions at the authorization server.
+#[async_trait]
+pub trait BrowserSessionStore: Send + Sync {
     async fn put_session(
         &self,
         id_hash: &str,
@@ -330,8 +367,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     async fn session_user(&self, id_hash: &str, now: Timestamp) -> StoreResult<Option<String>>;
     async fn delete_session(&self, id_hash: &str) -> StoreResult<()>;
+}
 
-    // MCP sessions bound to their owners
+/// MCP sessions bound to their owners.
+#[async_trait]
+pub trait McpSessionStore: Send + Sync {
     /// Binds a session id (hashed) of an upstream to its owner; an existing binding is kept
     /// (its owner never changes).
     async fn bind_session(
@@ -351,8 +391,11 @@ pub trait Store: Send + Sync + 'static {
         expires_at: Timestamp,
     ) -> StoreResult<Option<String>>;
     async fn unbind_session(&self, upstream: &str, session_hash: &str) -> StoreResult<()>;
+}
 
-    // signing keys
+/// Signing keys.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
     /// Live (not retired) signing keys, newest first: (kid, private key as stored — PKCS#8,
     /// or an envelope of it under an encryption key —, created_at).
     async fn signing_keys(&self) -> StoreResult<Vec<(String, Vec<u8>, Timestamp)>>;
@@ -371,37 +414,67 @@ pub trait Store: Send + Sync + 'static {
         pkcs8: &[u8],
         now: Timestamp,
     ) -> StoreResult<()>;
+}
 
-    // counters for throttling, shared by every instance on the same store
+/// Counters for throttling, shared by every instance on the same store.
+#[async_trait]
+pub trait ThrottleStore: Send + Sync {
     /// Adds one to `key` in the window starting at `window_start`; returns the new count.
     async fn hit(&self, key: &str, window_start: Timestamp) -> StoreResult<i64>;
     async fn hits(&self, key: &str, window_start: Timestamp) -> StoreResult<i64>;
     async fn clear_hits(&self, key: &str) -> StoreResult<()>;
     /// Gives back one hit of the window (a reserved attempt that succeeded); never below 0.
     async fn unhit(&self, key: &str, window_start: Timestamp) -> StoreResult<()>;
+}
 
-    /// Revocations made by any instance on this store, as they happen (each event means
-    /// "something was revoked; drop cached tokens"). `None` when the engine cannot tell
-    /// (one SQLite file has one gateway, which sees its own revocations).
-    async fn watch_revocations(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {
-        None
-    }
-
-    // whole tables, for `store copy`
+/// Whole tables (`store copy`) and the periodic sweep.
+#[async_trait]
+pub trait MaintenanceStore: Send + Sync {
     /// Every table with its columns, as the database reports them.
     async fn schema(&self) -> StoreResult<Vec<(String, Vec<String>)>>;
     async fn count_rows(&self, table: &copy::Table) -> StoreResult<i64>;
     async fn export_rows(&self, table: &copy::Table) -> StoreResult<Vec<copy::Row>>;
     /// Inserts the rows in one transaction: all of them or none.
     async fn import_rows(&self, data: &[(&copy::Table, Vec<copy::Row>)]) -> StoreResult<()>;
-
-    /// Deletes what has expired, and dynamically registered clients unused since before
-    /// `unused_client_cutoff`.
+    /// Deletes what has expired and dynamically registered clients unused since before
+    /// `unused_client_cutoff`; ends grants with nothing live left (`Expired`) and, with
+    /// `grants_born_before`, those created before it (`MaxLifetime`).
     async fn sweep(
         &self,
         now: Timestamp,
         unused_client_cutoff: Timestamp,
+        grants_born_before: Option<Timestamp>,
     ) -> StoreResult<SweepCounts>;
+}
+
+pub trait Store:
+    UserStore
+    + ClientStore
+    + AuthorizationStore
+    + GrantStore
+    + ConsentStore
+    + BrowserSessionStore
+    + McpSessionStore
+    + KeyStore
+    + ThrottleStore
+    + MaintenanceStore
+    + 'static
+{
+}
+
+impl<T> Store for T where
+    T: UserStore
+        + ClientStore
+        + AuthorizationStore
+        + GrantStore
+        + ConsentStore
+        + BrowserSessionStore
+        + McpSessionStore
+        + KeyStore
+        + ThrottleStore
+        + MaintenanceStore
+        + 'static
+{
 }
 
 pub type SharedStore = Arc<dyn Store>;

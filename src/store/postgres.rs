@@ -16,6 +16,8 @@ use super::*;
 
 pub struct PostgresStore {
     pool: PgPool,
+    bus: EventBus,
+    following: std::sync::Once,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -70,653 +72,30 @@ impl PostgresStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            bus: EventBus::new(),
+            following: std::sync::Once::new(),
+        })
+    }
+
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn bus(&self) -> &EventBus {
+        &self.bus
     }
 
     async fn write_tx(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Postgres>> {
         self.pool.begin().await.map_err(backend)
     }
-}
 
-const REVOCATIONS_CHANNEL: &str = "mog_revocations";
-
-/// Serializes one kind of write across every instance, until the transaction ends.
-async fn xact_lock(
-    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-    name: &str,
-) -> StoreResult<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-        .bind(name)
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
-    Ok(())
-}
-
-super::rows::row_mappers!(PgRow);
-super::rows::table_copy!(
-    sqlx::Postgres,
-    PgPool,
-    true,
-    "SELECT table_name::text, column_name::text FROM information_schema.columns \
-     WHERE table_schema = current_schema() AND table_name <> '_sqlx_migrations' \
-     ORDER BY table_name, ordinal_position"
-);
-
-async fn insert_access<'e, E>(ex: E, t: &AccessTokenRecord) -> Result<(), sqlx::Error>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Postgres>,
-{
-    sqlx::query(
-        "INSERT INTO access_tokens (token_hash, grant_id, client_id, user_id, resource, scopes, created_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(&t.token_hash)
-    .bind(&t.grant_id)
-    .bind(&t.client_id)
-    .bind(&t.user_id)
-    .bind(&t.resource)
-    .bind(join_scopes(&t.scopes))
-    .bind(t.created_at)
-    .bind(t.expires_at)
-    .execute(ex)
-    .await
-    .map(|_| ())
-}
-
-async fn insert_refresh<'e, E>(ex: E, t: &RefreshTokenRecord) -> Result<(), sqlx::Error>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Postgres>,
-{
-    sqlx::query(
-        "INSERT INTO refresh_tokens (token_hash, grant_id, client_id, created_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(&t.token_hash)
-    .bind(&t.grant_id)
-    .bind(&t.client_id)
-    .bind(t.created_at)
-    .bind(t.expires_at)
-    .execute(ex)
-    .await
-    .map(|_| ())
-}
-
-/// The WHERE clause and its values for a grant filter, placeholders numbered from `first`;
-/// values are bound, never spliced.
-fn grant_where(f: &GrantFilter, first: usize) -> (String, Vec<String>) {
-    let mut clauses = vec!["TRUE".to_string()];
-    let mut binds = Vec::new();
-    for (column, value) in [
-        ("id", &f.grant_id),
-        ("user_id", &f.user_id),
-        ("client_id", &f.client_id),
-    ] {
-        if let Some(v) = value {
-            clauses.push(format!("{column} = ${}", first + binds.len()));
-            binds.push(v.clone());
-        }
-    }
-    (clauses.join(" AND "), binds)
-}
-
-/// Ends what a user's sign-ins hold, inside `tx`: browser sessions, unfinished requests and
-/// codes (only unused ones when `unused_codes_only`, so replays of used ones stay detectable),
-/// and with `revoke_grants` the grants. Returns how many grants were revoked.
-async fn end_user_access_in(
-    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-    user_id: &str,
-    revoke_grants: bool,
-    unused_codes_only: bool,
-    now: Timestamp,
-) -> Result<u64, sqlx::Error> {
-    let mut revoked = 0;
-    if revoke_grants {
-        let filter = GrantFilter {
-            user_id: Some(user_id.to_string()),
-            ..Default::default()
-        };
-        revoked = revoke_grants_in(tx, &filter, now).await?;
-    }
-    let codes = if unused_codes_only {
-        "DELETE FROM auth_codes WHERE user_id = $1 AND consumed_at IS NULL"
-    } else {
-        "DELETE FROM auth_codes WHERE user_id = $1"
-    };
-    for sql in [
-        "DELETE FROM browser_sessions WHERE user_id = $1",
-        codes,
-        "DELETE FROM pending_authorizations WHERE user_id = $1",
-    ] {
-        sqlx::query(sql).bind(user_id).execute(&mut **tx).await?;
-    }
-    Ok(revoked)
-}
-
-async fn revoke_grants_in(
-    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-    f: &GrantFilter,
-    now: Timestamp,
-) -> Result<u64, sqlx::Error> {
-    let (w, binds) = grant_where(f, 2);
-    let sql =
-        format!("UPDATE grants SET revoked_at = $1 WHERE revoked_at IS NULL AND {w} RETURNING id");
-    let mut q = sqlx::query(&sql).bind(now);
-    for b in &binds {
-        q = q.bind(b);
-    }
-    let ids: Vec<String> = q
-        .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<String, _>("id"))
-        .collect::<Result<_, _>>()?;
-    // Tokens of grants revoked earlier are gone already; delete those of every match.
-    let (w, _) = grant_where(f, 1);
-    let sql_tokens = format!("SELECT id FROM grants WHERE {w}");
-    let mut q = sqlx::query(&sql_tokens);
-    for b in &binds {
-        q = q.bind(b);
-    }
-    let all: Vec<String> = q
-        .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<String, _>("id"))
-        .collect::<Result<_, _>>()?;
-    for id in &all {
-        sqlx::query("DELETE FROM access_tokens WHERE grant_id = $1")
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query("DELETE FROM refresh_tokens WHERE grant_id = $1")
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
-    }
-    if f.grant_id.is_none() {
-        // Client-credentials tokens belong to no grant; revoking by client covers them.
-        if let (Some(c), None) = (&f.client_id, &f.user_id) {
-            sqlx::query("DELETE FROM access_tokens WHERE client_id = $1 AND grant_id IS NULL")
-                .bind(c)
-                .execute(&mut **tx)
-                .await?;
-        }
-        let mut sql = "DELETE FROM consents WHERE TRUE".to_string();
-        let mut n = 0;
-        if f.user_id.is_some() {
-            n += 1;
-            sql.push_str(&format!(" AND user_id = ${n}"));
-        }
-        if f.client_id.is_some() {
-            n += 1;
-            sql.push_str(&format!(" AND client_id = ${n}"));
-        }
-        let mut q = sqlx::query(&sql);
-        if let Some(u) = &f.user_id {
-            q = q.bind(u);
-        }
-        if let Some(c) = &f.client_id {
-            q = q.bind(c);
-        }
-        q.execute(&mut **tx).await?;
-    } else {
-        // Revoking one grant forgets the consent that would silently re-create it.
-        for id in &all {
-            sqlx::query(
-                "DELETE FROM consents WHERE EXISTS (SELECT 1 FROM grants g WHERE g.id = $1
-                   AND g.user_id = consents.user_id AND g.client_id = consents.client_id
-                   AND g.resource = consents.resource)",
-            )
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
-        }
-    }
-    // Delivered at commit to every instance's listener, which drops its cached tokens.
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(REVOCATIONS_CHANNEL)
-        .execute(&mut **tx)
-        .await?;
-    Ok(ids.len() as u64)
-}
-
-#[async_trait]
-impl Store for PostgresStore {
-    async fn create_user(&self, u: &UserRecord) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO users (id, username, password_hash, created_at, email, groups) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&u.id)
-        .bind(&u.username)
-        .bind(&u.password_hash)
-        .bind(u.created_at)
-        .bind(&u.email)
-        .bind(u.groups.join(" "))
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(())
-    }
-
-    async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
-        let row = sqlx::query("SELECT * FROM users WHERE username = $1")
-            .bind(username)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        row.as_ref().map(user_from).transpose().map_err(backend)
-    }
-
-    async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>> {
-        let row = sqlx::query("SELECT * FROM users WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        row.as_ref().map(user_from).transpose().map_err(backend)
-    }
-
-    async fn list_users(&self) -> StoreResult<Vec<UserRecord>> {
-        let rows = sqlx::query("SELECT * FROM users ORDER BY username")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
-        rows.iter()
-            .map(user_from)
-            .collect::<Result<_, _>>()
-            .map_err(backend)
-    }
-
-    async fn set_password(&self, user_id: &str, password_hash: &str) -> StoreResult<bool> {
-        let r = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
-            .bind(password_hash)
-            .bind(user_id)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    async fn set_profile(
-        &self,
-        user_id: &str,
-        email: Option<&str>,
-        groups: &[String],
-    ) -> StoreResult<bool> {
-        let r = sqlx::query("UPDATE users SET email = $1, groups = $2 WHERE id = $3")
-            .bind(email)
-            .bind(groups.join(" "))
-            .bind(user_id)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    async fn delete_user(&self, user_id: &str, now: Timestamp) -> StoreResult<bool> {
-        let mut tx = self.write_tx().await?;
-        let r = sqlx::query("DELETE FROM users WHERE id = $1")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        end_user_access_in(&mut tx, user_id, true, false, now)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    async fn end_user_access(
-        &self,
-        user_id: &str,
-        revoke_grants: bool,
-        now: Timestamp,
-    ) -> StoreResult<u64> {
-        let mut tx = self.write_tx().await?;
-        let revoked = end_user_access_in(&mut tx, user_id, revoke_grants, true, now)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
-        Ok(revoked)
-    }
-
-    async fn set_user_disabled(
-        &self,
-        user_id: &str,
-        disabled_at: Option<Timestamp>,
-    ) -> StoreResult<bool> {
-        let r = sqlx::query("UPDATE users SET disabled_at = $1 WHERE id = $2")
-            .bind(disabled_at)
-            .bind(user_id)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    async fn count_users(&self) -> StoreResult<i64> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM users")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(backend)
-    }
-
-    async fn register_client(&self, c: &ClientRecord, max_clients: i64) -> StoreResult<()> {
-        let mut tx = self.write_tx().await?;
-        xact_lock(&mut tx, "mog:clients").await?;
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM clients")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
-        if count >= max_clients {
-            return Err(StoreError::ClientLimit);
-        }
-        sqlx::query(
-            "INSERT INTO clients (client_id, secret_hash, client_name, redirect_uris, token_endpoint_auth_method,
-                grant_types, scope, metadata, registered_ip, created_at, last_used_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(&c.client_id)
-        .bind(&c.secret_hash)
-        .bind(&c.client_name)
-        .bind(serde_json::to_string(&c.redirect_uris).unwrap_or_else(|_| "[]".into()))
-        .bind(&c.token_endpoint_auth_method)
-        .bind(c.grant_types.join(" "))
-        .bind(c.scope.as_ref().map(|s| join_scopes(s)))
-        .bind(c.metadata.to_string())
-        .bind(&c.registered_ip)
-        .bind(c.created_at)
-        .bind(c.last_used_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        tx.commit().await.map_err(backend)
-    }
-
-    async fn client(&self, client_id: &str) -> StoreResult<Option<ClientRecord>> {
-        let row = sqlx::query("SELECT * FROM clients WHERE client_id = $1")
-            .bind(client_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        row.as_ref().map(client_from).transpose().map_err(backend)
-    }
-
-    async fn list_clients(&self) -> StoreResult<Vec<ClientRecord>> {
-        let rows = sqlx::query("SELECT * FROM clients ORDER BY created_at")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
-        rows.iter()
-            .map(client_from)
-            .collect::<Result<_, _>>()
-            .map_err(backend)
-    }
-
-    async fn delete_client(&self, client_id: &str, now: Timestamp) -> StoreResult<bool> {
-        let mut tx = self.write_tx().await?;
-        let r = sqlx::query("DELETE FROM clients WHERE client_id = $1")
-            .bind(client_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        let filter = GrantFilter {
-            client_id: Some(client_id.to_string()),
-            ..Default::default()
-        };
-        revoke_grants_in(&mut tx, &filter, now)
-            .await
-            .map_err(backend)?;
-        sqlx::query("DELETE FROM auth_codes WHERE client_id = $1")
-            .bind(client_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    async fn touch_client(&self, client_id: &str, now: Timestamp) -> StoreResult<()> {
-        sqlx::query("UPDATE clients SET last_used_at = $1 WHERE client_id = $2 AND (last_used_at IS NULL OR last_used_at < $3)")
-            .bind(now)
-            .bind(client_id)
-            .bind(now - 60)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    async fn put_pending(&self, p: &PendingAuthorization) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO pending_authorizations (id, client_id, redirect_uri, redirect_given, scopes, resource, state,
-                code_challenge, csrf_token, binding_hash, user_id, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(&p.id)
-        .bind(&p.client_id)
-        .bind(&p.redirect_uri)
-        .bind(p.redirect_given)
-        .bind(join_scopes(&p.scopes))
-        .bind(&p.resource)
-        .bind(&p.state)
-        .bind(&p.code_challenge)
-        .bind(&p.csrf_token)
-        .bind(&p.binding_hash)
-        .bind(&p.user_id)
-        .bind(p.created_at)
-        .bind(p.expires_at)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(())
-    }
-
-    async fn pending(&self, id: &str, now: Timestamp) -> StoreResult<Option<PendingAuthorization>> {
-        let row =
-            sqlx::query("SELECT * FROM pending_authorizations WHERE id = $1 AND expires_at > $2")
-                .bind(id)
-                .bind(now)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)?;
-        row.as_ref().map(pending_from).transpose().map_err(backend)
-    }
-
-    async fn set_pending_user(&self, id: &str, user_id: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE pending_authorizations SET user_id = $1 WHERE id = $2")
-            .bind(user_id)
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    async fn delete_pending(&self, id: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM pending_authorizations WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    async fn insert_code(&self, c: &AuthCodeRecord) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO auth_codes (code_hash, client_id, user_id, redirect_uri, redirect_given, resource, scopes,
-                code_challenge, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&c.code_hash)
-        .bind(&c.client_id)
-        .bind(&c.user_id)
-        .bind(&c.redirect_uri)
-        .bind(c.redirect_given)
-        .bind(&c.resource)
-        .bind(join_scopes(&c.scopes))
-        .bind(&c.code_challenge)
-        .bind(c.created_at)
-        .bind(c.expires_at)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(())
-    }
-
-    async fn code(&self, code_hash: &str) -> StoreResult<Option<AuthCodeRecord>> {
-        let row = sqlx::query("SELECT * FROM auth_codes WHERE code_hash = $1")
-            .bind(code_hash)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        row.as_ref().map(code_from).transpose().map_err(backend)
-    }
-
-    async fn redeem_code(
-        &self,
-        code_hash: &str,
-        now: Timestamp,
-        grant: &GrantRecord,
-        access: &AccessTokenRecord,
-        refresh: Option<&RefreshTokenRecord>,
-    ) -> StoreResult<RedeemOutcome> {
-        let mut tx = self.write_tx().await?;
-        let won = sqlx::query(
-            "UPDATE auth_codes SET consumed_at = $1, grant_id = $2
-             WHERE code_hash = $3 AND consumed_at IS NULL AND expires_at > $4",
-        )
-        .bind(now)
-        .bind(&grant.id)
-        .bind(code_hash)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?
-        .rows_affected()
-            == 1;
-        if !won {
-            let row =
-                sqlx::query("SELECT consumed_at, grant_id FROM auth_codes WHERE code_hash = $1")
-                    .bind(code_hash)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-            tx.rollback().await.map_err(backend)?;
-            return Ok(match row {
-                Some(r)
-                    if r.try_get::<Option<i64>, _>("consumed_at")
-                        .map_err(backend)?
-                        .is_some() =>
-                {
-                    RedeemOutcome::Replayed {
-                        grant_id: r.try_get("grant_id").map_err(backend)?,
-                    }
-                }
-                _ => RedeemOutcome::Invalid,
-            });
-        }
-        sqlx::query(
-            "INSERT INTO grants (id, user_id, client_id, resource, scopes, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&grant.id)
-        .bind(&grant.user_id)
-        .bind(&grant.client_id)
-        .bind(&grant.resource)
-        .bind(join_scopes(&grant.scopes))
-        .bind(grant.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        insert_access(&mut *tx, access).await.map_err(backend)?;
-        if let Some(r) = refresh {
-            insert_refresh(&mut *tx, r).await.map_err(backend)?;
-        }
-        sqlx::query("UPDATE clients SET last_used_at = $1 WHERE client_id = $2")
-            .bind(now)
-            .bind(&grant.client_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
-        Ok(RedeemOutcome::Issued)
-    }
-
-    async fn insert_access_token(&self, t: &AccessTokenRecord) -> StoreResult<()> {
-        insert_access(&self.pool, t).await.map_err(backend)
-    }
-
-    async fn access_token(
-        &self,
-        token_hash: &str,
-        now: Timestamp,
-    ) -> StoreResult<Option<TokenInfo>> {
-        let row = sqlx::query(
-            "SELECT t.*, u.username AS username, u.email AS email, u.groups AS user_groups FROM access_tokens t
-             LEFT JOIN users u ON u.id = t.user_id
-             WHERE t.token_hash = $1 AND t.expires_at > $2",
-        )
-        .bind(token_hash)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        match row {
-            None => Ok(None),
-            Some(r) => Ok(Some(TokenInfo {
-                token: access_from(&r).map_err(backend)?,
-                username: r.try_get("username").map_err(backend)?,
-                email: r.try_get("email").map_err(backend)?,
-                groups: r
-                    .try_get::<Option<String>, _>("user_groups")
-                    .map_err(backend)?
-                    .as_deref()
-                    .map(split_scopes)
-                    .unwrap_or_default(),
-            })),
-        }
-    }
-
-    async fn refresh_token(
-        &self,
-        token_hash: &str,
-        now: Timestamp,
-    ) -> StoreResult<Option<RefreshTokenRecord>> {
-        let row =
-            sqlx::query("SELECT * FROM refresh_tokens WHERE token_hash = $1 AND expires_at > $2")
-                .bind(token_hash)
-                .bind(now)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)?;
-        row.as_ref().map(refresh_from).transpose().map_err(backend)
-    }
-
-    async fn refresh_token_and_grant(
-        &self,
-        token_hash: &str,
-        now: Timestamp,
-    ) -> StoreResult<Option<(RefreshTokenRecord, Option<GrantRecord>)>> {
-        let sql = format!(
-            "SELECT {} FROM refresh_tokens r LEFT JOIN grants g ON g.id = r.grant_id
-             WHERE r.token_hash = $1 AND r.expires_at > $2",
-            super::rows::REFRESH_AND_GRANT_COLUMNS
-        );
-        let row = sqlx::query(&sql)
-            .bind(token_hash)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        row.as_ref()
-            .map(refresh_and_grant_from)
-            .transpose()
-            .map_err(backend)
-    }
-
-    async fn rotate_refresh(
+    async fn rotate_won(
         &self,
         old_hash: &str,
         now: Timestamp,
@@ -724,7 +103,7 @@ impl Store for PostgresStore {
         refresh: &RefreshTokenRecord,
         retry_sealed: &[u8],
         retry_until: Timestamp,
-    ) -> StoreResult<RotateOutcome> {
+    ) -> StoreResult<bool> {
         // One statement, so one round trip: the successors are inserted only if the update
         // won the old token (under READ COMMITTED a concurrent loser re-checks the row after
         // the winner commits and finds it used).
@@ -763,476 +142,94 @@ impl Store for PostgresStore {
         .fetch_one(&self.pool)
         .await
         .map_err(backend)?;
-        if won == 1 {
-            return Ok(RotateOutcome::Rotated);
-        }
-        let mut tx = self.write_tx().await?;
-        let row = sqlx::query(
-            "SELECT * FROM refresh_tokens WHERE token_hash = $1 AND used_at IS NOT NULL",
-        )
-        .bind(old_hash)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(backend)?;
-        let outcome = match row {
-            None => RotateOutcome::Invalid,
-            Some(r) => {
-                let record = refresh_from(&r).map_err(backend)?;
-                let successor_used = match &record.successor_hash {
-                    Some(s) => sqlx::query_scalar::<_, i64>(
-                        "SELECT COUNT(*) FROM refresh_tokens WHERE token_hash = $1 AND used_at IS NULL",
-                    )
-                    .bind(s)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(backend)?
-                        == 0,
-                    None => true,
-                };
-                RotateOutcome::AlreadyUsed {
-                    record,
-                    successor_used,
-                }
-            }
+        Ok(won == 1)
+    }
+
+    /// Starts (once) listening for what other instances publish: each notification is heard
+    /// by this process's subscribers; after a lost connection, a `Resync`, since anything may
+    /// have been missed meanwhile.
+    fn follow_other_instances(&self) {
+        self.following.call_once(|| {
+            tokio::spawn(listen(self.pool.clone(), self.bus.clone()));
+        });
+    }
+}
+
+const EVENTS_CHANNEL: &str = "mog_events";
+
+async fn listen(pool: PgPool, bus: EventBus) {
+    loop {
+        let listener = async {
+            let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            l.listen(EVENTS_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
         };
-        tx.rollback().await.map_err(backend)?;
-        Ok(outcome)
-    }
-
-    async fn revoke_access_token(&self, token_hash: &str) -> StoreResult<bool> {
-        let r = sqlx::query("DELETE FROM access_tokens WHERE token_hash = $1")
-            .bind(token_hash)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(REVOCATIONS_CHANNEL)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    async fn grant(&self, grant_id: &str) -> StoreResult<Option<GrantRecord>> {
-        let row = sqlx::query("SELECT * FROM grants WHERE id = $1")
-            .bind(grant_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        row.as_ref().map(grant_from).transpose().map_err(backend)
-    }
-
-    async fn list_grants(
-        &self,
-        filter: &GrantFilter,
-        include_revoked: bool,
-    ) -> StoreResult<Vec<GrantRecord>> {
-        let (w, binds) = grant_where(filter, 1);
-        let live = if include_revoked {
-            ""
-        } else {
-            " AND revoked_at IS NULL"
-        };
-        let sql = format!("SELECT * FROM grants WHERE {w}{live} ORDER BY created_at");
-        let mut q = sqlx::query(&sql);
-        for b in &binds {
-            q = q.bind(b);
-        }
-        let rows = q.fetch_all(&self.pool).await.map_err(backend)?;
-        rows.iter()
-            .map(grant_from)
-            .collect::<Result<_, _>>()
-            .map_err(backend)
-    }
-
-    async fn revoke_grants(&self, filter: &GrantFilter, now: Timestamp) -> StoreResult<u64> {
-        let mut tx = self.write_tx().await?;
-        let n = revoke_grants_in(&mut tx, filter, now)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
-        Ok(n)
-    }
-
-    async fn has_consent(
-        &self,
-        user_id: &str,
-        client_id: &str,
-        redirect_uri: &str,
-        resource: &str,
-        scopes: &[String],
-    ) -> StoreResult<bool> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM consents WHERE user_id = $1 AND client_id = $2 AND redirect_uri = $3 AND resource = $4 AND scopes = $5",
-        )
-        .bind(user_id)
-        .bind(client_id)
-        .bind(redirect_uri)
-        .bind(resource)
-        .bind(canonical_scopes(scopes))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(n > 0)
-    }
-
-    async fn put_consent(
-        &self,
-        user_id: &str,
-        client_id: &str,
-        redirect_uri: &str,
-        resource: &str,
-        scopes: &[String],
-        now: Timestamp,
-    ) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO consents (user_id, client_id, redirect_uri, resource, scopes, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        )
-        .bind(user_id)
-        .bind(client_id)
-        .bind(redirect_uri)
-        .bind(resource)
-        .bind(canonical_scopes(scopes))
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(())
-    }
-
-    async fn put_session(
-        &self,
-        id_hash: &str,
-        user_id: &str,
-        now: Timestamp,
-        expires_at: Timestamp,
-    ) -> StoreResult<()> {
-        sqlx::query("INSERT INTO browser_sessions (id_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
-            .bind(id_hash)
-            .bind(user_id)
-            .bind(now)
-            .bind(expires_at)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    async fn session_user(&self, id_hash: &str, now: Timestamp) -> StoreResult<Option<String>> {
-        sqlx::query_scalar(
-            "SELECT user_id FROM browser_sessions WHERE id_hash = $1 AND expires_at > $2",
-        )
-        .bind(id_hash)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)
-    }
-
-    async fn delete_session(&self, id_hash: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM browser_sessions WHERE id_hash = $1")
-            .bind(id_hash)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    async fn bind_session(
-        &self,
-        upstream: &str,
-        session_hash: &str,
-        owner: &str,
-        now: Timestamp,
-        expires_at: Timestamp,
-    ) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO mcp_sessions (upstream, session_hash, owner, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (upstream, session_hash) DO NOTHING",
-        )
-        .bind(upstream)
-        .bind(session_hash)
-        .bind(owner)
-        .bind(now)
-        .bind(expires_at)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(())
-    }
-
-    async fn session_owner(
-        &self,
-        upstream: &str,
-        session_hash: &str,
-        now: Timestamp,
-        expires_at: Timestamp,
-    ) -> StoreResult<Option<String>> {
-        let row = sqlx::query("SELECT owner, expires_at FROM mcp_sessions WHERE upstream = $1 AND session_hash = $2 AND expires_at > $3")
-            .bind(upstream)
-            .bind(session_hash)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        let Some(row) = row else { return Ok(None) };
-        let owner: String = row.try_get("owner").map_err(backend)?;
-        let current: i64 = row.try_get("expires_at").map_err(backend)?;
-        // Extend only once half the lifetime is used, so a busy session is not a write per call.
-        if current - now < (expires_at - now) / 2 {
-            sqlx::query(
-                "UPDATE mcp_sessions SET expires_at = $1 WHERE upstream = $2 AND session_hash = $3",
-            )
-            .bind(expires_at)
-            .bind(upstream)
-            .bind(session_hash)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        }
-        Ok(Some(owner))
-    }
-
-    async fn unbind_session(&self, upstream: &str, session_hash: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM mcp_sessions WHERE upstream = $1 AND session_hash = $2")
-            .bind(upstream)
-            .bind(session_hash)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    async fn signing_keys(&self) -> StoreResult<Vec<(String, Vec<u8>, Timestamp)>> {
-        let rows = sqlx::query("SELECT kid, pkcs8, created_at FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC, kid")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("kid")?,
-                    r.try_get("pkcs8")?,
-                    r.try_get("created_at")?,
-                ))
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(backend)
-    }
-
-    async fn add_signing_key(&self, kid: &str, pkcs8: &[u8], now: Timestamp) -> StoreResult<()> {
-        sqlx::query("INSERT INTO signing_keys (kid, pkcs8, created_at) VALUES ($1, $2, $3)")
-            .bind(kid)
-            .bind(pkcs8)
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    async fn retire_signing_key(&self, kid: &str, now: Timestamp) -> StoreResult<bool> {
-        let r = sqlx::query(
-            "UPDATE signing_keys SET retired_at = $1, pkcs8 = $2 WHERE kid = $3 AND retired_at IS NULL",
-        )
-        .bind(now)
-        .bind(&[] as &[u8])
-        .bind(kid)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    async fn reseal_signing_key(&self, kid: &str, current: &[u8], new: &[u8]) -> StoreResult<bool> {
-        let r = sqlx::query(
-            "UPDATE signing_keys SET pkcs8 = $1 WHERE kid = $2 AND pkcs8 = $3 AND retired_at IS NULL",
-        )
-        .bind(new)
-        .bind(kid)
-        .bind(current)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    async fn add_signing_key_if_none(
-        &self,
-        kid: &str,
-        pkcs8: &[u8],
-        now: Timestamp,
-    ) -> StoreResult<()> {
-        let mut tx = self.write_tx().await?;
-        xact_lock(&mut tx, "mog:signing_keys").await?;
-        sqlx::query(
-            "INSERT INTO signing_keys (kid, pkcs8, created_at)
-             SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE retired_at IS NULL)",
-        )
-        .bind(kid)
-        .bind(pkcs8)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        tx.commit().await.map_err(backend)
-    }
-
-    async fn hit(&self, key: &str, window_start: Timestamp) -> StoreResult<i64> {
-        sqlx::query_scalar(
-            "INSERT INTO counters (key, window_start, count) VALUES ($1, $2, 1)
-             ON CONFLICT (key, window_start) DO UPDATE SET count = counters.count + 1
-             RETURNING count",
-        )
-        .bind(key)
-        .bind(window_start)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(backend)
-    }
-
-    async fn hits(&self, key: &str, window_start: Timestamp) -> StoreResult<i64> {
-        let n: Option<i64> =
-            sqlx::query_scalar("SELECT count FROM counters WHERE key = $1 AND window_start = $2")
-                .bind(key)
-                .bind(window_start)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)?;
-        Ok(n.unwrap_or(0))
-    }
-
-    async fn unhit(&self, key: &str, window_start: Timestamp) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE counters SET count = count - 1 WHERE key = $1 AND window_start = $2 AND count > 0",
-        )
-        .bind(key)
-        .bind(window_start)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(())
-    }
-
-    async fn clear_hits(&self, key: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM counters WHERE key = $1")
-            .bind(key)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    async fn watch_revocations(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let pool = self.pool.clone();
-        tokio::spawn(async move {
-            loop {
-                let listener = async {
-                    let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
-                    l.listen(REVOCATIONS_CHANNEL).await?;
-                    Ok::<_, sqlx::Error>(l)
-                };
-                match listener.await {
-                    Ok(mut l) => {
-                        // Anything may have been missed while not listening.
-                        if tx.send(()).await.is_err() {
-                            return;
-                        }
-                        loop {
-                            // try_recv (not recv, which reconnects silently) so that a lost
-                            // connection is seen: until the reconnection, caches fall back to
-                            // their short TTL, and once it is made they are dropped (above).
-                            match l.try_recv().await {
-                                Ok(Some(_)) => {
-                                    if tx.send(()).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                Ok(None) => {
-                                    tracing::warn!("revocation channel lost; reconnecting");
-                                    break;
-                                }
+        match listener.await {
+            Ok(mut l) => {
+                bus.publish(StoreEvent::Resync);
+                loop {
+                    // try_recv (not recv, which reconnects silently) so that a lost
+                    // connection is seen: until the reconnection, caches fall back to their
+                    // short TTL, and once it is made they are dropped (above).
+                    match l.try_recv().await {
+                        Ok(Some(n)) => {
+                            match serde_json::from_str::<events::Envelope>(n.payload()) {
+                                Ok(e) => bus.publish_remote(&e.origin, e.event),
                                 Err(e) => {
-                                    tracing::warn!(error = %e, "revocation channel lost; reconnecting");
-                                    break;
+                                    tracing::warn!(error = %e, "unreadable store event; resyncing");
+                                    bus.publish(StoreEvent::Resync);
                                 }
                             }
                         }
+                        Ok(None) => {
+                            tracing::warn!("store event channel lost; reconnecting");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "store event channel lost; reconnecting");
+                            break;
+                        }
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot listen for revocations; retrying"),
                 }
-                if tx.is_closed() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-        });
-        Some(rx)
-    }
-
-    async fn schema(&self) -> StoreResult<Vec<(String, Vec<String>)>> {
-        schema_of(&self.pool).await.map_err(backend)
-    }
-
-    async fn count_rows(&self, table: &copy::Table) -> StoreResult<i64> {
-        count_rows_of(&self.pool, table).await.map_err(backend)
-    }
-
-    async fn export_rows(&self, table: &copy::Table) -> StoreResult<Vec<copy::Row>> {
-        export_rows_of(&self.pool, table).await.map_err(backend)
-    }
-
-    async fn import_rows(&self, data: &[(&copy::Table, Vec<copy::Row>)]) -> StoreResult<()> {
-        let mut tx = self.write_tx().await?;
-        import_rows_into(&mut tx, data).await.map_err(backend)?;
-        tx.commit().await.map_err(backend)
-    }
-
-    async fn sweep(
-        &self,
-        now: Timestamp,
-        unused_client_cutoff: Timestamp,
-    ) -> StoreResult<SweepCounts> {
-        let mut tx = self.write_tx().await?;
-        let mut run = async |sql: &str, bind: i64| -> StoreResult<u64> {
-            Ok(sqlx::query(sql)
-                .bind(bind)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?
-                .rows_affected())
-        };
-        // Codes stay a while after use so a replay is still recognised (and revokes).
-        let codes = run("DELETE FROM auth_codes WHERE expires_at < $1", now - 3600).await?;
-        let access_tokens = run("DELETE FROM access_tokens WHERE expires_at <= $1", now).await?;
-        let refresh_tokens = run("DELETE FROM refresh_tokens WHERE expires_at <= $1", now).await?;
-        let pending = run(
-            "DELETE FROM pending_authorizations WHERE expires_at <= $1",
-            now,
-        )
-        .await?;
-        let sessions = run("DELETE FROM browser_sessions WHERE expires_at <= $1", now).await?;
-        // Counter windows are at most a day long.
-        let counters = run("DELETE FROM counters WHERE window_start < $1", now - 86_400).await?;
-        let mcp_sessions = run("DELETE FROM mcp_sessions WHERE expires_at <= $1", now).await?;
-        let clients = run(
-            "DELETE FROM clients WHERE last_used_at IS NULL AND created_at < $1
-               AND NOT EXISTS (SELECT 1 FROM grants g WHERE g.client_id = clients.client_id)",
-            unused_client_cutoff,
-        )
-        .await?;
-        tx.commit().await.map_err(backend)?;
-        Ok(SweepCounts {
-            codes,
-            access_tokens,
-            refresh_tokens,
-            pending,
-            sessions,
-            clients,
-            counters,
-            mcp_sessions,
-        })
+            Err(e) => tracing::warn!(error = %e, "cannot listen for store events; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
+
+/// Serializes one kind of write across every instance, until the transaction ends.
+async fn lock_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    name: &str,
+) -> StoreResult<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(name)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// Tells the other instances, when the transaction commits.
+async fn announce_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    payload: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(EVENTS_CHANNEL)
+        .bind(payload)
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
+}
+
+super::shared::shared_store!(
+    PostgresStore,
+    sqlx::Postgres,
+    PgRow,
+    PgPool,
+    "SELECT table_name::text, column_name::text FROM information_schema.columns \
+     WHERE table_schema = current_schema() AND table_name <> '_sqlx_migrations' \
+     ORDER BY table_name, ordinal_position"
+);

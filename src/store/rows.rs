@@ -83,6 +83,10 @@ macro_rules! row_mappers {
                 scopes: split_scopes(&scopes),
                 created_at: r.try_get("created_at")?,
                 revoked_at: r.try_get("revoked_at")?,
+                ended_reason: r
+                    .try_get::<Option<String>, _>("ended_reason")?
+                    .as_deref()
+                    .and_then(EndReason::parse),
             })
         }
 
@@ -129,6 +133,10 @@ macro_rules! row_mappers {
                     scopes: split_scopes(&r.try_get::<String, _>("g_scopes")?),
                     created_at: r.try_get("g_created_at")?,
                     revoked_at: r.try_get("g_revoked_at")?,
+                    ended_reason: r
+                        .try_get::<Option<String>, _>("g_ended_reason")?
+                        .as_deref()
+                        .and_then(EndReason::parse),
                 }),
             };
             Ok((refresh, grant))
@@ -139,14 +147,14 @@ macro_rules! row_mappers {
 /// The columns of `refresh_and_grant_from`, for `FROM refresh_tokens r LEFT JOIN grants g`.
 pub(crate) const REFRESH_AND_GRANT_COLUMNS: &str = "r.*, g.id AS g_id, g.user_id AS g_user_id, \
      g.client_id AS g_client_id, g.resource AS g_resource, g.scopes AS g_scopes, \
-     g.created_at AS g_created_at, g.revoked_at AS g_revoked_at";
+     g.created_at AS g_created_at, g.revoked_at AS g_revoked_at, g.ended_reason AS g_ended_reason";
 
 pub(crate) use row_mappers;
 
 /// `store copy`'s side of an engine: read and write whole tables, typed by the column kinds
-/// of [`super::copy::TABLES`]. `$numbered` says whether placeholders are `$1…` or `?`.
+/// of [`super::copy::TABLES`].
 macro_rules! table_copy {
-    ($db:ty, $pool:ty, $numbered:expr, $schema_sql:expr) => {
+    ($db:ty, $pool:ty, $schema_sql:expr) => {
         async fn schema_of(pool: &$pool) -> Result<Vec<(String, Vec<String>)>, sqlx::Error> {
             let rows = sqlx::query($schema_sql).fetch_all(pool).await?;
             let mut out: Vec<(String, Vec<String>)> = Vec::new();
@@ -194,7 +202,7 @@ macro_rules! table_copy {
         ) -> Result<(), sqlx::Error> {
             use super::copy::Cell;
             for (t, rows) in data {
-                let sql = t.insert_sql($numbered);
+                let sql = t.insert_sql();
                 for row in rows {
                     let mut q = sqlx::query(&sql);
                     for cell in row {

@@ -283,12 +283,8 @@ impl Gateway {
                 }
             }
         });
-        let auth = self.app.auth.clone();
-        let follower = tokio::spawn(async move {
-            if let Some(events) = auth.store.watch_revocations().await {
-                auth.follow_revocations(events).await;
-            }
-        });
+        // What other instances (and the CLI) end reaches this one's caches.
+        self.app.auth.store.hear_other_instances();
         let proxy = self.app.proxy.clone();
         let reaper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(30));
@@ -323,7 +319,6 @@ impl Gateway {
         let result = listen::serve(listener, router, limits, shutdown).await;
         sweeper.abort();
         reaper.abort();
-        follower.abort();
         keys.abort();
         result
     }

@@ -397,6 +397,7 @@ async fn consent_is_remembered_per_client_and_scopes_and_revocable() {
                 client_id: Some(client_id.clone()),
                 grant_id: None,
             },
+            mcp_oauth_gateway::store::EndReason::AdminRevoked,
             gw.now(),
         )
         .await

@@ -215,6 +215,7 @@ async fn revocation_elsewhere_reaches_the_token_cache_within_its_lifetime() {
                 user_id: Some(alice.id),
                 ..Default::default()
             },
+            mcp_oauth_gateway::store::EndReason::AdminRevoked,
             gw.now(),
         )
         .await

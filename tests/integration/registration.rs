@@ -207,14 +207,14 @@ async fn dcr_is_capped_rate_limited_and_unused_clients_expire() {
     gw.clock.advance(24 * 3600 + 1);
     let swept = gw
         .store
-        .sweep(gw.now(), gw.now() - 24 * 3600)
+        .sweep(gw.now(), gw.now() - 24 * 3600, None)
         .await
         .unwrap();
     assert_eq!(swept.clients, 3);
     let used = authorize_user(&gw, "alice").await;
     gw.clock.advance(24 * 3600 + 1);
     gw.store
-        .sweep(gw.now(), gw.now() - 24 * 3600)
+        .sweep(gw.now(), gw.now() - 24 * 3600, None)
         .await
         .unwrap();
     let left: Vec<String> = gw

@@ -124,6 +124,7 @@ fn grant(id: &str) -> GrantRecord {
         scopes: vec!["mcp".into()],
         created_at: NOW,
         revoked_at: None,
+        ended_reason: None,
     }
 }
 
@@ -301,6 +302,7 @@ async fn a_refresh_token_rotates_once_among_concurrent_attempts() {
                     grant_id: Some("g1".into()),
                     ..Default::default()
                 },
+                EndReason::AdminRevoked,
                 NOW + 2,
             )
             .await
@@ -625,7 +627,7 @@ async fn counters_sessions_consents_keys_and_users() {
 
         // Sweeping removes what expired and keeps the rest.
         s.insert_access_token(&access("old", "gx")).await.unwrap();
-        let swept = s.sweep(NOW + 3601, NOW).await.unwrap();
+        let swept = s.sweep(NOW + 3601, NOW, None).await.unwrap();
         assert!(swept.access_tokens >= 1, "{}", e.name);
         e.finish().await;
     }
