@@ -438,7 +438,7 @@ pub trait MaintenanceStore: Send + Sync {
     async fn import_rows(&self, data: &[(&copy::Table, Vec<copy::Row>)]) -> StoreResult<()>;
     /// Deletes what has expired and dynamically registered clients unused since before
     /// `unused_client_cutoff`; ends grants with nothing live left (`Expired`) and, with
-    /// `grants_born_before`, those created before it (`MaxLifetime`).
+    /// `grants_born_before`, those created then or earlier (`MaxLifetime`).
     async fn sweep(
         &self,
         now: Timestamp,

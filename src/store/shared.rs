@@ -1152,7 +1152,7 @@ impl MaintenanceStore for $store {
         let mut to_end: Vec<(String, EndReason)> = Vec::new();
         if let Some(born_before) = grants_born_before {
             let ids: Vec<String> = sqlx::query_scalar(
-                "SELECT id FROM grants WHERE revoked_at IS NULL AND created_at < $1 LIMIT 500",
+                "SELECT id FROM grants WHERE revoked_at IS NULL AND created_at <= $1 LIMIT 500",
             )
             .bind(born_before)
             .fetch_all(&mut *tx)

@@ -11,6 +11,7 @@ mod everything;
 pub mod hardening;
 mod hardening_auth;
 pub mod js;
+mod lifecycle;
 mod metadata;
 mod protected;
 mod proxy;

@@ -24,6 +24,8 @@ pub struct TestGateway {
     pub direct: String,
     pub clock: Arc<ManualClock>,
     pub store: SharedStore,
+    /// The store's URL, for a second process (the CLI) on the same store.
+    pub store_url: String,
     #[allow(dead_code)]
     pub accounts: LocalAccounts,
     _dir: tempfile::TempDir,
@@ -109,6 +111,7 @@ impl TestGateway {
             }
         }
         let base = config.public_url();
+        let store_url = config.store.url.clone();
         let path = url::Url::parse(&base)
             .unwrap()
             .path()
@@ -133,6 +136,7 @@ impl TestGateway {
             direct,
             clock,
             store,
+            store_url,
             accounts,
             _dir: dir,
             shutdown: Some(tx),
