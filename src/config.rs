@@ -6,12 +6,15 @@
 //! A value is read as TOML when it parses as a TOML value (numbers, booleans, arrays) and as a
 //! plain string otherwise.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use url::Url;
+
+pub use crate::secret::Secret;
 
 pub const ENV_PREFIX: &str = "MCP_OAUTH_GATEWAY_";
 
@@ -113,7 +116,7 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub url: String,
@@ -133,6 +136,47 @@ impl Default for StoreConfig {
             max_connections: None,
             acquire_timeout_ms: 3000,
         }
+    }
+}
+
+// By hand: a PostgreSQL URL may hold the database password.
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &UrlWithoutPassword(&self.url))
+            .field("sweep_interval_secs", &self.sweep_interval_secs)
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout_ms", &self.acquire_timeout_ms)
+            .finish()
+    }
+}
+
+/// A URL for `Debug`, with a password in it (`user:password@`, or libpq's `?password=`)
+/// replaced.
+struct UrlWithoutPassword<'a>(&'a str);
+
+impl fmt::Debug for UrlWithoutPassword<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Ok(mut url) = Url::parse(self.0) else {
+            // Nothing to tell a password from the rest by.
+            return f.write_str("<not a URL>");
+        };
+        let in_userinfo = url.password().is_some();
+        let in_query = url
+            .query_pairs()
+            .any(|(k, _)| k.eq_ignore_ascii_case("password"));
+        if !in_userinfo && !in_query {
+            // As written: parsing would lower-case a SQLite file name given as the host.
+            return fmt::Debug::fmt(self.0, f);
+        }
+        if in_userinfo {
+            // Cannot fail: a URL that has a password can have another.
+            let _ = url.set_password(Some("redacted"));
+        }
+        if in_query {
+            url.set_query(Some("redacted"));
+        }
+        fmt::Debug::fmt(url.as_str(), f)
     }
 }
 
@@ -193,12 +237,12 @@ pub enum DcrMode {
     Off,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrationConfig {
     pub dcr: DcrMode,
     /// Bearer tokens accepted at the registration endpoint when `dcr = "token"`.
-    pub initial_access_tokens: Vec<String>,
+    pub initial_access_tokens: Vec<Secret>,
     /// Most dynamically registered clients kept at once.
     pub max_clients: i64,
     /// A dynamically registered client that never completed an authorization is deleted
@@ -218,24 +262,6 @@ pub struct RegistrationConfig {
     /// found before sign-in redirected back (RFC 6749 §4.1.2.1); every other client's are
     /// shown on the gateway's own page, so it is never an open redirector.
     pub cimd_trusted_domains: Vec<String>,
-}
-
-impl fmt::Debug for RegistrationConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RegistrationConfig")
-            .field("dcr", &self.dcr)
-            .field(
-                "initial_access_tokens",
-                &format_args!("[{} redacted]", self.initial_access_tokens.len()),
-            )
-            .field("max_clients", &self.max_clients)
-            .field("unused_client_ttl_secs", &self.unused_client_ttl_secs)
-            .field("per_ip_per_hour", &self.per_ip_per_hour)
-            .field("cimd", &self.cimd)
-            .field("cimd_allow_http_loopback", &self.cimd_allow_http_loopback)
-            .field("cimd_trusted_domains", &self.cimd_trusted_domains)
-            .finish()
-    }
 }
 
 impl Default for RegistrationConfig {
@@ -347,7 +373,7 @@ impl Default for ProxyConfig {
 }
 
 /// One upstream MCP server behind the gateway.
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Its name; also its default path, `/mcp/<name>`.
@@ -362,9 +388,10 @@ pub struct UpstreamConfig {
     /// … or a stdio MCP server the gateway starts: program and arguments.
     #[serde(default)]
     pub command: Option<Vec<String>>,
-    /// Environment of the stdio server (added to a minimal PATH/HOME environment).
+    /// Environment of the stdio server (added to a minimal PATH/HOME environment). Its API
+    /// keys go here, so every value is kept as a secret.
     #[serde(default)]
-    pub env: std::collections::BTreeMap<String, String>,
+    pub env: std::collections::BTreeMap<String, Secret>,
     /// One stdio process per user instead of one shared by everybody.
     #[serde(default)]
     pub per_user: bool,
@@ -424,31 +451,16 @@ fn default_idle_secs() -> i64 {
     600
 }
 
-impl fmt::Debug for UpstreamConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpstreamConfig")
-            .field("name", &self.name)
-            .field("url", &self.url)
-            .field("command", &self.command)
-            .field("env", &self.env.keys().collect::<Vec<_>>())
-            .field("per_user", &self.per_user)
-            .field("path", &self.path)
-            .field("scopes", &self.scopes)
-            .field("credentials", &self.credentials)
-            .finish()
-    }
-}
-
-#[derive(Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum UpstreamCredentials {
     /// Nothing.
     #[default]
     None,
     /// `Authorization: Bearer <token>`.
-    Bearer { token: String },
+    Bearer { token: Secret },
     /// A fixed header, such as an API key.
-    Header { name: String, value: String },
+    Header { name: String, value: Secret },
     /// The user's identity as `X-Forwarded-User` (and `X-Forwarded-Client`); any such headers
     /// from the client are removed first.
     Identity,
@@ -468,27 +480,6 @@ pub enum UpstreamCredentials {
     },
 }
 
-impl fmt::Debug for UpstreamCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::None => f.write_str("None"),
-            Self::Bearer { .. } => f.write_str("Bearer(<redacted>)"),
-            Self::Header { name, .. } => write!(f, "Header({name}: <redacted>)"),
-            Self::Identity => f.write_str("Identity"),
-            Self::Assertion {
-                header,
-                audience,
-                ttl_secs,
-            } => f
-                .debug_struct("Assertion")
-                .field("header", header)
-                .field("audience", audience)
-                .field("ttl_secs", ttl_secs)
-                .finish(),
-        }
-    }
-}
-
 /// Keys for secrets the gateway keeps in its store (today the signing keys' private halves).
 #[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -497,17 +488,18 @@ pub struct KeysConfig {
     /// separated by spaces, commas or newlines (handy in an environment variable). Every
     /// instance on one store needs the same keys. Empty: stored secrets are not encrypted.
     #[serde(deserialize_with = "entries")]
-    pub encryption: Vec<String>,
+    pub encryption: Vec<Secret>,
     /// The id of the key that encrypts; the first entry by default.
     pub encryption_active: Option<String>,
 }
 
+// By hand, to show the key ids: they are not secret, and say which keys are configured.
 impl fmt::Debug for KeysConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ids: Vec<&str> = self
             .encryption
             .iter()
-            .map(|e| e.split_once(':').map_or("?", |(id, _)| id))
+            .map(|e| e.expose().split_once(':').map_or("?", |(id, _)| id))
             .collect();
         f.debug_struct("KeysConfig")
             .field("encryption", &format_args!("{ids:?} (material redacted)"))
@@ -524,25 +516,30 @@ impl KeysConfig {
         if self.encryption.is_empty() {
             return Ok(None);
         }
-        crate::crypto::EncryptionKeys::parse(&self.encryption, self.encryption_active.as_deref())
-            .map(Some)
+        // The parser reads plain strings; these copies live only for the call.
+        let entries: Vec<String> = self
+            .encryption
+            .iter()
+            .map(|e| e.expose().to_owned())
+            .collect();
+        crate::crypto::EncryptionKeys::parse(&entries, self.encryption_active.as_deref()).map(Some)
     }
 }
 
 /// A list of strings, or one string split at whitespace and commas. Errors never quote the
 /// value: these entries hold key material.
-fn entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+fn entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Entries {
         One(String),
-        Many(Vec<String>),
+        Many(Vec<Secret>),
     }
     match Entries::deserialize(d) {
         Ok(Entries::One(s)) => Ok(s
             .split(|c: char| c.is_whitespace() || c == ',')
             .filter(|e| !e.is_empty())
-            .map(str::to_string)
+            .map(Secret::from)
             .collect()),
         Ok(Entries::Many(v)) => Ok(v),
         Err(_) => Err(serde::de::Error::custom(
@@ -551,13 +548,13 @@ fn entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
     }
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticClientConfig {
     pub client_id: String,
     /// The secret in clear (prefer an environment override) ...
     #[serde(default)]
-    pub client_secret: Option<String>,
+    pub client_secret: Option<Secret>,
     /// ... or its SHA-256, hex.
     #[serde(default)]
     pub client_secret_sha256: Option<String>,
@@ -565,10 +562,10 @@ pub struct StaticClientConfig {
     pub client_name: Option<String>,
     #[serde(default)]
     pub redirect_uris: Vec<String>,
-    #[serde(default = "default_static_auth_method")]
-    pub token_endpoint_auth_method: String,
+    #[serde(default)]
+    pub token_endpoint_auth_method: TokenEndpointAuthMethod,
     #[serde(default = "default_static_grant_types")]
-    pub grant_types: Vec<String>,
+    pub grant_types: Vec<GrantType>,
     /// Scopes this client may obtain; empty means every configured scope.
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -581,29 +578,71 @@ pub struct StaticClientConfig {
     pub introspection_resources: Vec<String>,
 }
 
-impl fmt::Debug for StaticClientConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StaticClientConfig")
-            .field("client_id", &self.client_id)
-            .field(
-                "client_secret",
-                &self.client_secret.as_ref().map(|_| "<redacted>"),
-            )
-            .field("redirect_uris", &self.redirect_uris)
-            .field(
-                "token_endpoint_auth_method",
-                &self.token_endpoint_auth_method,
-            )
-            .field("grant_types", &self.grant_types)
-            .finish()
+impl StaticClientConfig {
+    fn is_public(&self) -> bool {
+        self.token_endpoint_auth_method == TokenEndpointAuthMethod::None
     }
 }
 
-fn default_static_auth_method() -> String {
-    "client_secret_basic".into()
+/// How a configured client authenticates at the token endpoint.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenEndpointAuthMethod {
+    /// A public client: no secret.
+    None,
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
 }
-fn default_static_grant_types() -> Vec<String> {
-    vec!["authorization_code".into(), "refresh_token".into()]
+
+impl TokenEndpointAuthMethod {
+    /// The name in the configuration and in OAuth metadata.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::ClientSecretBasic => "client_secret_basic",
+            Self::ClientSecretPost => "client_secret_post",
+        }
+    }
+}
+
+// As spelled in the file: `clients show` prints configured clients with `Debug`.
+impl fmt::Debug for TokenEndpointAuthMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// A grant a configured client may use at the token endpoint.
+#[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantType {
+    AuthorizationCode,
+    RefreshToken,
+    /// A confidential client acting for itself.
+    ClientCredentials,
+}
+
+impl GrantType {
+    /// The name in the configuration and in OAuth requests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AuthorizationCode => "authorization_code",
+            Self::RefreshToken => "refresh_token",
+            Self::ClientCredentials => "client_credentials",
+        }
+    }
+}
+
+// As spelled in the file: `clients show` prints configured clients with `Debug`.
+impl fmt::Debug for GrantType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+fn default_static_grant_types() -> Vec<GrantType> {
+    vec![GrantType::AuthorizationCode, GrantType::RefreshToken]
 }
 
 impl Config {
@@ -691,28 +730,171 @@ impl Config {
         }
     }
 
+    /// Checks each section, then what spans sections. The first mistake found is the error;
+    /// it names the key and where the configuration came from.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Err(e) = self.keys.encryption_keys() {
+        self.check()
+            .map_err(|Invalid { key, message }| self.invalid(&key, message))
+    }
+
+    fn check(&self) -> Checked {
+        self.keys.validate()?;
+        self.server.validate()?;
+        self.store.validate()?;
+        self.authorization.validate()?;
+        self.login.validate()?;
+        self.registration.validate()?;
+        self.whoami.validate()?;
+        if self.whoami.enabled {
+            known_scopes(
+                "whoami.scopes",
+                &self.whoami.scopes,
+                &self.authorization.scopes,
+            )?;
+        }
+        self.check_upstreams()?;
+        self.proxy.validate()?;
+        self.check_clients()
+    }
+
+    /// The path an upstream is served at.
+    pub fn upstream_path(u: &UpstreamConfig) -> String {
+        u.path.clone().unwrap_or_else(|| format!("/mcp/{}", u.name))
+    }
+
+    /// Each upstream, then what involves others: names used once, paths that no other
+    /// resource (`whoami` included) has, scopes the authorization server knows.
+    fn check_upstreams(&self) -> Checked {
+        let known = &self.authorization.scopes;
+        let mut paths = HashSet::new();
+        if self.whoami.enabled {
+            paths.insert(self.whoami.path.clone());
+        }
+        let mut names = HashSet::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            u.validate(i)?;
+            let key = |k: &str| format!("upstreams[{i}].{k}");
+            if !names.insert(u.name.as_str()) {
+                return Err(Invalid::at(key("name"), "duplicated"));
+            }
+            let path = Self::upstream_path(u);
+            if !paths.insert(path.clone()) {
+                return Err(Invalid::at(key("path"), format!("`{path}` is used twice")));
+            }
+            known_scopes(
+                &key("scopes"),
+                u.scopes.as_deref().unwrap_or_default(),
+                known,
+            )?;
+            for (j, rule) in u.tools.iter().enumerate() {
+                known_scopes(
+                    &format!("upstreams[{i}].tools[{j}].scopes"),
+                    &rule.scopes,
+                    known,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Each configured client, then what involves others: ids used once, introspection
+    /// resources that exist, scopes the authorization server knows.
+    fn check_clients(&self) -> Checked {
+        let mut seen = HashSet::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            c.validate(i)?;
+            let key = |k: &str| format!("clients[{i}].{k}");
+            if !seen.insert(c.client_id.as_str()) {
+                return Err(Invalid::at(key("client_id"), "duplicated"));
+            }
+            for (j, r) in c.introspection_resources.iter().enumerate() {
+                let known = (self.whoami.enabled && r == "whoami")
+                    || self.upstreams.iter().any(|u| &u.name == r)
+                    || r.starts_with("https://")
+                    || r.starts_with("http://");
+                if !known {
+                    return Err(Invalid::at(
+                        format!("clients[{i}].introspection_resources[{j}]"),
+                        "not `whoami`, an upstream's name, or a resource URL",
+                    ));
+                }
+            }
+            known_scopes(&key("scopes"), &c.scopes, &self.authorization.scopes)?;
+        }
+        Ok(())
+    }
+}
+
+/// A check that failed: the key at fault and what is wrong with it. `Config::validate` adds
+/// where the configuration came from.
+struct Invalid {
+    key: String,
+    message: String,
+}
+
+impl Invalid {
+    fn at(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+type Checked = Result<(), Invalid>;
+
+/// Every scope of `scopes` must be one of `known` (`authorization.scopes`).
+fn known_scopes(key: &str, scopes: &[String], known: &[String]) -> Checked {
+    match scopes.iter().find(|s| !known.contains(*s)) {
+        Some(s) => Err(Invalid::at(
+            key,
+            format!("`{s}` is not in authorization.scopes"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Durations, with their keys, that must be positive.
+fn positive_secs(durations: &[(&str, i64)]) -> Checked {
+    for &(key, secs) in durations {
+        if secs <= 0 {
+            return Err(Invalid::at(key, "must be a positive number of seconds"));
+        }
+    }
+    Ok(())
+}
+
+// Each section checks what it can alone; `Config::check` calls them in order.
+
+impl KeysConfig {
+    fn validate(&self) -> Checked {
+        if let Err(e) = self.encryption_keys() {
             let key = match e {
                 crate::crypto::KeysError::Active(_) => "keys.encryption_active",
                 crate::crypto::KeysError::Entry(_) => "keys.encryption",
             };
-            return Err(self.invalid(key, e.to_string()));
+            return Err(Invalid::at(key, e.to_string()));
         }
-        if self.keys.encryption.is_empty() && self.keys.encryption_active.is_some() {
-            return Err(self.invalid(
+        if self.encryption.is_empty() && self.encryption_active.is_some() {
+            return Err(Invalid::at(
                 "keys.encryption_active",
                 "names a key, but `keys.encryption` lists none",
             ));
         }
-        if let Some(u) = &self.server.public_url {
+        Ok(())
+    }
+}
+
+impl ServerConfig {
+    fn validate(&self) -> Checked {
+        if let Some(u) = &self.public_url {
             let url = Url::parse(u)
-                .map_err(|e| self.invalid("server.public_url", format!("not a URL: {e}")))?;
+                .map_err(|e| Invalid::at("server.public_url", format!("not a URL: {e}")))?;
             if !matches!(url.scheme(), "http" | "https") {
-                return Err(self.invalid("server.public_url", "must be http or https"));
+                return Err(Invalid::at("server.public_url", "must be http or https"));
             }
             if url.query().is_some() || url.fragment().is_some() {
-                return Err(self.invalid(
+                return Err(Invalid::at(
                     "server.public_url",
                     "must not have a query or fragment (it is the OAuth issuer)",
                 ));
@@ -723,396 +905,372 @@ impl Config {
                 );
             }
         }
-        if self
-            .store
-            .max_connections
-            .is_some_and(|n| !(1..=1000).contains(&n))
-        {
-            return Err(self.invalid("store.max_connections", "1 to 1000"));
+        if !(1..=300).contains(&self.header_read_timeout_secs) {
+            return Err(Invalid::at("server.header_read_timeout_secs", "1 to 300"));
         }
-        if !(100..=60_000).contains(&self.store.acquire_timeout_ms) {
-            return Err(self.invalid("store.acquire_timeout_ms", "100 to 60000"));
+        if !(1..=600).contains(&self.body_read_timeout_secs) {
+            return Err(Invalid::at("server.body_read_timeout_secs", "1 to 600"));
         }
-        if !(1..=300).contains(&self.server.header_read_timeout_secs) {
-            return Err(self.invalid("server.header_read_timeout_secs", "1 to 300"));
+        if self.max_connections == 0 {
+            return Err(Invalid::at("server.max_connections", "at least 1"));
         }
-        if !(1..=600).contains(&self.server.body_read_timeout_secs) {
-            return Err(self.invalid("server.body_read_timeout_secs", "1 to 600"));
-        }
-        if self.server.max_connections == 0 {
-            return Err(self.invalid("server.max_connections", "at least 1"));
-        }
-        if let Some(p) = &self.server.egress_proxy {
+        if let Some(p) = &self.egress_proxy {
             let ok = Url::parse(p).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
             if !ok {
-                return Err(self.invalid("server.egress_proxy", "an http:// or https:// proxy URL"));
+                return Err(Invalid::at(
+                    "server.egress_proxy",
+                    "an http:// or https:// proxy URL",
+                ));
             }
         }
-        for (i, p) in self.server.trusted_proxies.iter().enumerate() {
+        for (i, p) in self.trusted_proxies.iter().enumerate() {
             parse_net(p).ok_or_else(|| {
-                self.invalid(
-                    &format!("server.trusted_proxies[{i}]"),
+                Invalid::at(
+                    format!("server.trusted_proxies[{i}]"),
                     "not an IP address or CIDR range",
                 )
             })?;
         }
-        if self.server.max_body_bytes < 1024 {
-            return Err(self.invalid("server.max_body_bytes", "must be at least 1024"));
-        }
-        let url = &self.store.url;
-        if !(url.starts_with("sqlite:")
-            || url.starts_with("postgres://")
-            || url.starts_with("postgresql://"))
-        {
-            return Err(self.invalid("store.url", "expected sqlite://PATH or postgres://…"));
-        }
-        let a = &self.authorization;
-        if a.scopes.is_empty() {
-            return Err(self.invalid("authorization.scopes", "must name at least one scope"));
-        }
-        for (i, s) in a.scopes.iter().enumerate() {
-            if !is_valid_scope_token(s) {
-                return Err(self.invalid(
-                    &format!("authorization.scopes[{i}]"),
-                    "a scope is printable ASCII without spaces, quotes or backslashes",
-                ));
-            }
-        }
-        for s in &a.default_scopes {
-            if !a.scopes.contains(s) {
-                return Err(self.invalid(
-                    "authorization.default_scopes",
-                    format!("`{s}` is not in authorization.scopes"),
-                ));
-            }
-        }
-        for (key, v) in [
-            (
-                "authorization.access_token_ttl_secs",
-                a.access_token_ttl_secs,
-            ),
-            (
-                "authorization.refresh_token_ttl_secs",
-                a.refresh_token_ttl_secs,
-            ),
-            (
-                "authorization.grant_max_lifetime_secs",
-                a.grant_max_lifetime_secs,
-            ),
-            ("authorization.code_ttl_secs", a.code_ttl_secs),
-            ("authorization.request_ttl_secs", a.request_ttl_secs),
-            ("login.session_ttl_secs", self.login.session_ttl_secs),
-            (
-                "login.throttle_window_secs",
-                self.login.throttle_window_secs,
-            ),
-        ] {
-            if v <= 0 {
-                return Err(self.invalid(key, "must be a positive number of seconds"));
-            }
-        }
-        if a.code_ttl_secs > 600 {
-            return Err(self.invalid(
-                "authorization.code_ttl_secs",
-                "at most 600 (RFC 6749 §4.1.2 recommends 10 minutes at the most)",
+        if self.max_body_bytes < 1024 {
+            return Err(Invalid::at(
+                "server.max_body_bytes",
+                "must be at least 1024",
             ));
-        }
-        if a.refresh_retry_window_secs < 0 || a.refresh_retry_window_secs > 300 {
-            return Err(self.invalid("authorization.refresh_retry_window_secs", "0 to 300"));
-        }
-        let r = &self.registration;
-        if r.dcr == DcrMode::Token && r.initial_access_tokens.is_empty() {
-            return Err(self.invalid(
-                "registration.initial_access_tokens",
-                "dcr = \"token\" needs at least one initial access token",
-            ));
-        }
-        if r.max_clients < 1 {
-            return Err(self.invalid("registration.max_clients", "must be at least 1"));
-        }
-        if self.whoami.enabled {
-            if !self.whoami.path.starts_with('/')
-                || self.whoami.path.starts_with("/.well-known")
-                || !plain_path(&self.whoami.path)
-            {
-                return Err(self.invalid(
-                    "whoami.path",
-                    "must start with /, not be under /.well-known, and use letters, digits and - . _ ~ / only",
-                ));
-            }
-            for s in &self.whoami.scopes {
-                if !a.scopes.contains(s) {
-                    return Err(self.invalid(
-                        "whoami.scopes",
-                        format!("`{s}` is not in authorization.scopes"),
-                    ));
-                }
-            }
-        }
-        self.validate_upstreams()?;
-        let mut seen = std::collections::HashSet::new();
-        for (i, c) in self.clients.iter().enumerate() {
-            let key = |k: &str| format!("clients[{i}].{k}");
-            if c.client_id.is_empty() || c.client_id.len() > 255 {
-                return Err(self.invalid(&key("client_id"), "1 to 255 characters"));
-            }
-            if c.client_id.starts_with("https://") || c.client_id.starts_with("http://") {
-                return Err(self.invalid(
-                    &key("client_id"),
-                    "a URL client_id is reserved for Client ID Metadata Documents",
-                ));
-            }
-            if !seen.insert(c.client_id.clone()) {
-                return Err(self.invalid(&key("client_id"), "duplicated"));
-            }
-            if c.introspection && c.introspection_resources.is_empty() {
-                return Err(self.invalid(
-                    &key("introspection_resources"),
-                    "a client that introspects must name the resources whose tokens it may see",
-                ));
-            }
-            for (j, r) in c.introspection_resources.iter().enumerate() {
-                let known = (self.whoami.enabled && r == "whoami")
-                    || self.upstreams.iter().any(|u| &u.name == r)
-                    || r.starts_with("https://")
-                    || r.starts_with("http://");
-                if !known {
-                    return Err(self.invalid(
-                        &format!("clients[{i}].introspection_resources[{j}]"),
-                        "not `whoami`, an upstream's name, or a resource URL",
-                    ));
-                }
-            }
-            match c.token_endpoint_auth_method.as_str() {
-                "client_secret_basic" | "client_secret_post" => {
-                    if c.client_secret.is_none() == c.client_secret_sha256.is_none() {
-                        return Err(self.invalid(
-                            &key("client_secret"),
-                            "a confidential client needs exactly one of client_secret or client_secret_sha256",
-                        ));
-                    }
-                    if let Some(h) = &c.client_secret_sha256
-                        && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
-                    {
-                        return Err(self.invalid(&key("client_secret_sha256"), "64 hex digits"));
-                    }
-                }
-                "none" => {
-                    if c.client_secret.is_some() || c.client_secret_sha256.is_some() {
-                        return Err(self.invalid(
-                            &key("client_secret"),
-                            "a public client (token_endpoint_auth_method = \"none\") has no secret",
-                        ));
-                    }
-                }
-                other => {
-                    return Err(self.invalid(
-                        &key("token_endpoint_auth_method"),
-                        format!(
-                            "`{other}`: expected client_secret_basic, client_secret_post or none"
-                        ),
-                    ));
-                }
-            }
-            for g in &c.grant_types {
-                if !matches!(
-                    g.as_str(),
-                    "authorization_code" | "refresh_token" | "client_credentials"
-                ) {
-                    return Err(
-                        self.invalid(&key("grant_types"), format!("unknown grant type `{g}`"))
-                    );
-                }
-                if g == "client_credentials" && c.token_endpoint_auth_method == "none" {
-                    return Err(self.invalid(
-                        &key("grant_types"),
-                        "client_credentials needs a confidential client",
-                    ));
-                }
-            }
-            if c.grant_types.iter().any(|g| g == "authorization_code") && c.redirect_uris.is_empty()
-            {
-                return Err(self.invalid(
-                    &key("redirect_uris"),
-                    "authorization_code needs at least one",
-                ));
-            }
-            for (j, u) in c.redirect_uris.iter().enumerate() {
-                crate::authorization::redirect::check_registered_redirect_uri(
-                    u,
-                    c.token_endpoint_auth_method == "none",
-                )
-                .map_err(|m| self.invalid(&format!("clients[{i}].redirect_uris[{j}]"), m))?;
-            }
-            for s in &c.scopes {
-                if !a.scopes.contains(s) {
-                    return Err(self.invalid(
-                        &key("scopes"),
-                        format!("`{s}` is not in authorization.scopes"),
-                    ));
-                }
-            }
         }
         Ok(())
     }
 }
 
-impl Config {
-    /// The path an upstream is served at.
-    pub fn upstream_path(u: &UpstreamConfig) -> String {
-        u.path.clone().unwrap_or_else(|| format!("/mcp/{}", u.name))
-    }
-
-    fn validate_upstreams(&self) -> Result<(), ConfigError> {
-        let mut paths = std::collections::HashSet::new();
-        if self.whoami.enabled {
-            paths.insert(self.whoami.path.clone());
+impl StoreConfig {
+    fn validate(&self) -> Checked {
+        if self
+            .max_connections
+            .is_some_and(|n| !(1..=1000).contains(&n))
+        {
+            return Err(Invalid::at("store.max_connections", "1 to 1000"));
         }
-        let mut names = std::collections::HashSet::new();
-        for (i, u) in self.upstreams.iter().enumerate() {
-            let key = |k: &str| format!("upstreams[{i}].{k}");
-            if u.name.is_empty()
-                || u.name.len() > 64
-                || !u
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return Err(self.invalid(&key("name"), "1 to 64 letters, digits, - or _"));
-            }
-            if !names.insert(u.name.clone()) {
-                return Err(self.invalid(&key("name"), "duplicated"));
-            }
-            match (&u.url, &u.command) {
-                (Some(url), None) => {
-                    let url = Url::parse(url)
-                        .map_err(|e| self.invalid(&key("url"), format!("not a URL: {e}")))?;
-                    if !matches!(url.scheme(), "http" | "https") {
-                        return Err(self.invalid(&key("url"), "must be an http:// or https:// URL"));
-                    }
-                    if url.host().is_none() {
-                        return Err(self.invalid(&key("url"), "has no host"));
-                    }
-                    if u.per_user || !u.env.is_empty() || !u.per_user_env.is_empty() {
-                        return Err(self.invalid(
-                            &key("per_user"),
-                            "env, per_user and per_user_env are for stdio (`command`) upstreams",
-                        ));
-                    }
-                }
-                (None, Some(cmd)) => {
-                    if cmd.is_empty() || cmd[0].is_empty() {
-                        return Err(
-                            self.invalid(&key("command"), "the program to run, then its arguments")
-                        );
-                    }
-                    if u.transport != UpstreamTransport::StreamableHttp {
-                        return Err(self.invalid(&key("transport"), "is for `url` upstreams"));
-                    }
-                    if !u.per_user && !u.per_user_env.is_empty() {
-                        return Err(self.invalid(&key("per_user_env"), "needs per_user = true"));
-                    }
-                    if u.idle_secs < 1 {
-                        return Err(self.invalid(&key("idle_secs"), "must be at least 1"));
-                    }
-                }
-                _ => {
-                    return Err(
-                        self.invalid(&key("url"), "give exactly one of `url` and `command`")
-                    );
-                }
-            }
-            let path = Self::upstream_path(u);
-            if !path.starts_with('/')
-                || path.starts_with("/.well-known")
-                || path.contains("//")
-                || path.ends_with('/')
-                || !plain_path(&path)
-            {
-                return Err(self.invalid(
-                    &key("path"),
-                    "must start with /, not end with /, not be under /.well-known, and use letters, digits and - . _ ~ / only",
+        if !(100..=60_000).contains(&self.acquire_timeout_ms) {
+            return Err(Invalid::at("store.acquire_timeout_ms", "100 to 60000"));
+        }
+        let url = &self.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(Invalid::at(
+                "store.url",
+                "expected sqlite://PATH or postgres://…",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AuthorizationConfig {
+    fn validate(&self) -> Checked {
+        if self.scopes.is_empty() {
+            return Err(Invalid::at(
+                "authorization.scopes",
+                "must name at least one scope",
+            ));
+        }
+        for (i, s) in self.scopes.iter().enumerate() {
+            if !is_valid_scope_token(s) {
+                return Err(Invalid::at(
+                    format!("authorization.scopes[{i}]"),
+                    "a scope is printable ASCII without spaces, quotes or backslashes",
                 ));
             }
-            if !paths.insert(path.clone()) {
-                return Err(self.invalid(&key("path"), format!("`{path}` is used twice")));
+        }
+        known_scopes(
+            "authorization.default_scopes",
+            &self.default_scopes,
+            &self.scopes,
+        )?;
+        positive_secs(&[
+            (
+                "authorization.access_token_ttl_secs",
+                self.access_token_ttl_secs,
+            ),
+            (
+                "authorization.refresh_token_ttl_secs",
+                self.refresh_token_ttl_secs,
+            ),
+            (
+                "authorization.grant_max_lifetime_secs",
+                self.grant_max_lifetime_secs,
+            ),
+            ("authorization.code_ttl_secs", self.code_ttl_secs),
+            ("authorization.request_ttl_secs", self.request_ttl_secs),
+        ])?;
+        if self.code_ttl_secs > 600 {
+            return Err(Invalid::at(
+                "authorization.code_ttl_secs",
+                "at most 600 (RFC 6749 §4.1.2 recommends 10 minutes at the most)",
+            ));
+        }
+        if !(0..=300).contains(&self.refresh_retry_window_secs) {
+            return Err(Invalid::at(
+                "authorization.refresh_retry_window_secs",
+                "0 to 300",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl LoginConfig {
+    fn validate(&self) -> Checked {
+        positive_secs(&[
+            ("login.session_ttl_secs", self.session_ttl_secs),
+            ("login.throttle_window_secs", self.throttle_window_secs),
+        ])
+    }
+}
+
+impl RegistrationConfig {
+    fn validate(&self) -> Checked {
+        if self.dcr == DcrMode::Token && self.initial_access_tokens.is_empty() {
+            return Err(Invalid::at(
+                "registration.initial_access_tokens",
+                "dcr = \"token\" needs at least one initial access token",
+            ));
+        }
+        if self.max_clients < 1 {
+            return Err(Invalid::at(
+                "registration.max_clients",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl WhoamiConfig {
+    fn validate(&self) -> Checked {
+        if self.enabled
+            && (!self.path.starts_with('/')
+                || self.path.starts_with("/.well-known")
+                || !plain_path(&self.path))
+        {
+            return Err(Invalid::at(
+                "whoami.path",
+                "must start with /, not be under /.well-known, and use letters, digits and - . _ ~ / only",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ProxyConfig {
+    fn validate(&self) -> Checked {
+        for (i, o) in self.allowed_origins.iter().enumerate() {
+            let ok = Url::parse(o)
+                .is_ok_and(|u| u.origin().ascii_serialization() == o.trim_end_matches('/'));
+            if !ok {
+                return Err(Invalid::at(
+                    format!("proxy.allowed_origins[{i}]"),
+                    "an origin is scheme://host[:port]",
+                ));
             }
-            for s in u.scopes.iter().flatten() {
-                if !self.authorization.scopes.contains(s) {
-                    return Err(self.invalid(
-                        &key("scopes"),
-                        format!("`{s}` is not in authorization.scopes"),
+        }
+        if self.max_request_bytes < 1024 {
+            return Err(Invalid::at(
+                "proxy.max_request_bytes",
+                "must be at least 1024",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl UpstreamConfig {
+    /// What it can check alone; `i` is its place in `upstreams`, for the keys in messages.
+    fn validate(&self, i: usize) -> Checked {
+        let key = |k: &str| format!("upstreams[{i}].{k}");
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(Invalid::at(key("name"), "1 to 64 letters, digits, - or _"));
+        }
+        match (&self.url, &self.command) {
+            (Some(url), None) => {
+                let url = Url::parse(url)
+                    .map_err(|e| Invalid::at(key("url"), format!("not a URL: {e}")))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(Invalid::at(
+                        key("url"),
+                        "must be an http:// or https:// URL",
+                    ));
+                }
+                if url.host().is_none() {
+                    return Err(Invalid::at(key("url"), "has no host"));
+                }
+                if self.per_user || !self.env.is_empty() || !self.per_user_env.is_empty() {
+                    return Err(Invalid::at(
+                        key("per_user"),
+                        "env, per_user and per_user_env are for stdio (`command`) upstreams",
                     ));
                 }
             }
-            for (j, rule) in u.tools.iter().enumerate() {
-                let rkey = |k: &str| format!("upstreams[{i}].tools[{j}].{k}");
-                if rule.tools.is_empty()
-                    || rule
-                        .tools
-                        .iter()
-                        .any(|t| t.is_empty() || t[..t.len() - 1].contains('*'))
-                {
-                    return Err(
-                        self.invalid(&rkey("tools"), "tool names, with `*` only at the end")
-                    );
+            (None, Some(cmd)) => {
+                if cmd.is_empty() || cmd[0].is_empty() {
+                    return Err(Invalid::at(
+                        key("command"),
+                        "the program to run, then its arguments",
+                    ));
                 }
-                for s in &rule.scopes {
-                    if !self.authorization.scopes.contains(s) {
-                        return Err(self.invalid(
-                            &rkey("scopes"),
-                            format!("`{s}` is not in authorization.scopes"),
-                        ));
-                    }
+                if self.transport != UpstreamTransport::StreamableHttp {
+                    return Err(Invalid::at(key("transport"), "is for `url` upstreams"));
+                }
+                if !self.per_user && !self.per_user_env.is_empty() {
+                    return Err(Invalid::at(key("per_user_env"), "needs per_user = true"));
+                }
+                if self.idle_secs < 1 {
+                    return Err(Invalid::at(key("idle_secs"), "must be at least 1"));
                 }
             }
-            if let UpstreamCredentials::Header { name, value } = &u.credentials {
+            _ => {
+                return Err(Invalid::at(
+                    key("url"),
+                    "give exactly one of `url` and `command`",
+                ));
+            }
+        }
+        let path = Config::upstream_path(self);
+        if !path.starts_with('/')
+            || path.starts_with("/.well-known")
+            || path.contains("//")
+            || path.ends_with('/')
+            || !plain_path(&path)
+        {
+            return Err(Invalid::at(
+                key("path"),
+                "must start with /, not end with /, not be under /.well-known, and use letters, digits and - . _ ~ / only",
+            ));
+        }
+        for (j, rule) in self.tools.iter().enumerate() {
+            if rule.tools.is_empty()
+                || rule
+                    .tools
+                    .iter()
+                    .any(|t| t.is_empty() || t[..t.len() - 1].contains('*'))
+            {
+                return Err(Invalid::at(
+                    format!("upstreams[{i}].tools[{j}].tools"),
+                    "tool names, with `*` only at the end",
+                ));
+            }
+        }
+        self.credentials.validate(i)
+    }
+}
+
+impl UpstreamCredentials {
+    /// `i` is the upstream's place in `upstreams`, for the keys in messages. Messages never
+    /// quote a value: it is a secret.
+    fn validate(&self, i: usize) -> Checked {
+        let key = |k: &str| format!("upstreams[{i}].credentials.{k}");
+        match self {
+            Self::Header { name, value } => {
                 let ok_name = http::HeaderName::from_bytes(name.as_bytes()).is_ok()
                     && !matches!(
                         name.to_ascii_lowercase().as_str(),
                         "host" | "content-length" | "transfer-encoding" | "connection"
                     );
                 if !ok_name {
-                    return Err(self.invalid(
-                        &key("credentials.name"),
+                    return Err(Invalid::at(
+                        key("name"),
                         "not a header name that can be set",
                     ));
                 }
-                if http::HeaderValue::from_str(value).is_err() {
-                    return Err(self.invalid(&key("credentials.value"), "not a valid header value"));
+                if http::HeaderValue::from_str(value.expose()).is_err() {
+                    return Err(Invalid::at(key("value"), "not a valid header value"));
                 }
             }
-            if let UpstreamCredentials::Assertion {
+            Self::Assertion {
                 header, ttl_secs, ..
-            } = &u.credentials
-            {
+            } => {
                 if let Some(h) = header
                     && http::HeaderName::from_bytes(h.as_bytes()).is_err()
                 {
-                    return Err(self.invalid(&key("credentials.header"), "not a header name"));
+                    return Err(Invalid::at(key("header"), "not a header name"));
                 }
                 if ttl_secs.is_some_and(|t| !(1..=3600).contains(&t)) {
-                    return Err(self.invalid(&key("credentials.ttl_secs"), "1 to 3600"));
+                    return Err(Invalid::at(key("ttl_secs"), "1 to 3600"));
                 }
             }
-            if let UpstreamCredentials::Bearer { token } = &u.credentials
-                && (token.is_empty() || http::HeaderValue::from_str(token).is_err())
-            {
-                return Err(self.invalid(&key("credentials.token"), "not a valid token"));
+            Self::Bearer { token } => {
+                let token = token.expose();
+                if token.is_empty() || http::HeaderValue::from_str(token).is_err() {
+                    return Err(Invalid::at(key("token"), "not a valid token"));
+                }
             }
+            Self::None | Self::Identity => {}
         }
-        for (i, o) in self.proxy.allowed_origins.iter().enumerate() {
-            let ok = Url::parse(o)
-                .is_ok_and(|u| u.origin().ascii_serialization() == o.trim_end_matches('/'));
-            if !ok {
-                return Err(self.invalid(
-                    &format!("proxy.allowed_origins[{i}]"),
-                    "an origin is scheme://host[:port]",
+        Ok(())
+    }
+}
+
+impl StaticClientConfig {
+    /// What it can check alone; `i` is its place in `clients`, for the keys in messages.
+    fn validate(&self, i: usize) -> Checked {
+        let key = |k: &str| format!("clients[{i}].{k}");
+        if self.client_id.is_empty() || self.client_id.len() > 255 {
+            return Err(Invalid::at(key("client_id"), "1 to 255 characters"));
+        }
+        if self.client_id.starts_with("https://") || self.client_id.starts_with("http://") {
+            return Err(Invalid::at(
+                key("client_id"),
+                "a URL client_id is reserved for Client ID Metadata Documents",
+            ));
+        }
+        if self.introspection && self.introspection_resources.is_empty() {
+            return Err(Invalid::at(
+                key("introspection_resources"),
+                "a client that introspects must name the resources whose tokens it may see",
+            ));
+        }
+        if self.is_public() {
+            if self.client_secret.is_some() || self.client_secret_sha256.is_some() {
+                return Err(Invalid::at(
+                    key("client_secret"),
+                    "a public client (token_endpoint_auth_method = \"none\") has no secret",
                 ));
             }
+        } else {
+            if self.client_secret.is_none() == self.client_secret_sha256.is_none() {
+                return Err(Invalid::at(
+                    key("client_secret"),
+                    "a confidential client needs exactly one of client_secret or client_secret_sha256",
+                ));
+            }
+            if let Some(h) = &self.client_secret_sha256
+                && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(Invalid::at(key("client_secret_sha256"), "64 hex digits"));
+            }
         }
-        if self.proxy.max_request_bytes < 1024 {
-            return Err(self.invalid("proxy.max_request_bytes", "must be at least 1024"));
+        if self.grant_types.contains(&GrantType::ClientCredentials) && self.is_public() {
+            return Err(Invalid::at(
+                key("grant_types"),
+                "client_credentials needs a confidential client",
+            ));
+        }
+        if self.grant_types.contains(&GrantType::AuthorizationCode) && self.redirect_uris.is_empty()
+        {
+            return Err(Invalid::at(
+                key("redirect_uris"),
+                "authorization_code needs at least one",
+            ));
+        }
+        for (j, u) in self.redirect_uris.iter().enumerate() {
+            crate::authorization::redirect::check_registered_redirect_uri(u, self.is_public())
+                .map_err(|m| Invalid::at(format!("clients[{i}].redirect_uris[{j}]"), m))?;
         }
         Ok(())
     }
@@ -1188,6 +1346,11 @@ mod tests {
         )
     }
 
+    /// The error for a configuration file, which must be refused.
+    fn refused(s: &str) -> String {
+        load_str(s, &[]).expect_err("refused").to_string()
+    }
+
     #[test]
     fn defaults_are_valid() {
         let c = Config::load(None, std::iter::empty()).expect("defaults");
@@ -1227,13 +1390,340 @@ mod tests {
         assert!(e.contains("authorization.code_ttl_secs"), "{e}");
     }
 
+    /// An encryption key entry: `k1` and 32 bytes in base64.
+    const KEY: &str = "k1:dGhpcnR5LXR3by1ieXRlcy1vZi1rZXktbWF0ZXJpYWw=";
+
     #[test]
-    fn secrets_do_not_reach_debug() {
+    fn secrets_reach_neither_debug_nor_display() {
         let c = load_str(
-            "[[clients]]\nclient_id = \"rs\"\nclient_secret = \"hunter2hunter2\"\nredirect_uris = [\"https://rs.example/cb\"]\n",
+            &format!(
+                r#"[registration]
+dcr = "token"
+initial_access_tokens = ["iat-secret-1"]
+
+[keys]
+encryption = ["{KEY}"]
+
+[[clients]]
+client_id = "rs"
+client_secret = "hunter2hunter2"
+redirect_uris = ["https://rs.example/cb"]
+
+[[upstreams]]
+name = "bearer"
+url = "http://127.0.0.1:9/mcp"
+[upstreams.credentials]
+type = "bearer"
+token = "bearer-secret-2"
+
+[[upstreams]]
+name = "header"
+url = "http://127.0.0.1:9/mcp"
+credentials = {{ type = "header", name = "X-Api-Key", value = "header-secret-3" }}
+
+[[upstreams]]
+name = "stdio"
+command = ["server"]
+env = {{ API_KEY = "env-secret-4" }}
+"#
+            ),
+            &[(
+                "MCP_OAUTH_GATEWAY_STORE__URL",
+                "postgres://gw:db-secret-5@db.example/gw",
+            )],
+        )
+        .expect("load");
+        let shown = format!("{c:?}\n{c:#?}");
+        for secret in [
+            "iat-secret-1",
+            "dGhpcnR5",
+            "hunter2",
+            "bearer-secret-2",
+            "header-secret-3",
+            "env-secret-4",
+            "db-secret-5",
+        ] {
+            assert!(!shown.contains(secret), "{secret} shown in {shown}");
+        }
+        // What is not secret still shows.
+        for plain in [
+            "\"k1\"",
+            "X-Api-Key",
+            "API_KEY",
+            "db.example",
+            "\"client_secret_basic\"",
+        ] {
+            assert!(shown.contains(plain), "{plain} not shown in {shown}");
+        }
+        let secrets = [
+            &c.registration.initial_access_tokens[0],
+            &c.keys.encryption[0],
+            c.clients[0].client_secret.as_ref().expect("client secret"),
+            &c.upstreams[2].env["API_KEY"],
+        ];
+        for s in secrets {
+            assert_eq!(s.to_string(), "<redacted>");
+        }
+        // The code that needs them still has them.
+        assert_eq!(secrets[2].expose(), "hunter2hunter2");
+        assert!(matches!(
+            &c.upstreams[0].credentials,
+            UpstreamCredentials::Bearer { token } if token.expose() == "bearer-secret-2"
+        ));
+        // A secret that is refused is not repeated.
+        let e = refused(
+            "[[upstreams]]\nname = \"a\"\nurl = \"http://127.0.0.1:9/mcp\"\n\
+             credentials = { type = \"bearer\", token = \"bad-secret\\n\" }\n",
+        );
+        assert!(e.contains("key `upstreams[0].credentials.token`"), "{e}");
+        assert!(!e.contains("bad-secret"), "{e}");
+    }
+
+    #[test]
+    fn a_store_password_is_not_shown() {
+        let shown = |url: &str| {
+            format!(
+                "{:?}",
+                StoreConfig {
+                    url: url.into(),
+                    ..StoreConfig::default()
+                }
+            )
+        };
+        let s = shown("postgres://db.example/gw?sslmode=require&password=db-secret");
+        assert!(!s.contains("db-secret") && s.contains("db.example"), "{s}");
+        let s = shown("postgresql://gw:db-secret@db.example/gw");
+        assert!(
+            !s.contains("db-secret") && s.contains("@db.example/gw"),
+            "{s}"
+        );
+        // Anything else exactly as written.
+        let s = shown("sqlite://State.db");
+        assert!(s.contains("\"sqlite://State.db\""), "{s}");
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_as_plain_strings() {
+        let c = load_str(
+            "",
+            &[
+                ("MCP_OAUTH_GATEWAY_REGISTRATION__DCR", "token"),
+                (
+                    "MCP_OAUTH_GATEWAY_REGISTRATION__INITIAL_ACCESS_TOKENS",
+                    r#"["from-env"]"#,
+                ),
+                ("MCP_OAUTH_GATEWAY_KEYS__ENCRYPTION", KEY),
+            ],
+        )
+        .expect("load");
+        assert_eq!(
+            c.registration.initial_access_tokens,
+            vec![Secret::from("from-env")]
+        );
+        assert_eq!(c.keys.encryption, vec![Secret::from(KEY)]);
+    }
+
+    #[test]
+    fn unknown_auth_method_or_grant_type_is_refused_naming_the_key() {
+        let e = refused(
+            "[[clients]]\nclient_id = \"c\"\ntoken_endpoint_auth_method = \"private_key_jwt\"\n",
+        );
+        assert!(
+            e.contains("key `clients[0].token_endpoint_auth_method`")
+                && e.contains("private_key_jwt")
+                && e.contains("`client_secret_post`"),
+            "{e}"
+        );
+        let e = refused(
+            "[[clients]]\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+             grant_types = [\"client_credentials\", \"implicit\"]\n",
+        );
+        assert!(
+            e.contains("key `clients[0].grant_types[1]`")
+                && e.contains("implicit")
+                && e.contains("`client_credentials`"),
+            "{e}"
+        );
+        // The file's spelling reads as before, and `Debug` shows it.
+        let c = load_str(
+            "[[clients]]\nclient_id = \"svc\"\nclient_secret = \"s\"\n\
+             token_endpoint_auth_method = \"client_secret_post\"\n\
+             grant_types = [\"client_credentials\"]\n",
             &[],
         )
         .expect("load");
-        assert!(!format!("{c:?}").contains("hunter2"));
+        let svc = &c.clients[0];
+        assert_eq!(
+            svc.token_endpoint_auth_method,
+            TokenEndpointAuthMethod::ClientSecretPost
+        );
+        assert_eq!(svc.grant_types, vec![GrantType::ClientCredentials]);
+        let shown = format!("{svc:?}");
+        assert!(
+            shown.contains("\"client_secret_post\"") && shown.contains("[\"client_credentials\"]"),
+            "{shown}"
+        );
+    }
+
+    /// One mistake in each section, and in each check that spans sections: the error names
+    /// the file, the key and what is wrong.
+    #[test]
+    fn each_section_is_checked() {
+        const UP: &str = "[[upstreams]]\nname = \"a\"\nurl = \"http://127.0.0.1:9/mcp\"\n";
+        const SVC: &str = "[[clients]]\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+                           grant_types = [\"client_credentials\"]\n";
+        let cases: &[(String, &str, &str)] = &[
+            (
+                "[keys]\nencryption_active = \"k1\"\n".into(),
+                "keys.encryption_active",
+                "lists none",
+            ),
+            (
+                "[keys]\nencryption = [\"k1\"]\n".into(),
+                "keys.encryption",
+                "is not `id:key`",
+            ),
+            (
+                "[server]\nmax_connections = 0\n".into(),
+                "server.max_connections",
+                "at least 1",
+            ),
+            (
+                "[server]\npublic_url = \"https://gw.example/?q\"\n".into(),
+                "server.public_url",
+                "must not have a query or fragment",
+            ),
+            (
+                "[store]\nacquire_timeout_ms = 5\n".into(),
+                "store.acquire_timeout_ms",
+                "100 to 60000",
+            ),
+            (
+                "[store]\nurl = \"mysql://db\"\n".into(),
+                "store.url",
+                "expected sqlite://PATH",
+            ),
+            (
+                "[authorization]\ncode_ttl_secs = 601\n".into(),
+                "authorization.code_ttl_secs",
+                "at most 600",
+            ),
+            (
+                "[authorization]\nrefresh_retry_window_secs = -1\n".into(),
+                "authorization.refresh_retry_window_secs",
+                "0 to 300",
+            ),
+            (
+                "[authorization]\ndefault_scopes = [\"admin\"]\n".into(),
+                "authorization.default_scopes",
+                "`admin` is not in authorization.scopes",
+            ),
+            (
+                "[login]\nsession_ttl_secs = 0\n".into(),
+                "login.session_ttl_secs",
+                "must be a positive number of seconds",
+            ),
+            (
+                "[registration]\ndcr = \"token\"\n".into(),
+                "registration.initial_access_tokens",
+                "needs at least one initial access token",
+            ),
+            (
+                "[whoami]\npath = \"mcp\"\n".into(),
+                "whoami.path",
+                "must start with /",
+            ),
+            (
+                "[whoami]\nscopes = [\"admin\"]\n".into(),
+                "whoami.scopes",
+                "`admin` is not in authorization.scopes",
+            ),
+            (
+                "[proxy]\nmax_request_bytes = 10\n".into(),
+                "proxy.max_request_bytes",
+                "must be at least 1024",
+            ),
+            (
+                "[proxy]\nallowed_origins = [\"https://a.example/x\"]\n".into(),
+                "proxy.allowed_origins[0]",
+                "an origin is scheme://host[:port]",
+            ),
+            (
+                UP.replace("\"a\"", "\"a b\""),
+                "upstreams[0].name",
+                "1 to 64 letters",
+            ),
+            (
+                format!("{UP}per_user = true\n"),
+                "upstreams[0].per_user",
+                "are for stdio",
+            ),
+            (
+                format!(
+                    "{UP}credentials = {{ type = \"header\", name = \"Host\", value = \"v\" }}\n"
+                ),
+                "upstreams[0].credentials.name",
+                "not a header name that can be set",
+            ),
+            (
+                format!("{UP}[[upstreams.tools]]\ntools = [\"x*y\"]\n"),
+                "upstreams[0].tools[0].tools",
+                "with `*` only at the end",
+            ),
+            (format!("{UP}{UP}"), "upstreams[1].name", "duplicated"),
+            (
+                format!("{UP}path = \"/mcp\"\n"),
+                "upstreams[0].path",
+                "`/mcp` is used twice",
+            ),
+            (
+                format!("{UP}scopes = [\"admin\"]\n"),
+                "upstreams[0].scopes",
+                "`admin` is not in authorization.scopes",
+            ),
+            (
+                format!("{UP}[[upstreams.tools]]\ntools = [\"x\"]\nscopes = [\"admin\"]\n"),
+                "upstreams[0].tools[0].scopes",
+                "`admin` is not in authorization.scopes",
+            ),
+            (
+                "[[clients]]\nclient_id = \"c\"\ntoken_endpoint_auth_method = \"none\"\n\
+                 client_secret = \"s\"\nredirect_uris = [\"https://c.example/cb\"]\n"
+                    .into(),
+                "clients[0].client_secret",
+                "has no secret",
+            ),
+            (
+                "[[clients]]\nclient_id = \"c\"\ntoken_endpoint_auth_method = \"none\"\n\
+                 grant_types = [\"client_credentials\"]\n"
+                    .into(),
+                "clients[0].grant_types",
+                "client_credentials needs a confidential client",
+            ),
+            (
+                "[[clients]]\nclient_id = \"c\"\nclient_secret = \"s\"\n".into(),
+                "clients[0].redirect_uris",
+                "authorization_code needs at least one",
+            ),
+            (format!("{SVC}{SVC}"), "clients[1].client_id", "duplicated"),
+            (
+                format!("{SVC}introspection = true\nintrospection_resources = [\"nope\"]\n"),
+                "clients[0].introspection_resources[0]",
+                "not `whoami`, an upstream's name, or a resource URL",
+            ),
+            (
+                format!("{SVC}scopes = [\"admin\"]\n"),
+                "clients[0].scopes",
+                "`admin` is not in authorization.scopes",
+            ),
+        ];
+        for (toml, key, message) in cases {
+            let e = refused(toml);
+            assert!(
+                e.contains("gw.toml") && e.contains(&format!("key `{key}`: ")),
+                "{toml}\n=> {e}"
+            );
+            assert!(e.contains(*message), "{toml}\n=> {e}");
+        }
     }
 }

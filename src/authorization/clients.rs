@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 use super::AuthorizationServer;
 use super::error::{ErrorCode, OAuthError};
 use super::redirect::check_registered_redirect_uri;
-use crate::config::{DcrMode, StaticClientConfig};
+use crate::config::{DcrMode, StaticClientConfig, TokenEndpointAuthMethod};
 use crate::crypto;
 use crate::store::ClientRecord;
 
@@ -73,18 +73,25 @@ impl Client {
             kind: ClientKind::Configured,
             name: c.client_name.clone(),
             redirect_uris: c.redirect_uris.clone(),
-            auth_method: AuthMethod::parse(&c.token_endpoint_auth_method)
-                .unwrap_or(AuthMethod::ClientSecretBasic),
+            auth_method: match c.token_endpoint_auth_method {
+                TokenEndpointAuthMethod::None => AuthMethod::None,
+                TokenEndpointAuthMethod::ClientSecretBasic => AuthMethod::ClientSecretBasic,
+                TokenEndpointAuthMethod::ClientSecretPost => AuthMethod::ClientSecretPost,
+            },
             secret_hash: c
                 .client_secret
-                .as_deref()
-                .map(crypto::hash_secret)
+                .as_ref()
+                .map(|s| crypto::hash_secret(s.expose()))
                 .or_else(|| {
                     c.client_secret_sha256
                         .as_ref()
                         .map(|h| h.to_ascii_lowercase())
                 }),
-            grant_types: c.grant_types.clone(),
+            grant_types: c
+                .grant_types
+                .iter()
+                .map(|g| g.as_str().to_owned())
+                .collect(),
             scopes: (!c.scopes.is_empty()).then(|| c.scopes.clone()),
             introspection: c.introspection,
             // Resolved to resource URLs once the resources are known.

@@ -242,7 +242,10 @@ impl Proxy {
                     std::sync::Arc::new(StdioServer::new(
                         u.name.clone(),
                         cmd.clone(),
-                        u.env.clone(),
+                        u.env
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+                            .collect(),
                         u.per_user,
                         u.per_user_env.clone(),
                         u.idle_secs,
@@ -658,14 +661,14 @@ impl Proxy {
         match &upstream.credentials {
             UpstreamCredentials::None => {}
             UpstreamCredentials::Bearer { token } => {
-                if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
+                if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", token.expose())) {
                     h.insert(header::AUTHORIZATION, v);
                 }
             }
             UpstreamCredentials::Header { name, value } => {
                 if let (Ok(n), Ok(v)) = (
                     HeaderName::from_bytes(name.as_bytes()),
-                    HeaderValue::from_str(value),
+                    HeaderValue::from_str(value.expose()),
                 ) {
                     h.insert(n, v);
                 }

@@ -1,0 +1,71 @@
+//! A secret from the configuration: a client secret, an access token, key material.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+/// A secret string. `Debug` and `Display` print `<redacted>`, so a configuration value that
+/// is logged or formatted by mistake never shows it; `expose` is the one way to read it, and
+/// easy to find in review.
+///
+/// `PartialEq` is not constant-time: it is for tests and configuration, never for checking
+/// a credential someone presented.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that has to use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formatting_never_shows_the_secret() {
+        let s = Secret::from("hunter2hunter2");
+        assert_eq!(format!("{s}"), "<redacted>");
+        assert_eq!(format!("{s:?}"), "<redacted>");
+        assert_eq!(format!("{:?}", Some(s.clone())), "Some(<redacted>)");
+        assert_eq!(s.expose(), "hunter2hunter2");
+        assert_eq!(s, Secret::from(String::from("hunter2hunter2")));
+    }
+
+    #[test]
+    fn deserializes_from_a_plain_string() {
+        #[derive(Deserialize)]
+        struct T {
+            s: Secret,
+        }
+        let t: T = toml::from_str("s = \"abc\"").expect("parse");
+        assert_eq!(t.s.expose(), "abc");
+    }
+}
