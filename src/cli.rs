@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::admin::{Admin, AdminError, ClientDetails, ClientSource, GrantSelection, KeyState};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::crypto;
-use crate::login::LocalAccounts;
-use crate::store::{self, GrantFilter, SharedStore};
+use crate::store::{self, SharedStore};
 use crate::web::Gateway;
 
 #[derive(Debug, Parser)]
@@ -249,10 +249,10 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Serve | Command::CheckConfig => serve(config, store, clock).await,
-        Command::Users(c) => users(c, &config, store, clock).await,
-        Command::Clients(c) => clients(c, &config, store, clock).await,
-        Command::Grants(c) => grants(c, store, clock).await,
-        Command::Keys(c) => keys(c, &config, store, clock).await,
+        Command::Users(c) => users(c, &cli_admin(&config, store, clock)?).await,
+        Command::Clients(c) => clients(c, &cli_admin(&config, store, clock)?).await,
+        Command::Grants(c) => grants(c, &cli_admin(&config, store, clock)?).await,
+        Command::Keys(c) => keys(c, &cli_admin(&config, store, clock)?).await,
         Command::Store(_) => Ok(()),
     }
 }
@@ -289,9 +289,13 @@ fn redact_url(url: &str) -> String {
 
 async fn serve(config: Config, store: SharedStore, clock: SharedClock) -> Result<(), String> {
     if store.count_users().await.map_err(|e| e.to_string())? == 0 {
-        let accounts = LocalAccounts::new(store.clone(), clock.clone(), &config.login);
+        let admin = Admin::new(store.clone(), clock.clone(), &config, FIRST_START_ACTOR)
+            .map_err(cli_error)?;
         let password = crypto::new_secret("");
-        accounts.create("admin", &password).await?;
+        admin
+            .create_user("admin", &password, None, &[])
+            .await
+            .map_err(cli_error)?;
         // Printed once, to the terminal that started the gateway; never logged.
         eprintln!(
             "\nCreated the first local account.\n  username: admin\n  password: {password}\nIt is shown only this once; change it with `mcp-oauth-gateway users passwd admin --password-stdin`.\n"
@@ -339,13 +343,31 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn users(
-    c: UsersCommand,
-    config: &Config,
-    store: SharedStore,
-    clock: SharedClock,
-) -> Result<(), String> {
-    let accounts = LocalAccounts::new(store.clone(), clock.clone(), &config.login);
+/// Who acts, in the audit log, for what the command line changes.
+const CLI_ACTOR: &str = "cli";
+/// Who acts, in the audit log, when `serve` creates the first account of an empty store.
+const FIRST_START_ACTOR: &str = "first_start";
+
+/// The service's errors in the command line's words: where one says what to do next, it
+/// names the option or command that does it.
+fn cli_error(e: AdminError) -> String {
+    match e {
+        AdminError::NoGrantSelected => "say which grants: --user, --client or --grant".into(),
+        AdminError::OnlyLiveKey { kid } => format!(
+            "`{kid}` is the only live key; run `keys rotate` first and retire it once the new one signs"
+        ),
+        AdminError::NoEncryptionKey => {
+            "`keys.encryption` is empty: add a key (see `keys new-encryption-key`) first".into()
+        }
+        e => e.to_string(),
+    }
+}
+
+fn cli_admin(config: &Config, store: SharedStore, clock: SharedClock) -> Result<Admin, String> {
+    Admin::new(store, clock, config, CLI_ACTOR).map_err(cli_error)
+}
+
+async fn users(c: UsersCommand, admin: &Admin) -> Result<(), String> {
     match c {
         UsersCommand::Add {
             name,
@@ -353,19 +375,17 @@ async fn users(
             email,
             groups,
         } => {
+            // Checked (again by the service) before a password is read or made for nothing.
             crate::login::validate_profile(email.as_deref(), &groups)?;
             let (password, generated) = if password_stdin {
                 (read_password_stdin()?, false)
             } else {
                 (crypto::new_secret(""), true)
             };
-            let user = accounts.create(&name, &password).await?;
-            if email.is_some() || !groups.is_empty() {
-                store
-                    .set_profile(&user.id, email.as_deref(), &groups)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
+            admin
+                .create_user(&name, &password, email.as_deref(), &groups)
+                .await
+                .map_err(cli_error)?;
             if generated {
                 println!("added user `{name}` with password: {password}");
             } else {
@@ -377,20 +397,14 @@ async fn users(
             email,
             groups,
         } => {
-            crate::login::validate_profile(email.as_deref(), &groups)?;
-            let user = store
-                .user_by_name(&name)
+            admin
+                .update_user(&name, email.as_deref(), &groups)
                 .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("no user named `{name}`"))?;
-            store
-                .set_profile(&user.id, email.as_deref(), &groups)
-                .await
-                .map_err(|e| e.to_string())?;
+                .map_err(cli_error)?;
             println!("updated `{name}`");
         }
         UsersCommand::List => {
-            for u in store.list_users().await.map_err(|e| e.to_string())? {
+            for u in admin.list_users().await.map_err(cli_error)? {
                 let groups = if u.groups.is_empty() {
                     "-".to_string()
                 } else {
@@ -412,15 +426,7 @@ async fn users(
             }
         }
         UsersCommand::Remove { name } => {
-            let user = store
-                .user_by_name(&name)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("no user named `{name}`"))?;
-            store
-                .delete_user(&user.id, clock.now())
-                .await
-                .map_err(|e| e.to_string())?;
+            admin.remove_user(&name).await.map_err(cli_error)?;
             println!("removed user `{name}` and revoked their grants");
         }
         UsersCommand::Passwd {
@@ -432,61 +438,56 @@ async fn users(
                 return Err("pass the new password on standard input with --password-stdin".into());
             }
             let pw = read_password_stdin()?;
-            let n = accounts.set_password(&name, &pw, keep_grants).await?;
+            let n = admin
+                .set_password(&name, &pw, keep_grants)
+                .await
+                .map_err(cli_error)?;
             println!("password of `{name}` changed; browser sessions ended, {n} grant(s) revoked");
         }
         UsersCommand::Disable { name, keep_grants } => {
-            let n = accounts.set_disabled(&name, true, keep_grants).await?;
+            let n = admin
+                .disable_user(&name, keep_grants)
+                .await
+                .map_err(cli_error)?;
             println!("disabled `{name}`; browser sessions ended, {n} grant(s) revoked");
         }
         UsersCommand::Enable { name } => {
-            accounts.set_disabled(&name, false, true).await?;
+            admin.enable_user(&name).await.map_err(cli_error)?;
             println!("enabled `{name}`");
         }
         UsersCommand::Sessions(SessionsCommand::Revoke { name }) => {
-            accounts.end_sessions(&name).await?;
+            admin.end_sessions(&name).await.map_err(cli_error)?;
             println!("signed `{name}` out of every browser");
         }
     }
     Ok(())
 }
 
-async fn clients(
-    c: ClientsCommand,
-    config: &Config,
-    store: SharedStore,
-    clock: SharedClock,
-) -> Result<(), String> {
+async fn clients(c: ClientsCommand, admin: &Admin) -> Result<(), String> {
     match c {
         ClientsCommand::List => {
             // What strangers registered is printed with anything invisible escaped, so it
             // cannot forge lines or send escape sequences to the operator's terminal.
-            for s in &config.clients {
-                println!(
-                    "{}\tconfigured\t{}",
-                    printable(&s.client_id),
-                    printable(s.client_name.as_deref().unwrap_or("-"))
-                );
-            }
-            for r in store.list_clients().await.map_err(|e| e.to_string())? {
-                println!(
-                    "{}\tregistered\t{}\t{}",
-                    printable(&r.client_id),
-                    printable(r.client_name.as_deref().unwrap_or("-")),
-                    printable(&r.redirect_uris.join(" "))
-                );
+            for client in admin.list_clients().await.map_err(cli_error)? {
+                let id = printable(&client.client_id);
+                let name = printable(client.name.as_deref().unwrap_or("-"));
+                match client.source {
+                    ClientSource::Configured => println!("{id}\tconfigured\t{name}"),
+                    ClientSource::Registered => println!(
+                        "{id}\tregistered\t{name}\t{}",
+                        printable(&client.redirect_uris.join(" "))
+                    ),
+                }
             }
         }
         ClientsCommand::Show { client_id } => {
-            if let Some(s) = config.clients.iter().find(|s| s.client_id == client_id) {
-                println!("{s:#?}");
-                return Ok(());
-            }
-            let r = store
-                .client(&client_id)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("no client `{client_id}`"))?;
+            let r = match admin.client(&client_id).await.map_err(cli_error)? {
+                ClientDetails::Configured(s) => {
+                    println!("{s:#?}");
+                    return Ok(());
+                }
+                ClientDetails::Registered(r) => r,
+            };
             let shown = serde_json::to_string_pretty(&r.metadata).unwrap_or_default();
             for line in shown.lines() {
                 println!("{}", printable(line));
@@ -503,82 +504,39 @@ async fn clients(
             );
         }
         ClientsCommand::Remove { client_id } => {
-            if config.clients.iter().any(|s| s.client_id == client_id) {
-                return Err(format!(
-                    "`{client_id}` is configured in the file; remove it there"
-                ));
-            }
-            if !store
-                .delete_client(&client_id, clock.now())
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                return Err(format!("no client `{client_id}`"));
-            }
+            admin.remove_client(&client_id).await.map_err(cli_error)?;
             println!("removed client `{client_id}` and revoked its grants");
         }
     }
     Ok(())
 }
 
-async fn keys(
-    c: KeysCommand,
-    config: &Config,
-    store: SharedStore,
-    clock: SharedClock,
-) -> Result<(), String> {
-    let encryption = config.keys.encryption_keys()?;
+async fn keys(c: KeysCommand, admin: &Admin) -> Result<(), String> {
     match c {
         KeysCommand::List => {
-            let keys = store.signing_keys().await.map_err(|e| e.to_string())?;
-            let created: Vec<i64> = keys.iter().map(|(_, _, c)| *c).collect();
-            let signing = crate::proxy::signing_index(&created, clock.now());
-            for (i, (kid, stored, created)) in keys.iter().enumerate() {
-                let state = if i == signing {
-                    "signing"
-                } else if i < signing {
-                    "published, signs soon"
-                } else {
-                    "published, verifies"
+            for k in admin.list_signing_keys().await.map_err(cli_error)? {
+                let state = match k.state {
+                    KeyState::Signing => "signing",
+                    KeyState::SignsSoon => "published, signs soon",
+                    KeyState::Verifies => "published, verifies",
                 };
-                let at_rest = match crypto::sealed_with(stored) {
+                let at_rest = match &k.sealed_with {
                     Some(by) => format!("encrypted with `{by}`"),
                     None => "unencrypted".into(),
                 };
-                println!("{kid}\tcreated {created}\t{state}\t{at_rest}");
+                println!("{}\tcreated {}\t{state}\t{at_rest}", k.kid, k.created_at);
             }
         }
         KeysCommand::NewEncryptionKey { .. } => {}
         KeysCommand::Reseal => {
-            let keys = encryption.ok_or(
-                "`keys.encryption` is empty: add a key (see `keys new-encryption-key`) first",
-            )?;
-            let n = crate::proxy::reseal_signing_keys(&store, &keys).await?;
+            let done = admin.reseal_signing_keys().await.map_err(cli_error)?;
             println!(
-                "{n} signing key(s) re-encrypted; every live key is now encrypted with `{}`",
-                keys.active_id()
+                "{} signing key(s) re-encrypted; every live key is now encrypted with `{}`",
+                done.count, done.encryption_key
             );
         }
         KeysCommand::Rotate => {
-            let kid = crypto::new_id();
-            let pkcs8 = crate::proxy::stored_form(
-                encryption.as_ref(),
-                &kid,
-                &crate::proxy::generate_key()?,
-            )?;
-            // Keys are ordered by creation second: a second rotation within the same second
-            // must still come out newest.
-            let newest = store
-                .signing_keys()
-                .await
-                .map_err(|e| e.to_string())?
-                .first()
-                .map(|(_, _, c)| *c);
-            let created = newest.map_or(clock.now(), |n| clock.now().max(n + 1));
-            store
-                .add_signing_key(&kid, &pkcs8, created)
-                .await
-                .map_err(|e| e.to_string())?;
+            let kid = admin.rotate_signing_key().await.map_err(cli_error)?;
             println!(
                 "added key {kid}: running instances publish it within {} s and sign with it after {} s",
                 crate::proxy::KEY_RELOAD_SECS,
@@ -586,29 +544,7 @@ async fn keys(
             );
         }
         KeysCommand::Retire { kid } => {
-            let keys = store.signing_keys().await.map_err(|e| e.to_string())?;
-            if !keys.iter().any(|(k, _, _)| *k == kid) {
-                return Err(format!("no live key `{kid}`"));
-            }
-            if keys.len() == 1 {
-                return Err(format!(
-                    "`{kid}` is the only live key; run `keys rotate` first and retire it once the new one signs"
-                ));
-            }
-            let created: Vec<i64> = keys.iter().map(|(_, _, c)| *c).collect();
-            if keys[crate::proxy::signing_index(&created, clock.now())].0 == kid {
-                return Err(format!(
-                    "`{kid}` still signs; retire it after the newer key has taken over ({} s after it was made)",
-                    crate::proxy::KEY_ACTIVATION_DELAY_SECS
-                ));
-            }
-            if !store
-                .retire_signing_key(&kid, clock.now())
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                return Err(format!("no live key `{kid}`"));
-            }
+            admin.retire_signing_key(&kid).await.map_err(cli_error)?;
             println!(
                 "retired key {kid}: running instances stop publishing it within {} s",
                 crate::proxy::KEY_RELOAD_SECS
@@ -618,43 +554,28 @@ async fn keys(
     Ok(())
 }
 
-async fn grant_filter(select: GrantSelector, store: &SharedStore) -> Result<GrantFilter, String> {
-    let user_id = match select.user {
-        Some(name) => Some(
-            store
-                .user_by_name(&name)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("no user named `{name}`"))?
-                .id,
-        ),
-        None => None,
-    };
-    Ok(GrantFilter {
-        grant_id: select.grant,
-        user_id,
-        client_id: select.client,
-    })
+fn selection(select: GrantSelector) -> GrantSelection {
+    GrantSelection {
+        user: select.user,
+        client: select.client,
+        grant: select.grant,
+    }
 }
 
-async fn grants(c: GrantsCommand, store: SharedStore, clock: SharedClock) -> Result<(), String> {
+async fn grants(c: GrantsCommand, admin: &Admin) -> Result<(), String> {
     match c {
         GrantsCommand::List { select, all } => {
-            let filter = grant_filter(select, &store).await?;
-            for g in store
-                .list_grants(&filter, all)
+            let grants = admin
+                .list_grants(&selection(select), all)
                 .await
-                .map_err(|e| e.to_string())?
-            {
-                let user = match &g.user_id {
-                    Some(id) => store
-                        .user_by_id(id)
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .map(|u| u.username)
-                        .unwrap_or_else(|| id.clone()),
-                    None => "-".into(),
-                };
+                .map_err(cli_error)?;
+            for g in grants {
+                // The user's name while they exist, their id otherwise.
+                let user = g
+                    .username
+                    .as_deref()
+                    .or(g.user_id.as_deref())
+                    .unwrap_or("-");
                 println!(
                     "{}\t{}\t{}\t{}\t{}{}",
                     g.id,
@@ -662,7 +583,7 @@ async fn grants(c: GrantsCommand, store: SharedStore, clock: SharedClock) -> Res
                     printable(&g.client_id),
                     g.resource,
                     g.scopes.join(" "),
-                    if g.revoked_at.is_some() {
+                    if g.ended_at.is_some() {
                         "\trevoked"
                     } else {
                         ""
@@ -671,14 +592,10 @@ async fn grants(c: GrantsCommand, store: SharedStore, clock: SharedClock) -> Res
             }
         }
         GrantsCommand::Revoke { select } => {
-            let filter = grant_filter(select, &store).await?;
-            if filter.is_empty() {
-                return Err("say which grants: --user, --client or --grant".into());
-            }
-            let n = store
-                .revoke_grants(&filter, crate::store::EndReason::AdminRevoked, clock.now())
+            let n = admin
+                .revoke_grants(&selection(select))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(cli_error)?;
             println!("revoked {n} grant(s) and their tokens");
         }
     }

@@ -3,6 +3,7 @@
 //! Capabilities live in their own folders; `web` is the only place that knows about HTTP
 //! framing, and `main.rs` only parses the command line and wires these together.
 
+pub mod admin;
 pub mod authorization;
 pub mod cache;
 pub mod cli;
@@ -13,6 +14,7 @@ pub mod login;
 pub mod mcp;
 pub mod net;
 pub mod proxy;
+pub mod secret;
 pub mod store;
 pub mod text;
 pub mod web;
