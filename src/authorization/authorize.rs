@@ -10,8 +10,16 @@ use super::error::{ErrorCode, OAuthError};
 use super::params::Params;
 use super::redirect::redirect_matches;
 use crate::crypto;
-use crate::login::LoginOutcome;
-use crate::store::{AuthCodeRecord, PendingAuthorization};
+use crate::login::{Attempt, LOCAL, SourceKind};
+use crate::store::{AuthCodeRecord, BrowserSession, PendingAuthorization};
+
+/// A login source as the sign-in page offers it.
+#[derive(Debug, Clone)]
+pub struct SourceChoice {
+    pub name: String,
+    pub label: String,
+    pub kind: SourceKind,
+}
 
 /// What the login and consent pages show, and the handles their forms post back.
 #[derive(Debug, Clone)]
@@ -28,6 +36,8 @@ pub struct PageContext {
     pub username: Option<String>,
     /// The client's name mixes alphabets with look-alike letters: say so on the page.
     pub name_mixes_scripts: bool,
+    /// The login sources to choose from (a chooser when there is more than one).
+    pub sources: Vec<SourceChoice>,
 }
 
 #[derive(Debug)]
@@ -203,7 +213,7 @@ impl AuthorizationServer {
     pub async fn begin_authorization(
         &self,
         params: &Params,
-        session_user: Option<String>,
+        session: Option<BrowserSession>,
         binding: &str,
     ) -> Result<AuthorizeStep, PageError> {
         let client_id = params
@@ -297,15 +307,26 @@ impl AuthorizationServer {
                     user_id: None,
                     created_at: now,
                     expires_at: now + self.settings.request_ttl,
+                    grant_id: Some(crypto::new_id()),
+                    login_source: None,
+                    login_context: None,
                 };
-                let user = match &session_user {
-                    Some(id) => self
+                // A browser session stands in for signing in again, unless its source keeps
+                // something per grant (which only a new sign-in can give) or is gone.
+                let session = session.filter(|s| {
+                    self.login
+                        .get(&s.login_source)
+                        .is_some_and(|source| !source.keeps_context())
+                });
+                let user = match &session {
+                    Some(s) => self
                         .store
-                        .user_by_id(id)
+                        .user_by_id(&s.user_id)
                         .await?
                         .filter(|u| u.disabled_at.is_none()),
                     None => None,
                 };
+                pending.login_source = session.map(|s| s.login_source);
                 if prompt_none {
                     let Some(user) = user else {
                         return fail(OAuthError::new(
@@ -428,6 +449,16 @@ impl AuthorizationServer {
                 .name
                 .as_deref()
                 .is_some_and(crate::text::mixes_scripts),
+            sources: self
+                .login
+                .all()
+                .iter()
+                .map(|s| SourceChoice {
+                    name: s.name().to_string(),
+                    label: s.label().to_string(),
+                    kind: s.kind(),
+                })
+                .collect(),
         }
     }
 
@@ -511,11 +542,14 @@ impl AuthorizationServer {
         Ok((p, client))
     }
 
-    /// POST of the login form.
+    /// POST of a login form: the username and password for the password source `source`
+    /// (local accounts when the form names none).
+    #[allow(clippy::too_many_arguments)]
     pub async fn submit_login(
         &self,
         handle: &str,
         csrf: &str,
+        source: Option<&str>,
         username: &str,
         password: &str,
         ip: &str,
@@ -527,9 +561,30 @@ impl AuthorizationServer {
             error: Some(error.to_string()),
             status,
         };
-        match self.accounts.verify(username, password, ip).await? {
-            LoginOutcome::Invalid => Ok((login_again("Wrong username or password.", 401), None)),
-            LoginOutcome::Throttled { retry_after } => {
+        let name = source.unwrap_or(LOCAL);
+        let Some(source) = self
+            .login
+            .get(name)
+            .filter(|s| s.kind() == SourceKind::Password)
+        else {
+            return Ok((
+                login_again("That way of signing in is not offered here.", 400),
+                None,
+            ));
+        };
+        match source.check_password(username, password, ip).await? {
+            Attempt::Invalid => Ok((login_again("Wrong username or password.", 401), None)),
+            Attempt::Unavailable(why) => {
+                tracing::warn!(source = name, reason = %why, "login source unavailable");
+                Ok((
+                    login_again(
+                        "Signing in this way is unavailable right now. Try again shortly.",
+                        503,
+                    ),
+                    None,
+                ))
+            }
+            Attempt::Throttled { retry_after } => {
                 tracing::warn!(ip, "login throttled");
                 Ok((
                     login_again(
@@ -542,15 +597,49 @@ impl AuthorizationServer {
                     None,
                 ))
             }
-            LoginOutcome::Success(user) => {
+            Attempt::Success(who) => {
+                let user = match self.login.resolve(name, &who).await {
+                    Ok(u) => u,
+                    Err(crate::login::source::ResolveError::Store(e)) => return Err(e.into()),
+                    Err(e) => {
+                        tracing::info!(source = name, reason = %e, "sign-in refused");
+                        return Ok((login_again("This account may not sign in here.", 403), None));
+                    }
+                };
+                let sealed = match (&who.keep, &p.grant_id) {
+                    (Some(keep), Some(grant_id)) => {
+                        Some(self.contexts.seal(name, grant_id, keep).map_err(|e| {
+                            tracing::error!(error = %e, "cannot seal a login context");
+                            PageError::from(OAuthError::server_error())
+                        })?)
+                    }
+                    // A request stored by an older version names no grant: nothing to bind
+                    // a context to, so it must start again.
+                    (Some(_), None) => {
+                        return Err(PageError::bad(
+                            "This sign-in request has expired. Start again from your application.",
+                        ));
+                    }
+                    (None, _) => None,
+                };
                 let now = self.clock.now();
                 let secret = crypto::new_secret("");
                 let max_age = self.accounts_session_ttl();
+                let session = BrowserSession {
+                    user_id: user.id.clone(),
+                    login_source: name.to_string(),
+                };
                 self.store
-                    .put_session(&crypto::hash_secret(&secret), &user.id, now, now + max_age)
+                    .put_session(&crypto::hash_secret(&secret), &session, now, now + max_age)
                     .await?;
-                self.store.set_pending_user(&p.id, &user.id).await?;
-                tracing::info!(user = ?user.username, client_id = ?client.client_id, "login");
+                self.store
+                    .set_pending_login(&p.id, &user.id, name, sealed.as_deref())
+                    .await?;
+                let mut p = p.clone();
+                p.user_id = Some(user.id.clone());
+                p.login_source = Some(name.to_string());
+                p.login_context = sealed;
+                tracing::info!(user = ?user.username, source = name, client_id = ?client.client_id, "login");
                 let step = self
                     .after_login(&p, handle, &client, &user.id, &user.username)
                     .await?;
@@ -569,11 +658,11 @@ impl AuthorizationServer {
         handle: &str,
         csrf: &str,
         allow: bool,
-        session_user: Option<String>,
+        session: Option<BrowserSession>,
         binding: Option<&str>,
     ) -> Result<AuthorizeStep, PageError> {
         let (p, _client) = self.pending_for_form(handle, csrf, binding).await?;
-        let (Some(user), Some(owner)) = (session_user, p.user_id.clone()) else {
+        let (Some(user), Some(owner)) = (session.map(|s| s.user_id), p.user_id.clone()) else {
             return Err(PageError::bad(
                 "You are not signed in any more. Start again from your application.",
             ));
@@ -626,20 +715,22 @@ impl AuthorizationServer {
                 created_at: now,
                 expires_at: now + self.settings.code_ttl,
                 consumed_at: None,
-                grant_id: None,
+                grant_id: Some(p.grant_id.clone().unwrap_or_else(crypto::new_id)),
+                login_source: Some(p.login_source.clone().unwrap_or_else(|| LOCAL.into())),
+                login_context: p.login_context.clone(),
             })
             .await?;
         Ok(self.redirect_with(&p.redirect_uri, &[("code", &code)], p.state.as_deref()))
     }
 
-    /// The user behind a browser session cookie, if it is live.
-    pub async fn session_user(&self, cookie_secret: &str) -> Result<Option<String>, OAuthError> {
+    /// The browser session behind a cookie, if it is live.
+    pub async fn session(&self, cookie_secret: &str) -> Result<Option<BrowserSession>, OAuthError> {
         if cookie_secret.is_empty() || cookie_secret.len() > 100 {
             return Ok(None);
         }
         Ok(self
             .store
-            .session_user(&crypto::hash_secret(cookie_secret), self.clock.now())
+            .session(&crypto::hash_secret(cookie_secret), self.clock.now())
             .await?)
     }
 }

@@ -19,7 +19,7 @@ use url::Url;
 use crate::clock::SharedClock;
 use crate::config::{Config, DcrMode};
 use crate::crypto;
-use crate::login::LocalAccounts;
+use crate::login::{LocalAccounts, LocalSource, LoginContexts, LoginSource, LoginSources};
 use crate::net::SafeFetcher;
 use crate::store::{SharedStore, StoreEvent};
 
@@ -74,6 +74,10 @@ pub struct AuthorizationServer {
     pub store: SharedStore,
     pub clock: SharedClock,
     pub accounts: LocalAccounts,
+    /// The ways to sign in, local accounts first.
+    pub login: LoginSources,
+    /// Seals what a login source keeps to the grant it is for.
+    pub contexts: LoginContexts,
     pub resources: Vec<Resource>,
     session_ttl: i64,
     static_clients: Vec<Client>,
@@ -91,6 +95,36 @@ impl AuthorizationServer {
         store: SharedStore,
         clock: SharedClock,
     ) -> Result<Arc<Self>, String> {
+        Self::with_login_sources(config, store, clock, Vec::new())
+    }
+
+    /// [`Self::new`] with login sources beside local accounts.
+    pub fn with_login_sources(
+        config: &Config,
+        store: SharedStore,
+        clock: SharedClock,
+        sources: Vec<Arc<dyn LoginSource>>,
+    ) -> Result<Arc<Self>, String> {
+        let mut login = LoginSources::new(store.clone(), clock.clone(), Default::default());
+        login.add(Arc::new(LocalSource::new(LocalAccounts::new(
+            store.clone(),
+            clock.clone(),
+            &config.login,
+        ))))?;
+        for s in sources {
+            login.add(s)?;
+        }
+        let needed_by = login
+            .all()
+            .iter()
+            .find(|s| s.keeps_context())
+            .map(|s| s.name().to_string());
+        let keys = crate::login::context::resolve_keys(
+            config.keys.encryption_keys()?,
+            &config.store.url,
+            needed_by.as_deref(),
+        )?;
+        let contexts = LoginContexts::new(keys.map(Arc::new));
         let issuer = config.public_url();
         let issuer_url = Url::parse(&issuer).map_err(|e| format!("server.public_url: {e}"))?;
         let base_path = issuer_url.path().trim_end_matches('/').to_string();
@@ -139,7 +173,7 @@ impl AuthorizationServer {
                 .registration
                 .initial_access_tokens
                 .iter()
-                .map(|t| crypto::hash_secret(t))
+                .map(|t| crypto::hash_secret(t.expose()))
                 .collect(),
             max_clients: config.registration.max_clients,
             unused_client_ttl: config.registration.unused_client_ttl_secs,
@@ -205,6 +239,8 @@ impl AuthorizationServer {
         }
         Ok(Arc::new(Self {
             accounts: LocalAccounts::new(store.clone(), clock.clone(), &config.login),
+            login,
+            contexts,
             settings,
             store,
             clock,

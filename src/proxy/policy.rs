@@ -165,6 +165,8 @@ mod tests {
 
     fn principal(user: &str, scopes: &[&str]) -> Principal {
         Principal {
+            grant_id: Some("g1".into()),
+            login_source: Some("local".into()),
             user_id: Some("u1".into()),
             username: Some(user.into()),
             email: None,

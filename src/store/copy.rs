@@ -77,6 +77,15 @@ pub const TABLES: &[Table] = &[
         ],
     },
     Table {
+        name: "identities",
+        columns: &[
+            ("source", Text),
+            ("subject", Text),
+            ("user_id", Text),
+            ("created_at", Int),
+        ],
+    },
+    Table {
         name: "clients",
         columns: &[
             ("client_id", Text),
@@ -103,6 +112,8 @@ pub const TABLES: &[Table] = &[
             ("created_at", Int),
             ("revoked_at", Int),
             ("ended_reason", Text),
+            ("login_source", Text),
+            ("login_context", Bytes),
         ],
     },
     Table {
@@ -120,6 +131,8 @@ pub const TABLES: &[Table] = &[
             ("expires_at", Int),
             ("consumed_at", Int),
             ("grant_id", Text),
+            ("login_source", Text),
+            ("login_context", Bytes),
         ],
     },
     Table {
@@ -176,6 +189,9 @@ pub const TABLES: &[Table] = &[
             ("user_id", Text),
             ("created_at", Int),
             ("expires_at", Int),
+            ("grant_id", Text),
+            ("login_source", Text),
+            ("login_context", Bytes),
         ],
     },
     Table {
@@ -185,6 +201,7 @@ pub const TABLES: &[Table] = &[
             ("user_id", Text),
             ("created_at", Int),
             ("expires_at", Int),
+            ("login_source", Text),
         ],
     },
     Table {

@@ -119,6 +119,7 @@ pub struct EventBus {
     sender: broadcast::Sender<StoreEvent>,
     listeners: Arc<RwLock<Vec<Listener>>>,
     origin: String,
+    channel: String,
 }
 
 impl Default for EventBus {
@@ -129,12 +130,22 @@ impl Default for EventBus {
 
 impl EventBus {
     pub fn new() -> Self {
+        Self::announced_on(String::new())
+    }
+
+    /// A bus whose events other instances hear on `channel` (PostgreSQL's `NOTIFY`).
+    pub fn announced_on(channel: String) -> Self {
         let (sender, _) = broadcast::channel(1024);
         Self {
             sender,
             listeners: Arc::default(),
             origin: crate::crypto::new_id(),
+            channel,
         }
+    }
+
+    pub fn channel(&self) -> &str {
+        &self.channel
     }
 
     /// Names this process's store in the events it writes.

@@ -56,6 +56,13 @@ impl std::fmt::Debug for UserRecord {
     }
 }
 
+/// A signed-in browser at the authorization server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrowserSession {
+    pub user_id: String,
+    pub login_source: String,
+}
+
 /// A client registered at the gateway (dynamically); configured and CIMD clients are not
 /// stored here.
 #[derive(Debug, Clone)]
@@ -90,6 +97,13 @@ pub struct PendingAuthorization {
     pub user_id: Option<String>,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
+    /// The grant this request will create, named from the start so that what the login
+    /// source keeps can be sealed to it (absent on requests stored by older versions).
+    pub grant_id: Option<String>,
+    /// The login source that signed the person in, once one has.
+    pub login_source: Option<String>,
+    /// What that source keeps for later, sealed to `grant_id` ([`crate::login::context`]).
+    pub login_context: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,7 +119,11 @@ pub struct AuthCodeRecord {
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
     pub consumed_at: Option<Timestamp>,
+    /// The grant it creates (named when the request began), or for codes stored by older
+    /// versions, the grant it created.
     pub grant_id: Option<String>,
+    pub login_source: Option<String>,
+    pub login_context: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +137,8 @@ pub struct GrantRecord {
     /// When it ended (whatever the reason; the column keeps its first name).
     pub revoked_at: Option<Timestamp>,
     pub ended_reason: Option<EndReason>,
+    /// The login source that signed the person in (`local` for client credentials).
+    pub login_source: String,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +170,8 @@ pub struct RefreshTokenRecord {
 #[derive(Debug, Clone)]
 pub struct TokenInfo {
     pub token: AccessTokenRecord,
+    /// The login source of the token's grant; none for client credentials.
+    pub login_source: Option<String>,
     pub username: Option<String>,
     pub email: Option<String>,
     pub groups: Vec<String>,
@@ -242,6 +264,20 @@ pub trait UserStore: Send + Sync {
         disabled_at: Option<Timestamp>,
     ) -> StoreResult<bool>;
     async fn count_users(&self) -> StoreResult<i64>;
+    /// The user a login source's subject is linked to.
+    async fn user_by_identity(
+        &self,
+        source: &str,
+        subject: &str,
+    ) -> StoreResult<Option<UserRecord>>;
+    /// Creates a user (without a password: `password_hash` empty) linked to a source's
+    /// subject, in one transaction; `Conflict` if the username or the identity exists.
+    async fn create_user_with_identity(
+        &self,
+        user: &UserRecord,
+        source: &str,
+        subject: &str,
+    ) -> StoreResult<()>;
 }
 
 #[async_trait]
@@ -260,7 +296,14 @@ pub trait ClientStore: Send + Sync {
 pub trait AuthorizationStore: Send + Sync {
     async fn put_pending(&self, p: &PendingAuthorization) -> StoreResult<()>;
     async fn pending(&self, id: &str, now: Timestamp) -> StoreResult<Option<PendingAuthorization>>;
-    async fn set_pending_user(&self, id: &str, user_id: &str) -> StoreResult<()>;
+    /// Records who signed in, through which source, and what it keeps (sealed).
+    async fn set_pending_login(
+        &self,
+        id: &str,
+        user_id: &str,
+        login_source: &str,
+        login_context: Option<&[u8]>,
+    ) -> StoreResult<()>;
     async fn delete_pending(&self, id: &str) -> StoreResult<()>;
     async fn insert_code(&self, code: &AuthCodeRecord) -> StoreResult<()>;
     async fn code(&self, code_hash: &str) -> StoreResult<Option<AuthCodeRecord>>;
@@ -309,6 +352,8 @@ pub trait GrantStore: Send + Sync {
         retry_until: Timestamp,
     ) -> StoreResult<RotateOutcome>;
     async fn revoke_access_token(&self, token_hash: &str, now: Timestamp) -> StoreResult<bool>;
+    /// A live grant's login source and sealed login context, if it has one.
+    async fn login_context(&self, grant_id: &str) -> StoreResult<Option<(String, Vec<u8>)>>;
     async fn grant(&self, grant_id: &str) -> StoreResult<Option<GrantRecord>>;
     async fn list_grants(
         &self,
@@ -361,11 +406,11 @@ pub trait BrowserSessionStore: Send + Sync {
     async fn put_session(
         &self,
         id_hash: &str,
-        user_id: &str,
+        session: &BrowserSession,
         now: Timestamp,
         expires_at: Timestamp,
     ) -> StoreResult<()>;
-    async fn session_user(&self, id_hash: &str, now: Timestamp) -> StoreResult<Option<String>>;
+    async fn session(&self, id_hash: &str, now: Timestamp) -> StoreResult<Option<BrowserSession>>;
     async fn delete_session(&self, id_hash: &str) -> StoreResult<()>;
 }
 

@@ -16,6 +16,9 @@ use super::*;
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// Announced on the `NOTIFY` channel of this database and schema: channels are
+    /// database-wide, and two installations in two schemas of one database must not hear
+    /// each other.
     bus: EventBus,
     following: std::sync::Once,
 }
@@ -72,9 +75,18 @@ impl PostgresStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
+        let (database, schema): (String, String) =
+            sqlx::query_as("SELECT current_database()::text, current_schema()::text")
+                .fetch_one(&pool)
+                .await
+                .map_err(backend)?;
+        let channel = format!(
+            "mog_events_{}",
+            &crate::crypto::hash_secret(&format!("{database}\n{schema}"))[..16]
+        );
         Ok(Self {
             pool,
-            bus: EventBus::new(),
+            bus: EventBus::announced_on(channel),
             following: std::sync::Once::new(),
         })
     }
@@ -150,18 +162,20 @@ impl PostgresStore {
     /// have been missed meanwhile.
     fn follow_other_instances(&self) {
         self.following.call_once(|| {
-            tokio::spawn(listen(self.pool.clone(), self.bus.clone()));
+            tokio::spawn(listen(
+                self.pool.clone(),
+                self.bus.clone(),
+                self.bus.channel().to_string(),
+            ));
         });
     }
 }
 
-const EVENTS_CHANNEL: &str = "mog_events";
-
-async fn listen(pool: PgPool, bus: EventBus) {
+async fn listen(pool: PgPool, bus: EventBus, channel: String) {
     loop {
         let listener = async {
             let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
-            l.listen(EVENTS_CHANNEL).await?;
+            l.listen(&channel).await?;
             Ok::<_, sqlx::Error>(l)
         };
         match listener.await {
@@ -214,10 +228,11 @@ async fn lock_in(
 /// Tells the other instances, when the transaction commits.
 async fn announce_in(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    channel: &str,
     payload: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(EVENTS_CHANNEL)
+        .bind(channel)
         .bind(payload)
         .execute(&mut **tx)
         .await

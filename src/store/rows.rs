@@ -52,6 +52,9 @@ macro_rules! row_mappers {
                 user_id: r.try_get("user_id")?,
                 created_at: r.try_get("created_at")?,
                 expires_at: r.try_get("expires_at")?,
+                grant_id: r.try_get("grant_id")?,
+                login_source: r.try_get("login_source")?,
+                login_context: r.try_get("login_context")?,
             })
         }
 
@@ -70,6 +73,8 @@ macro_rules! row_mappers {
                 expires_at: r.try_get("expires_at")?,
                 consumed_at: r.try_get("consumed_at")?,
                 grant_id: r.try_get("grant_id")?,
+                login_source: r.try_get("login_source")?,
+                login_context: r.try_get("login_context")?,
             })
         }
 
@@ -87,6 +92,7 @@ macro_rules! row_mappers {
                     .try_get::<Option<String>, _>("ended_reason")?
                     .as_deref()
                     .and_then(EndReason::parse),
+                login_source: r.try_get("login_source")?,
             })
         }
 
@@ -137,6 +143,7 @@ macro_rules! row_mappers {
                         .try_get::<Option<String>, _>("g_ended_reason")?
                         .as_deref()
                         .and_then(EndReason::parse),
+                    login_source: r.try_get("g_login_source")?,
                 }),
             };
             Ok((refresh, grant))
@@ -147,7 +154,7 @@ macro_rules! row_mappers {
 /// The columns of `refresh_and_grant_from`, for `FROM refresh_tokens r LEFT JOIN grants g`.
 pub(crate) const REFRESH_AND_GRANT_COLUMNS: &str = "r.*, g.id AS g_id, g.user_id AS g_user_id, \
      g.client_id AS g_client_id, g.resource AS g_resource, g.scopes AS g_scopes, \
-     g.created_at AS g_created_at, g.revoked_at AS g_revoked_at, g.ended_reason AS g_ended_reason";
+     g.created_at AS g_created_at, g.revoked_at AS g_revoked_at, g.ended_reason AS g_ended_reason, g.login_source AS g_login_source";
 
 pub(crate) use row_mappers;
 

@@ -84,6 +84,25 @@ where
     .map(|_| ())
 }
 
+async fn insert_user<'e, E>(ex: E, u: &UserRecord) -> Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = $db>,
+{
+    sqlx::query(
+        "INSERT INTO users (id, username, password_hash, created_at, email, groups)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&u.id)
+    .bind(&u.username)
+    .bind(&u.password_hash)
+    .bind(u.created_at)
+    .bind(&u.email)
+    .bind(u.groups.join(" "))
+    .execute(ex)
+    .await
+    .map(|_| ())
+}
+
 /// Ends what a user's sign-ins hold, inside `tx`: browser sessions, unfinished requests and
 /// codes (only unused ones when `unused_codes_only`, so replays of used ones stay detectable),
 /// and with `reason` their grants. Returns the grants that ended.
@@ -132,7 +151,8 @@ async fn end_grants_in(
 ) -> Result<Vec<GrantEnded>, sqlx::Error> {
     let (w, binds) = super::shared::grant_where(f, 3);
     let sql = format!(
-        "UPDATE grants SET revoked_at = $1, ended_reason = $2 WHERE revoked_at IS NULL AND {w}
+        "UPDATE grants SET revoked_at = $1, ended_reason = $2, login_context = NULL
+         WHERE revoked_at IS NULL AND {w}
          RETURNING id, user_id, client_id"
     );
     let mut q = sqlx::query(&sql).bind(now).bind(reason.as_str());
@@ -222,7 +242,7 @@ async fn record_event_in(
         .bind(now)
         .execute(&mut **tx)
         .await?;
-    announce_in(tx, &payload).await
+    announce_in(tx, bus.channel(), &payload).await
 }
 
 /// Commits, then tells this process's subscribers what the transaction ended.
@@ -245,19 +265,45 @@ fn ended_events(ended: Vec<GrantEnded>) -> impl Iterator<Item = StoreEvent> {
 #[async_trait]
 impl UserStore for $store {
     async fn create_user(&self, u: &UserRecord) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO users (id, username, password_hash, created_at, email, groups) VALUES ($1, $2, $3, $4, $5, $6)",
+        insert_user(self.writer(), u).await.map_err(backend)
+    }
+
+    async fn user_by_identity(
+        &self,
+        source: &str,
+        subject: &str,
+    ) -> StoreResult<Option<UserRecord>> {
+        let row = sqlx::query(
+            "SELECT u.* FROM identities i JOIN users u ON u.id = i.user_id
+             WHERE i.source = $1 AND i.subject = $2",
         )
-        .bind(&u.id)
-        .bind(&u.username)
-        .bind(&u.password_hash)
-        .bind(u.created_at)
-        .bind(&u.email)
-        .bind(u.groups.join(" "))
-        .execute(self.writer())
+        .bind(source)
+        .bind(subject)
+        .fetch_optional(self.reader())
         .await
         .map_err(backend)?;
-        Ok(())
+        row.as_ref().map(user_from).transpose().map_err(backend)
+    }
+
+    async fn create_user_with_identity(
+        &self,
+        u: &UserRecord,
+        source: &str,
+        subject: &str,
+    ) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        insert_user(&mut *tx, u).await.map_err(backend)?;
+        sqlx::query(
+            "INSERT INTO identities (source, subject, user_id, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(source)
+        .bind(subject)
+        .bind(&u.id)
+        .bind(u.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)
     }
 
     async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
@@ -481,8 +527,9 @@ impl AuthorizationStore for $store {
     async fn put_pending(&self, p: &PendingAuthorization) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO pending_authorizations (id, client_id, redirect_uri, redirect_given, scopes, resource, state,
-                code_challenge, csrf_token, binding_hash, user_id, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                code_challenge, csrf_token, binding_hash, user_id, created_at, expires_at, grant_id,
+                login_source, login_context)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(&p.id)
         .bind(&p.client_id)
@@ -497,6 +544,9 @@ impl AuthorizationStore for $store {
         .bind(&p.user_id)
         .bind(p.created_at)
         .bind(p.expires_at)
+        .bind(&p.grant_id)
+        .bind(&p.login_source)
+        .bind(&p.login_context)
         .execute(self.writer())
         .await
         .map_err(backend)?;
@@ -514,11 +564,22 @@ impl AuthorizationStore for $store {
         row.as_ref().map(pending_from).transpose().map_err(backend)
     }
 
-    async fn set_pending_user(&self, id: &str, user_id: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE pending_authorizations SET user_id = $1 WHERE id = $2")
-            .bind(user_id)
-            .bind(id)
-            .execute(self.writer())
+    async fn set_pending_login(
+        &self,
+        id: &str,
+        user_id: &str,
+        login_source: &str,
+        login_context: Option<&[u8]>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE pending_authorizations SET user_id = $1, login_source = $2, login_context = $3
+             WHERE id = $4",
+        )
+        .bind(user_id)
+        .bind(login_source)
+        .bind(login_context)
+        .bind(id)
+        .execute(self.writer())
             .await
             .map_err(backend)?;
         Ok(())
@@ -536,8 +597,8 @@ impl AuthorizationStore for $store {
     async fn insert_code(&self, c: &AuthCodeRecord) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO auth_codes (code_hash, client_id, user_id, redirect_uri, redirect_given, resource, scopes,
-                code_challenge, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                code_challenge, created_at, expires_at, grant_id, login_source, login_context)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&c.code_hash)
         .bind(&c.client_id)
@@ -549,6 +610,9 @@ impl AuthorizationStore for $store {
         .bind(&c.code_challenge)
         .bind(c.created_at)
         .bind(c.expires_at)
+        .bind(&c.grant_id)
+        .bind(&c.login_source)
+        .bind(&c.login_context)
         .execute(self.writer())
         .await
         .map_err(backend)?;
@@ -611,7 +675,10 @@ impl GrantStore for $store {
             });
         }
         sqlx::query(
-            "INSERT INTO grants (id, user_id, client_id, resource, scopes, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO grants (id, user_id, client_id, resource, scopes, created_at, login_source,
+                login_context)
+             SELECT $1, $2, $3, $4, $5, $6, $7, c.login_context FROM auth_codes c
+             WHERE c.code_hash = $8",
         )
         .bind(&grant.id)
         .bind(&grant.user_id)
@@ -619,6 +686,8 @@ impl GrantStore for $store {
         .bind(&grant.resource)
         .bind(join_scopes(&grant.scopes))
         .bind(grant.created_at)
+        .bind(&grant.login_source)
+        .bind(code_hash)
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
@@ -646,8 +715,11 @@ impl GrantStore for $store {
         now: Timestamp,
     ) -> StoreResult<Option<TokenInfo>> {
         let row = sqlx::query(
-            "SELECT t.*, u.username AS username, u.email AS email, u.groups AS user_groups FROM access_tokens t
+            "SELECT t.*, u.username AS username, u.email AS email, u.groups AS user_groups,
+                g.login_source AS login_source
+             FROM access_tokens t
              LEFT JOIN users u ON u.id = t.user_id
+             LEFT JOIN grants g ON g.id = t.grant_id
              WHERE t.token_hash = $1 AND t.expires_at > $2",
         )
         .bind(token_hash)
@@ -659,6 +731,7 @@ impl GrantStore for $store {
             None => Ok(None),
             Some(r) => Ok(Some(TokenInfo {
                 token: access_from(&r).map_err(backend)?,
+                login_source: r.try_get("login_source").map_err(backend)?,
                 username: r.try_get("username").map_err(backend)?,
                 email: r.try_get("email").map_err(backend)?,
                 groups: r
@@ -772,6 +845,20 @@ impl GrantStore for $store {
             .map_err(backend)?;
         commit_and_publish(tx, self.bus(), [event]).await?;
         Ok(r.rows_affected() == 1)
+    }
+
+    async fn login_context(&self, grant_id: &str) -> StoreResult<Option<(String, Vec<u8>)>> {
+        let row = sqlx::query(
+            "SELECT login_source, login_context FROM grants
+             WHERE id = $1 AND revoked_at IS NULL AND login_context IS NOT NULL",
+        )
+        .bind(grant_id)
+        .fetch_optional(self.reader())
+        .await
+        .map_err(backend)?;
+        row.map(|r| Ok((r.try_get("login_source")?, r.try_get("login_context")?)))
+            .transpose()
+            .map_err(backend)
     }
 
     async fn grant(&self, grant_id: &str) -> StoreResult<Option<GrantRecord>> {
@@ -889,29 +976,41 @@ impl BrowserSessionStore for $store {
     async fn put_session(
         &self,
         id_hash: &str,
-        user_id: &str,
+        session: &BrowserSession,
         now: Timestamp,
         expires_at: Timestamp,
     ) -> StoreResult<()> {
-        sqlx::query("INSERT INTO browser_sessions (id_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
-            .bind(id_hash)
-            .bind(user_id)
-            .bind(now)
-            .bind(expires_at)
-            .execute(self.writer())
-            .await
-            .map_err(backend)?;
+        sqlx::query(
+            "INSERT INTO browser_sessions (id_hash, user_id, login_source, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id_hash)
+        .bind(&session.user_id)
+        .bind(&session.login_source)
+        .bind(now)
+        .bind(expires_at)
+        .execute(self.writer())
+        .await
+        .map_err(backend)?;
         Ok(())
     }
 
-    async fn session_user(&self, id_hash: &str, now: Timestamp) -> StoreResult<Option<String>> {
-        sqlx::query_scalar(
-            "SELECT user_id FROM browser_sessions WHERE id_hash = $1 AND expires_at > $2",
+    async fn session(&self, id_hash: &str, now: Timestamp) -> StoreResult<Option<BrowserSession>> {
+        let row = sqlx::query(
+            "SELECT user_id, login_source FROM browser_sessions WHERE id_hash = $1 AND expires_at > $2",
         )
         .bind(id_hash)
         .bind(now)
         .fetch_optional(self.reader())
         .await
+        .map_err(backend)?;
+        row.map(|r| {
+            Ok(BrowserSession {
+                user_id: r.try_get("user_id")?,
+                login_source: r.try_get("login_source")?,
+            })
+        })
+        .transpose()
         .map_err(backend)
     }
 

@@ -201,6 +201,7 @@ async fn lock_in(
 /// The events table is all other processes on the file read.
 async fn announce_in(
     _tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    _channel: &str,
     _payload: &str,
 ) -> Result<(), sqlx::Error> {
     Ok(())

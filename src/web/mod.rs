@@ -153,7 +153,22 @@ impl Gateway {
         store: SharedStore,
         clock: SharedClock,
     ) -> Result<Self, String> {
-        let auth = AuthorizationServer::new(&config, store.clone(), clock.clone())?;
+        Self::with_login_sources(config, store, clock, Vec::new()).await
+    }
+
+    /// [`Self::new`] with login sources beside local accounts.
+    pub async fn with_login_sources(
+        config: Config,
+        store: SharedStore,
+        clock: SharedClock,
+        sources: Vec<Arc<dyn crate::login::LoginSource>>,
+    ) -> Result<Self, String> {
+        let auth = AuthorizationServer::with_login_sources(
+            &config,
+            store.clone(),
+            clock.clone(),
+            sources,
+        )?;
         let encryption = config.keys.encryption_keys()?.map(Arc::new);
         let signer = Arc::new(crate::proxy::Signer::load(&store, clock.now(), encryption).await?);
         let proxy = Arc::new(Proxy::new(&config, store, clock, signer)?);

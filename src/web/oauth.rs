@@ -275,9 +275,12 @@ fn set_cookie(
     }
 }
 
-async fn session_user(app: &App, headers: &HeaderMap) -> Result<Option<String>, PageError> {
+async fn session_user(
+    app: &App,
+    headers: &HeaderMap,
+) -> Result<Option<crate::store::BrowserSession>, PageError> {
     match cookie(app, headers, SESSION_COOKIE) {
-        Some(c) => Ok(app.auth.session_user(&c).await?),
+        Some(c) => Ok(app.auth.session(&c).await?),
         None => Ok(None),
     }
 }
@@ -380,11 +383,20 @@ pub async fn login(
     let result = async {
         let p = read_form(&app, &headers, body).await.map_err(page_error)?;
         let (request, csrf) = (form_field(&p, "request")?, form_field(&p, "csrf")?);
+        let source = p.get("source").map_err(page_error)?;
         let username = p.get("username").ok().flatten().unwrap_or("");
         let password = p.get("password").ok().flatten().unwrap_or("");
         let binding = cookie(&app, &headers, BINDING_COOKIE);
         app.auth
-            .submit_login(request, csrf, username, password, &ip, binding.as_deref())
+            .submit_login(
+                request,
+                csrf,
+                source,
+                username,
+                password,
+                &ip,
+                binding.as_deref(),
+            )
             .await
     }
     .await;

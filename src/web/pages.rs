@@ -2,6 +2,7 @@
 //! that a headless client can drive them. Field names are documented in docs/configuration.md.
 
 use crate::authorization::authorize::PageContext;
+use crate::login::SourceKind;
 
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -55,30 +56,80 @@ fn name_warning(ctx: &PageContext) -> &'static str {
     }
 }
 
+/// The sign-in page: one form per login source, under a heading each when there are
+/// several (the chooser). A password source gets its username and password fields; a source
+/// that redirects gets a button that starts its leg.
 pub fn login(ctx: &PageContext, action: &str, error: Option<&str>) -> String {
     let error = error
         .map(|e| format!(r#"<p class="error" role="alert">{}</p>"#, escape(e)))
         .unwrap_or_default();
+    let several = ctx.sources.len() > 1;
+    let forms: String = ctx
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let heading = if several {
+                format!("<h2>{}</h2>\n", escape(&s.label))
+            } else {
+                String::new()
+            };
+            let hidden = format!(
+                r#"<input type="hidden" name="request" value="{handle}">
+<input type="hidden" name="csrf" value="{csrf}">
+<input type="hidden" name="source" value="{source}">"#,
+                handle = escape(&ctx.handle),
+                csrf = escape(&ctx.csrf),
+                source = escape(&s.name),
+            );
+            match s.kind {
+                SourceKind::Password => {
+                    // The first form's fields keep their plain ids (and the focus).
+                    let (user_id, pw_id, focus) = if i == 0 {
+                        ("username".to_string(), "password".to_string(), " autofocus")
+                    } else {
+                        (format!("username-{i}"), format!("password-{i}"), "")
+                    };
+                    format!(
+                        r#"{heading}<form method="post" action="{action}">
+{hidden}
+<label for="{user_id}">Username</label>
+<input type="text" id="{user_id}" name="username" autocomplete="username" required{focus}>
+<label for="{pw_id}">Password</label>
+<input type="password" id="{pw_id}" name="password" autocomplete="current-password" required>
+<button type="submit">Sign in</button>
+</form>
+"#,
+                        action = escape(action),
+                    )
+                }
+                SourceKind::Redirect => format!(
+                    r#"{heading}<form method="post" action="{action}/{name}">
+{hidden}
+<button type="submit">Continue with {label}</button>
+</form>
+"#,
+                    action = escape(action),
+                    name = escape(&s.name),
+                    label = escape(&s.label),
+                ),
+            }
+        })
+        .collect();
+    let choose = if several {
+        "<p>Choose how to sign in.</p>\n"
+    } else {
+        ""
+    };
     layout(
         "Sign in",
         &format!(
             r#"<h1>Sign in</h1>
 <p><strong>{client}</strong> wants to connect to your account.</p>
 {warning}{error}
-<form method="post" action="{action}">
-<input type="hidden" name="request" value="{handle}">
-<input type="hidden" name="csrf" value="{csrf}">
-<label for="username">Username</label>
-<input type="text" id="username" name="username" autocomplete="username" required autofocus>
-<label for="password">Password</label>
-<input type="password" id="password" name="password" autocomplete="current-password" required>
-<button type="submit">Sign in</button>
-</form>"#,
+{choose}{forms}"#,
             client = client_label(ctx),
             warning = name_warning(ctx),
-            action = escape(action),
-            handle = escape(&ctx.handle),
-            csrf = escape(&ctx.csrf),
         ),
     )
 }

@@ -350,6 +350,7 @@ fn grant(id: &str, now: i64) -> (GrantRecord, AccessTokenRecord, RefreshTokenRec
             created_at: now,
             revoked_at: None,
             ended_reason: None,
+            login_source: "local".into(),
         },
         AccessTokenRecord {
             token_hash: format!("at-{id}"),
@@ -401,6 +402,8 @@ async fn second_instance_hears(a: SharedStore, b: SharedStore, name: &str) {
         expires_at: now + 60,
         consumed_at: None,
         grant_id: None,
+        login_source: None,
+        login_context: None,
     };
     a.insert_code(&code).await.unwrap();
     a.redeem_code("code-shared", now, &g, &at, Some(&rt))

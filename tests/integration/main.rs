@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! One integration-test binary: the real gateway in-process on port 0, real clients.
 
+mod admin;
 mod authorize;
 mod cimd;
 mod cimd_fixture;
@@ -12,6 +13,7 @@ pub mod hardening;
 mod hardening_auth;
 pub mod js;
 mod lifecycle;
+mod login_sources;
 mod metadata;
 mod protected;
 mod proxy;

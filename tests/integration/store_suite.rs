@@ -125,6 +125,7 @@ fn grant(id: &str) -> GrantRecord {
         created_at: NOW,
         revoked_at: None,
         ended_reason: None,
+        login_source: "local".into(),
     }
 }
 
@@ -169,6 +170,8 @@ fn code(hash: &str) -> AuthCodeRecord {
         expires_at: NOW + 60,
         consumed_at: None,
         grant_id: None,
+        login_source: None,
+        login_context: None,
     }
 }
 
@@ -610,16 +613,22 @@ async fn counters_sessions_consents_keys_and_users() {
             "{}",
             e.name
         );
-        s.put_session("sess", "u1", NOW, NOW + 10).await.unwrap();
+        let session = BrowserSession {
+            user_id: "u1".into(),
+            login_source: "local".into(),
+        };
+        s.put_session("sess", &session, NOW, NOW + 10)
+            .await
+            .unwrap();
         assert_eq!(
-            s.session_user("sess", NOW + 1).await.unwrap().as_deref(),
-            Some("u1"),
+            s.session("sess", NOW + 1).await.unwrap(),
+            Some(session),
             "{}",
             e.name
         );
         assert!(s.delete_user("u1", NOW).await.unwrap(), "{}", e.name);
         assert!(
-            s.session_user("sess", NOW + 1).await.unwrap().is_none(),
+            s.session("sess", NOW + 1).await.unwrap().is_none(),
             "{}: sessions go with the user",
             e.name
         );
@@ -918,6 +927,20 @@ async fn store_copy_moves_a_sqlite_installation_to_postgres_losing_nothing() {
         .await;
     assert_eq!(s, 200);
     let source = a.store.clone();
+    // A user another login source made, linked to its subject there.
+    let linked = UserRecord {
+        id: "u-linked".into(),
+        username: "dana".into(),
+        password_hash: String::new(),
+        created_at: a.now(),
+        email: None,
+        groups: vec![],
+        disabled_at: None,
+    };
+    source
+        .create_user_with_identity(&linked, "directory", "dn-1")
+        .await
+        .unwrap();
     let mut counts = Vec::new();
     for t in copy::TABLES {
         counts.push((t.name, source.count_rows(t).await.unwrap()));

@@ -18,6 +18,7 @@ pub const PASSWORD: &str = "correct horse battery";
 
 pub struct TestGateway {
     pub proxy: std::sync::Arc<mcp_oauth_gateway::proxy::Proxy>,
+    pub auth: std::sync::Arc<mcp_oauth_gateway::authorization::AuthorizationServer>,
     /// The issuer (public URL).
     pub base: String,
     /// Where the listener is reached, with the issuer's path.
@@ -66,6 +67,14 @@ impl TestGateway {
     }
 
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with_sources(configure, Vec::new()).await
+    }
+
+    /// A gateway with login sources beside local accounts.
+    pub async fn start_with_sources(
+        configure: impl FnOnce(&mut Config),
+        sources: Vec<Arc<dyn mcp_oauth_gateway::login::LoginSource>>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -118,10 +127,11 @@ impl TestGateway {
             .trim_end_matches('/')
             .to_string();
         let direct = format!("http://{addr}{path}");
-        let gateway = Gateway::new(config, store.clone(), clock.clone())
+        let gateway = Gateway::with_login_sources(config, store.clone(), clock.clone(), sources)
             .await
             .expect("gateway");
         let proxy = gateway.app.proxy.clone();
+        let auth = gateway.app.auth.clone();
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
             let _ = gateway
@@ -132,6 +142,7 @@ impl TestGateway {
         });
         Self {
             proxy,
+            auth,
             base,
             direct,
             clock,

@@ -1,0 +1,231 @@
+//! The sealed login context of a grant: what a login source must have again later (a database
+//! password, an identity provider's refresh token), sealed with AES-256-GCM under the
+//! encryption keys, with the source's name and the grant's id as associated data. It is made
+//! when the person signs in, carried by the pending request and the code to the grant, opened
+//! only by the source that made it and only for that grant, and erased when the grant ends.
+//!
+//! Encryption keys stop being optional once a source keeps anything: with SQLite and no
+//! `[keys] encryption`, the first start writes a key file beside the database (mode 0600) and
+//! says so; with any other store, the start stops with an error naming `keys.encryption`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::crypto::{EncryptionKeys, EnvelopeError};
+use crate::store::SharedStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("no encryption keys are configured, so nothing can be sealed")]
+    NoKeys,
+    #[error("the login context {0}")]
+    Envelope(#[from] EnvelopeError),
+    #[error("the login context belongs to another login source")]
+    NotOwner,
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Seals and opens login contexts.
+#[derive(Clone, Default)]
+pub struct LoginContexts {
+    keys: Option<Arc<EncryptionKeys>>,
+}
+
+/// The associated data: a context opens only for the source and the grant it was sealed to.
+fn row(source: &str, grant_id: &str) -> String {
+    format!("login-context\n{source}\n{grant_id}")
+}
+
+impl LoginContexts {
+    pub fn new(keys: Option<Arc<EncryptionKeys>>) -> Self {
+        Self { keys }
+    }
+
+    pub fn seal(
+        &self,
+        source: &str,
+        grant_id: &str,
+        plain: &[u8],
+    ) -> Result<Vec<u8>, ContextError> {
+        let keys = self.keys.as_ref().ok_or(ContextError::NoKeys)?;
+        Ok(keys.seal(&row(source, grant_id), plain)?)
+    }
+
+    pub fn open(
+        &self,
+        source: &str,
+        grant_id: &str,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, ContextError> {
+        let keys = self.keys.as_ref().ok_or(ContextError::NoKeys)?;
+        Ok(keys.open(&row(source, grant_id), sealed)?)
+    }
+
+    /// What `source` kept for a live grant: `None` when the grant has ended (its context went
+    /// with it) or never had one; `NotOwner` when another source made the grant.
+    pub async fn read(
+        &self,
+        store: &SharedStore,
+        source: &str,
+        grant_id: &str,
+    ) -> Result<Option<Vec<u8>>, ContextError> {
+        let Some((owner, sealed)) = store.login_context(grant_id).await? else {
+            return Ok(None);
+        };
+        if owner != source {
+            return Err(ContextError::NotOwner);
+        }
+        self.open(source, grant_id, &sealed).map(Some)
+    }
+}
+
+/// The keys that seal login contexts: the configured ones; or when a source needs them and
+/// none are configured, on SQLite a key file beside the database (created on first start),
+/// elsewhere an error naming the setting.
+pub fn resolve_keys(
+    configured: Option<EncryptionKeys>,
+    store_url: &str,
+    needed_by: Option<&str>,
+) -> Result<Option<EncryptionKeys>, String> {
+    if configured.is_some() {
+        return Ok(configured);
+    }
+    let Some(source) = needed_by else {
+        return Ok(None);
+    };
+    let Some(path) = sqlite_key_file(store_url) else {
+        return Err(format!(
+            "keys.encryption: the login source `{source}` keeps a sealed login context, which \
+             needs encryption keys; every instance on a shared store must have the same ones \
+             (make one with `mcp-oauth-gateway keys new-encryption-key`)"
+        ));
+    };
+    load_or_create(&path).map(Some)
+}
+
+/// `<database file>.keys` for a SQLite file store; none for an in-memory one or another engine.
+fn sqlite_key_file(store_url: &str) -> Option<PathBuf> {
+    use std::str::FromStr;
+    if !store_url.starts_with("sqlite:") || store_url.contains(":memory:") {
+        return None;
+    }
+    if store_url.contains("mode=memory") {
+        return None;
+    }
+    let opts = sqlx::sqlite::SqliteConnectOptions::from_str(store_url).ok()?;
+    let db = opts.get_filename();
+    let mut name = db.file_name()?.to_os_string();
+    name.push(".keys");
+    Some(db.with_file_name(name))
+}
+
+fn load_or_create(path: &Path) -> Result<EncryptionKeys, String> {
+    let describe = |e: std::io::Error| format!("the encryption key file {}: {e}", path.display());
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let entries: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string)
+                .collect();
+            // The newest entry (last line) is the active one.
+            let active = entries
+                .last()
+                .and_then(|e| e.split(':').next())
+                .map(str::to_string);
+            EncryptionKeys::parse(&entries, active.as_deref())
+                .map_err(|e| format!("the encryption key file {}: {e}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let entry = EncryptionKeys::generate_entry("file-1")?;
+            let mut file = create_private(path).map_err(describe)?;
+            file.write_all(
+                format!(
+                    "# Encryption key of the gateway's sealed login contexts. Keep it with the\n\
+                     # database and back it up with it: without it, what is sealed cannot be read.\n\
+                     {entry}\n"
+                )
+                .as_bytes(),
+            )
+            .and_then(|()| file.sync_all())
+            .map_err(describe)?;
+            tracing::warn!(
+                path = %path.display(),
+                "created an encryption key file for sealed login contexts (no `keys.encryption` is configured); back it up with the database"
+            );
+            EncryptionKeys::parse(&[entry], Some("file-1")).map_err(String::from)
+        }
+        Err(e) => Err(describe(e)),
+    }
+}
+
+/// A new file only its owner can read; never an existing one (another process may have
+/// written its key a moment ago: then that one is read).
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> Arc<EncryptionKeys> {
+        let entry = EncryptionKeys::generate_entry("k1").expect("entry");
+        Arc::new(EncryptionKeys::parse(&[entry], Some("k1")).expect("keys"))
+    }
+
+    #[test]
+    fn a_context_opens_only_for_its_source_and_grant() {
+        let c = LoginContexts::new(Some(keys()));
+        let sealed = c.seal("db", "g1", b"secret password").expect("seal");
+        assert!(!sealed.windows(6).any(|w| w == b"secret"));
+        assert_eq!(
+            c.open("db", "g1", &sealed).expect("open"),
+            b"secret password"
+        );
+        assert!(c.open("db", "g2", &sealed).is_err(), "another grant's id");
+        assert!(c.open("idp", "g1", &sealed).is_err(), "another source");
+        assert!(matches!(
+            LoginContexts::default().seal("db", "g1", b"x"),
+            Err(ContextError::NoKeys)
+        ));
+    }
+
+    #[test]
+    fn the_key_file_is_made_once_private_and_read_back() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}", dir.path().join("gw.db").display());
+        assert!(
+            resolve_keys(None, &url, None)
+                .expect("none needed")
+                .is_none()
+        );
+        let first = resolve_keys(None, &url, Some("db"))
+            .expect("created")
+            .expect("keys");
+        let path = dir.path().join("gw.db.keys");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("file").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let sealed = first.seal("row", b"kept").expect("seal");
+        let again = resolve_keys(None, &url, Some("db"))
+            .expect("read")
+            .expect("keys");
+        assert_eq!(again.open("row", &sealed).expect("same key"), b"kept");
+        let err = resolve_keys(None, "postgres://127.0.0.1/test", Some("db")).unwrap_err();
+        assert!(err.starts_with("keys.encryption:"), "{err}");
+    }
+}
