@@ -290,6 +290,10 @@ pub struct LoginConfig {
     pub throttle_window_secs: i64,
     /// Lifetime of the browser login session at the authorization server.
     pub session_ttl_secs: i64,
+    /// What a first sign-in through a source other than local accounts does: `create` a
+    /// user (without a password) linked to the source's subject, or `refuse` anyone not
+    /// linked already.
+    pub first_sign_in: crate::login::FirstSignIn,
 }
 
 impl Default for LoginConfig {
@@ -299,6 +303,7 @@ impl Default for LoginConfig {
             max_failures_per_ip: 30,
             throttle_window_secs: 900,
             session_ttl_secs: 12 * 3600,
+            first_sign_in: crate::login::FirstSignIn::Create,
         }
     }
 }

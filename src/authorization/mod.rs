@@ -105,7 +105,7 @@ impl AuthorizationServer {
         clock: SharedClock,
         sources: Vec<Arc<dyn LoginSource>>,
     ) -> Result<Arc<Self>, String> {
-        let mut login = LoginSources::new(store.clone(), clock.clone(), Default::default());
+        let mut login = LoginSources::new(store.clone(), clock.clone(), config.login.first_sign_in);
         login.add(Arc::new(LocalSource::new(LocalAccounts::new(
             store.clone(),
             clock.clone(),

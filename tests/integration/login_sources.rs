@@ -62,10 +62,17 @@ impl LoginSource for Directory {
 }
 
 async fn with_directory() -> (TestGateway, Arc<Directory>) {
+    with_directory_and(|_| {}).await
+}
+
+async fn with_directory_and(
+    configure: impl FnOnce(&mut mcp_oauth_gateway::config::Config),
+) -> (TestGateway, Arc<Directory>) {
     let directory = Arc::new(Directory::default());
     // On SQLite the key file beside the database serves; any other store needs keys.
     let gw = TestGateway::start_with_sources(
         |c| {
+            configure(c);
             if !c.store.url.starts_with("sqlite:") {
                 let entry =
                     mcp_oauth_gateway::crypto::EncryptionKeys::generate_entry("t1").unwrap();
@@ -433,4 +440,34 @@ async fn keys_for_sealing_come_from_a_file_beside_sqlite_or_must_be_configured()
     .err()
     .unwrap();
     assert!(err.starts_with("keys.encryption:"), "{err}");
+}
+
+#[tokio::test]
+async fn with_first_sign_in_refused_only_linked_identities_get_in() {
+    let (gw, _) = with_directory_and(|c| {
+        c.login.first_sign_in = mcp_oauth_gateway::login::FirstSignIn::Refuse;
+    })
+    .await;
+    let browser = TestGateway::browser();
+    let client_id = gw.register_public(REDIRECT).await;
+    let (_, page) = sign_in_page(&gw, &browser, &client_id, &Pkce::new()).await;
+    let r = post_login(&gw, &browser, &page, "directory", "dana", DANA_PASSWORD).await;
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("may not sign in here"));
+    assert!(gw.store.user_by_name("dana").await.unwrap().is_none());
+    // Once an administrator linked the identity, the same sign-in goes through.
+    let dana = mcp_oauth_gateway::store::UserRecord {
+        id: "u-dana".into(),
+        username: "dana".into(),
+        password_hash: String::new(),
+        created_at: gw.now(),
+        email: None,
+        groups: vec![],
+        disabled_at: None,
+    };
+    gw.store
+        .create_user_with_identity(&dana, "directory", "dn-1")
+        .await
+        .unwrap();
+    dana_authorizes(&gw, &TestGateway::browser()).await;
 }
