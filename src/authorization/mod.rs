@@ -35,8 +35,9 @@ pub struct Resource {
     pub name: String,
     /// Scopes a token needs to use it.
     pub scopes: Vec<String>,
-    /// Which configured upstream serves it; `None` for the built-in `whoami`.
-    pub upstream: Option<usize>,
+    /// Which of the proxy's backends serves it: the configured upstreams in order, then
+    /// the built-in servers (`whoami`).
+    pub backend: usize,
     /// For a legacy HTTP+SSE upstream: the path its clients POST messages to.
     pub messages_path: Option<String>,
 }
@@ -135,7 +136,7 @@ impl AuthorizationServer {
                 path: format!("{base_path}{}", config.whoami.path),
                 name: "whoami".into(),
                 scopes: config.whoami.scopes.clone(),
-                upstream: None,
+                backend: config.upstreams.len(),
                 messages_path: None,
             });
         }
@@ -149,7 +150,7 @@ impl AuthorizationServer {
                     .scopes
                     .clone()
                     .unwrap_or_else(|| config.authorization.default_scopes.clone()),
-                upstream: Some(i),
+                backend: i,
                 messages_path: (u.transport == crate::config::UpstreamTransport::Sse)
                     .then(|| format!("{base_path}{path}/messages")),
             });

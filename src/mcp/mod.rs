@@ -1,5 +1,6 @@
-//! MCP endpoints behind the gateway's protection. For now the built-in `whoami` server; the
-//! proxy to upstream servers joins it here.
+//! MCP as the gateway reads and serves it: the strict message reader, and the built-in
+//! servers (`whoami`) behind one interface.
 
 pub mod message;
+pub mod server;
 pub mod whoami;

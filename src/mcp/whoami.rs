@@ -13,6 +13,8 @@ use serde_json::{Map, Value, json};
 
 use crate::authorization::token::Principal;
 use crate::mcp::message::{self, Body, META_PROTOCOL_VERSION, STATELESS_VERSIONS};
+pub use crate::mcp::server::Answer;
+use crate::mcp::server::McpServer;
 
 /// Protocol revisions `initialize` negotiates, newest last. The stateless revisions are not
 /// among them: they have no `initialize`, so agreeing to one there would strand the client.
@@ -53,31 +55,13 @@ pub fn all_versions() -> Vec<&'static str> {
         .collect()
 }
 
-/// How a POST is answered: an HTTP status and a JSON-RPC message, or no body at all (`202`
-/// for notifications and responses).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Answer {
-    pub status: StatusCode,
-    pub body: Option<Value>,
-}
+/// `whoami` as a built-in server of the proxy.
+pub struct Whoami;
 
-impl Answer {
-    fn json(status: StatusCode, body: Value) -> Self {
-        Self {
-            status,
-            body: Some(body),
-        }
-    }
-
-    fn error(status: StatusCode, id: Value, code: i64, message: &str) -> Self {
-        Self::json(status, error_response(id, code, message))
-    }
-
-    fn accepted() -> Self {
-        Self {
-            status: StatusCode::ACCEPTED,
-            body: None,
-        }
+#[async_trait::async_trait]
+impl McpServer for Whoami {
+    async fn answer(&self, principal: &Principal, headers: &HeaderMap, body: &[u8]) -> Answer {
+        answer(principal, headers, body)
     }
 }
 

@@ -4,6 +4,7 @@
 //! and each failure becomes a clear answer rather than a hang.
 
 mod assertion;
+pub mod credentials;
 mod policy;
 mod relay;
 pub mod sse;
@@ -15,6 +16,7 @@ pub use assertion::{
     KEY_ACTIVATION_DELAY_SECS, KEY_RELOAD_SECS, Signer, generate_key, reseal_signing_keys,
     signing_index, stored_form,
 };
+pub use credentials::{AfterUnauthorized, CredentialError, CredentialSource};
 pub use policy::{InFlight, Limits, ToolDecision};
 
 use std::time::Duration;
@@ -31,7 +33,7 @@ use serde_json::Value;
 
 use crate::authorization::token::Principal;
 use crate::clock::SharedClock;
-use crate::config::{Config, ProxyConfig, ToolRule, UpstreamCredentials};
+use crate::config::{Config, ProxyConfig, ToolRule};
 use crate::crypto;
 use crate::mcp::message;
 use crate::store::{SharedStore, StoreEvent};
@@ -84,18 +86,23 @@ const IDENTITY_HEADERS: &[&str] = &[
     "x-forwarded-client",
 ];
 
-#[derive(Debug, Clone)]
+/// What serves a protected resource.
+pub enum Backend {
+    /// An MCP server inside the gateway (`whoami`; next the database tools).
+    BuiltIn(std::sync::Arc<dyn crate::mcp::server::McpServer>),
+    /// An MCP server over Streamable HTTP, or over the legacy HTTP+SSE transport.
+    Http { target: Uri, legacy_sse: bool },
+    /// A stdio server the gateway runs.
+    Stdio(std::sync::Arc<StdioServer>),
+}
+
 pub struct Upstream {
     pub name: String,
-    /// An HTTP upstream's URL …
-    pub target: Option<Uri>,
-    /// … or the stdio server the gateway runs.
-    pub stdio: Option<std::sync::Arc<StdioServer>>,
-    /// Speaks the legacy HTTP+SSE transport.
-    pub legacy_sse: bool,
+    pub backend: Backend,
     /// The message path a legacy SSE upstream announced in its `endpoint` event.
     pub sse_endpoint: std::sync::Arc<std::sync::Mutex<Option<String>>>,
-    pub credentials: UpstreamCredentials,
+    /// What goes upstream as a credential.
+    pub credential: std::sync::Arc<dyn CredentialSource>,
     pub tools: Vec<ToolRule>,
 }
 
@@ -135,19 +142,9 @@ pub enum ProxyError {
     /// The MCP headers disagree with the body.
     #[error(transparent)]
     HeaderMismatch(#[from] crate::mcp::message::HeaderMismatch),
-}
-
-impl Upstream {
-    /// The header the configured credential goes in, when it is not `Authorization`.
-    fn credential_header(&self) -> Option<&str> {
-        match &self.credentials {
-            UpstreamCredentials::Header { name, .. } => Some(name),
-            UpstreamCredentials::Assertion {
-                header: Some(name), ..
-            } => Some(name),
-            _ => None,
-        }
-    }
+    /// No credential could be put on the request.
+    #[error(transparent)]
+    Credential(CredentialError),
 }
 
 impl ProxyError {
@@ -169,6 +166,9 @@ impl ProxyError {
             Self::Message(_) | Self::BadRequest(_) | Self::HeaderMismatch(_) => {
                 StatusCode::BAD_REQUEST
             }
+            // A JSON-RPC error that says where to go, read like any answer to the call.
+            Self::Credential(CredentialError::ConnectFirst { .. }) => StatusCode::OK,
+            Self::Credential(CredentialError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -183,7 +183,6 @@ pub struct Proxy {
     clock: SharedClock,
     pub limits: std::sync::Arc<Limits>,
     pub signer: std::sync::Arc<Signer>,
-    issuer: String,
     /// Session bindings confirmed in the store, `upstream\nsession hash` → owner, so a busy
     /// session is not a store read per call. Only confirmed bindings are kept, and a binding
     /// never changes owner, so the cache can only be stale about a session that has ended
@@ -213,6 +212,7 @@ impl Proxy {
         store: SharedStore,
         clock: SharedClock,
         signer: std::sync::Arc<Signer>,
+        credential_sources: Vec<(String, std::sync::Arc<dyn CredentialSource>)>,
     ) -> Result<Self, String> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(config.proxy.connect_timeout_secs)));
@@ -227,19 +227,12 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        let upstreams = config
+        let mut upstreams = config
             .upstreams
             .iter()
             .map(|u| {
-                let target = match &u.url {
-                    Some(url) => Some(
-                        url.parse::<Uri>()
-                            .map_err(|e| format!("upstreams `{}`: url: {e}", u.name))?,
-                    ),
-                    None => None,
-                };
-                let stdio = u.command.as_ref().map(|cmd| {
-                    std::sync::Arc::new(StdioServer::new(
+                let backend = match (&u.command, &u.url) {
+                    (Some(cmd), _) => Backend::Stdio(std::sync::Arc::new(StdioServer::new(
                         u.name.clone(),
                         cmd.clone(),
                         u.env
@@ -251,19 +244,54 @@ impl Proxy {
                         u.idle_secs,
                         Duration::from_secs(config.proxy.idle_timeout_secs),
                         clock.clone(),
-                    ))
-                });
+                    ))),
+                    (None, Some(url)) => Backend::Http {
+                        target: url
+                            .parse::<Uri>()
+                            .map_err(|e| format!("upstreams `{}`: url: {e}", u.name))?,
+                        legacy_sse: u.transport == crate::config::UpstreamTransport::Sse,
+                    },
+                    (None, None) => {
+                        return Err(format!("upstreams `{}`: neither url nor command", u.name));
+                    }
+                };
+                let audience = match &backend {
+                    Backend::Http { target, .. } => target.to_string(),
+                    _ => String::new(),
+                };
                 Ok(Upstream {
                     name: u.name.clone(),
-                    target,
-                    stdio,
-                    legacy_sse: u.transport == crate::config::UpstreamTransport::Sse,
+                    backend,
                     sse_endpoint: Default::default(),
-                    credentials: u.credentials.clone(),
+                    credential: credentials::from_config(
+                        &u.credentials,
+                        &u.name,
+                        &audience,
+                        &signer,
+                        &clock,
+                        &config.public_url(),
+                    )?,
                     tools: u.tools.clone(),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
+        for (name, source) in credential_sources {
+            let u = upstreams
+                .iter_mut()
+                .find(|u| u.name == name)
+                .ok_or_else(|| format!("a credential source names no upstream `{name}`"))?;
+            u.credential = source;
+        }
+        // Built-in servers come after the configured upstreams (the resources' order).
+        if config.whoami.enabled {
+            upstreams.push(Upstream {
+                name: "whoami".into(),
+                backend: Backend::BuiltIn(std::sync::Arc::new(crate::mcp::whoami::Whoami)),
+                sse_endpoint: Default::default(),
+                credential: std::sync::Arc::new(credentials::NoCredential),
+                tools: Vec::new(),
+            });
+        }
         let sessions_seen = std::sync::Arc::new(crate::cache::TtlCache::new(
             SESSION_CACHE_SECS,
             SESSION_CACHE_MAX,
@@ -289,7 +317,6 @@ impl Proxy {
             upstreams,
             limits: Limits::new(&config.proxy),
             signer,
-            issuer: config.public_url(),
             sessions_seen,
             settings: config.proxy.clone(),
             body_timeout: Duration::from_secs(config.server.body_read_timeout_secs),
@@ -373,9 +400,35 @@ impl Proxy {
             ToolDecision::NeedScopes(s) => return Err(ProxyError::InsufficientScope(s)),
         }
         let owner = owner_of(principal);
-        // A stdio server: bridged here, with no session of its own.
-        let target = match (&upstream.stdio, &upstream.target) {
-            (Some(stdio), _) => {
+        let target = match &upstream.backend {
+            // A built-in server answers here and now, as a whole.
+            Backend::BuiltIn(server) => {
+                if parts.method != Method::POST {
+                    return Err(ProxyError::MethodNotAllowed("POST"));
+                }
+                let answer = server.answer(principal, &parts.headers, &body).await;
+                drop(in_flight);
+                return Ok(match answer.body {
+                    // Errors too are sent as application/json: clients of the stateless
+                    // revision read an error body only under that media type.
+                    Some(v) => {
+                        let mut resp = Response::new(Body::from(v.to_string()));
+                        *resp.status_mut() = answer.status;
+                        resp.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        );
+                        resp
+                    }
+                    None => {
+                        let mut resp = Response::new(Body::empty());
+                        *resp.status_mut() = answer.status;
+                        resp
+                    }
+                });
+            }
+            // A stdio server: bridged here, with no session of its own.
+            Backend::Stdio(stdio) => {
                 return stdio
                     .handle(
                         &parts.method,
@@ -395,14 +448,16 @@ impl Proxy {
                         }
                     });
             }
-            (None, Some(t)) => t,
-            (None, None) => return Err(ProxyError::Unreachable(upstream.name.clone())),
+            Backend::Http {
+                target,
+                legacy_sse: true,
+            } => {
+                return self
+                    .forward_legacy(upstream, target, principal, parts, body, in_flight)
+                    .await;
+            }
+            Backend::Http { target, .. } => target,
         };
-        if upstream.legacy_sse {
-            return self
-                .forward_legacy(upstream, target, principal, parts, body, in_flight)
-                .await;
-        }
         // Phase: the session must belong to this principal.
         let session = parts
             .headers
@@ -484,7 +539,39 @@ impl Proxy {
 
     /// Phases rewrite and send: the client's headers cleaned, the credential added, and a
     /// bound on the wait for the response headers.
+    ///
+    /// Then the response phase: the upstream's status is seen before anything is relayed,
+    /// and a `401` lets the credential source renew its credential for one more try.
     async fn send(
+        &self,
+        upstream: &Upstream,
+        principal: &Principal,
+        method: Method,
+        uri: Uri,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<(http::response::Parts, hyper::body::Incoming), ProxyError> {
+        let first = self
+            .send_once(
+                upstream,
+                principal,
+                method.clone(),
+                uri.clone(),
+                headers,
+                body.clone(),
+            )
+            .await?;
+        if first.0.status == StatusCode::UNAUTHORIZED
+            && upstream.credential.unauthorized(principal).await == AfterUnauthorized::Retry
+        {
+            return self
+                .send_once(upstream, principal, method, uri, headers, body)
+                .await;
+        }
+        Ok(first)
+    }
+
+    async fn send_once(
         &self,
         upstream: &Upstream,
         principal: &Principal,
@@ -496,8 +583,12 @@ impl Proxy {
         let authority = uri.authority().cloned();
         let mut builder = Request::builder().method(method).uri(uri);
         if let Some(h) = builder.headers_mut() {
-            *h = forwardable_headers(headers, upstream.credential_header());
-            self.apply_credentials(h, upstream, principal);
+            *h = forwardable_headers(headers, upstream.credential.header());
+            upstream
+                .credential
+                .apply(principal, h)
+                .await
+                .map_err(ProxyError::Credential)?;
             if let Some(a) = authority
                 && let Ok(v) = HeaderValue::from_str(a.as_str())
             {
@@ -657,83 +748,6 @@ impl Proxy {
         Ok(self.stream_back(rparts, rbody, in_flight, Some(rewrite)))
     }
 
-    fn apply_credentials(&self, h: &mut HeaderMap, upstream: &Upstream, p: &Principal) {
-        match &upstream.credentials {
-            UpstreamCredentials::None => {}
-            UpstreamCredentials::Bearer { token } => {
-                if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", token.expose())) {
-                    h.insert(header::AUTHORIZATION, v);
-                }
-            }
-            UpstreamCredentials::Header { name, value } => {
-                if let (Ok(n), Ok(v)) = (
-                    HeaderName::from_bytes(name.as_bytes()),
-                    HeaderValue::from_str(value.expose()),
-                ) {
-                    h.insert(n, v);
-                }
-            }
-            UpstreamCredentials::Identity => {
-                if let Some(v) = p
-                    .username
-                    .as_deref()
-                    .and_then(|u| HeaderValue::from_str(u).ok())
-                {
-                    h.insert(HeaderName::from_static("x-forwarded-user"), v);
-                }
-                if let Ok(v) = HeaderValue::from_str(&p.client_id) {
-                    h.insert(HeaderName::from_static("x-forwarded-client"), v);
-                }
-                if let Some(v) = p
-                    .email
-                    .as_deref()
-                    .and_then(|e| HeaderValue::from_str(e).ok())
-                {
-                    h.insert(HeaderName::from_static("x-forwarded-email"), v);
-                }
-                if !p.groups.is_empty()
-                    && let Ok(v) = HeaderValue::from_str(&p.groups.join(","))
-                {
-                    h.insert(HeaderName::from_static("x-forwarded-groups"), v);
-                }
-            }
-            UpstreamCredentials::Assertion {
-                header: name,
-                audience,
-                ttl_secs,
-            } => {
-                let audience = audience.clone().unwrap_or_else(|| {
-                    upstream
-                        .target
-                        .as_ref()
-                        .map(|t| t.to_string())
-                        .unwrap_or_default()
-                });
-                let now = self.clock.now();
-                let Some(jwt) =
-                    self.signer
-                        .assert(&self.issuer, &audience, p, now, ttl_secs.unwrap_or(60))
-                else {
-                    tracing::error!(upstream = %upstream.name, "could not sign an identity assertion");
-                    return;
-                };
-                let (n, v) = match name.as_deref() {
-                    None => (header::AUTHORIZATION, format!("Bearer {jwt}")),
-                    Some(n) if n.eq_ignore_ascii_case("authorization") => {
-                        (header::AUTHORIZATION, format!("Bearer {jwt}"))
-                    }
-                    Some(n) => match HeaderName::from_bytes(n.as_bytes()) {
-                        Ok(n) => (n, jwt),
-                        Err(_) => return,
-                    },
-                };
-                if let Ok(v) = HeaderValue::from_str(&v) {
-                    h.insert(n, v);
-                }
-            }
-        }
-    }
-
     fn target_uri(&self, target: &Uri, incoming: &Uri) -> Uri {
         match incoming.query() {
             None => target.clone(),
@@ -751,13 +765,16 @@ impl Proxy {
         self.upstreams
             .iter()
             .find(|u| u.name == name)
-            .and_then(|u| u.stdio.clone())
+            .and_then(|u| match &u.backend {
+                Backend::Stdio(s) => Some(s.clone()),
+                _ => None,
+            })
     }
 
     /// Stops idle stdio servers; run periodically.
     pub async fn reap_idle(&self) {
         for u in &self.upstreams {
-            if let Some(s) = &u.stdio {
+            if let Backend::Stdio(s) = &u.backend {
                 s.reap_idle().await;
             }
         }

@@ -1,14 +1,16 @@
 //! The one place where errors become what a client sees: OAuth error JSON (RFC 6749 §5.2)
-//! on OAuth endpoints, `WWW-Authenticate` challenges on protected resources, HTML pages in the
-//! browser flow.
+//! on OAuth endpoints, `WWW-Authenticate` challenges and JSON-RPC errors on protected
+//! resources, HTML pages in the browser flow.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::pages;
 use crate::authorization::authorize::PageError;
 use crate::authorization::{ErrorCode, OAuthError};
+use crate::mcp::whoami::error_response;
+use crate::proxy::{CredentialError, ProxyError};
 
 pub fn no_store(mut resp: Response) -> Response {
     let h = resp.headers_mut();
@@ -79,4 +81,92 @@ impl IntoResponse for PageError {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
         html(status, pages::error(&self.message))
     }
+}
+
+/// A bearer challenge of a protected resource (RFC 6750 §3, RFC 9728 §5.1), with the same
+/// error in a JSON body.
+pub fn bearer_challenge(
+    metadata_url: &str,
+    scopes: &[String],
+    status: StatusCode,
+    error: Option<(&str, &str)>,
+) -> Response {
+    let scope = scopes.join(" ");
+    let mut params = vec![
+        ("resource_metadata", metadata_url),
+        ("scope", scope.as_str()),
+    ];
+    let mut body =
+        json!({"error": "unauthorized", "error_description": "a bearer token is required"});
+    if let Some((code, description)) = error {
+        params.extend([("error", code), ("error_description", description)]);
+        body = json!({"error": code, "error_description": description});
+    }
+    let mut resp = (status, axum::Json(body)).into_response();
+    // Always a valid header value: the writer quotes and replaces what a header cannot hold.
+    if let Ok(v) = HeaderValue::from_str(&super::challenge::bearer(&params)) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+/// A JSON-RPC error that answers no particular request (`id` null).
+pub fn jsonrpc(status: StatusCode, code: i64, message: &str) -> Response {
+    (
+        status,
+        axum::Json(error_response(Value::Null, code, message)),
+    )
+        .into_response()
+}
+
+/// MCP's URL-elicitation-required error (2025-11-25): the call needs the user to visit a URL
+/// first (to connect an upstream account), then to try again.
+pub const URL_ELICITATION_REQUIRED: i64 = -32042;
+
+/// A proxy failure, as a JSON-RPC error answering request `id`, with the HTTP status the
+/// failure calls for.
+pub fn proxy(e: ProxyError, id: Value) -> Response {
+    let status = e.status();
+    let retry_after = match &e {
+        ProxyError::Restarting(_, secs) => Some((*secs).max(1)),
+        _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(2),
+        _ => None,
+    };
+    if status.is_server_error() {
+        tracing::warn!(error = %e, "proxied request failed");
+    }
+    let code = match &e {
+        ProxyError::UnknownSession => -32001,
+        ProxyError::ToolDenied(_) => -32003,
+        ProxyError::TooLarge(_)
+        | ProxyError::BadBody
+        | ProxyError::BadRequest(_)
+        | ProxyError::UnsupportedMedia(_)
+        | ProxyError::SlowBody => -32600,
+        ProxyError::Message(m) => m.jsonrpc_code(),
+        ProxyError::HeaderMismatch(_) => crate::mcp::message::HEADER_MISMATCH,
+        ProxyError::Credential(CredentialError::ConnectFirst { .. }) => URL_ELICITATION_REQUIRED,
+        _ => -32603,
+    };
+    let mut body = error_response(id, code, &e.to_string());
+    if let ProxyError::Credential(CredentialError::ConnectFirst { url, message }) = &e
+        && let Some(error) = body.get_mut("error")
+    {
+        error["data"] = json!({"elicitations": [{
+            "mode": "url",
+            "elicitationId": crate::crypto::new_id(),
+            "url": url,
+            "message": message,
+        }]});
+    }
+    let mut resp = (status, axum::Json(body)).into_response();
+    if let ProxyError::MethodNotAllowed(m) = &e {
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(m));
+    }
+    if let Some(secs) = retry_after {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
 }

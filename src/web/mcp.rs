@@ -1,45 +1,19 @@
 //! The protected MCP endpoints: origin and host checks, the bearer check (with RFC 9728 /
-//! RFC 6750 challenges), then the upstream proxy or the built-in `whoami` server.
+//! RFC 6750 challenges), then the proxy to the resource's backend (an upstream or a built-in
+//! server). Errors become responses in `errors.rs`.
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::App;
+use super::{App, errors};
 use crate::authorization::Resource;
 use crate::authorization::token::{BearerError, Principal};
-use crate::mcp::whoami;
 use crate::proxy::ProxyError;
 
 fn challenge(app: &App, r: &Resource, status: StatusCode, error: Option<(&str, &str)>) -> Response {
-    let metadata = app.auth.resource_metadata_url(r);
-    let scope = r.scopes.join(" ");
-    let mut params = vec![
-        ("resource_metadata", metadata.as_str()),
-        ("scope", scope.as_str()),
-    ];
-    let mut body =
-        json!({"error": "unauthorized", "error_description": "a bearer token is required"});
-    if let Some((code, description)) = error {
-        params.extend([("error", code), ("error_description", description)]);
-        body = json!({"error": code, "error_description": description});
-    }
-    let mut resp = (status, axum::Json(body)).into_response();
-    // Always a valid header value: the writer quotes and replaces what a header cannot hold.
-    if let Ok(v) = HeaderValue::from_str(&super::challenge::bearer(&params)) {
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-    }
-    resp
-}
-
-fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> Response {
-    (
-        status,
-        axum::Json(whoami::error_response(Value::Null, code, message)),
-    )
-        .into_response()
+    errors::bearer_challenge(&app.auth.resource_metadata_url(r), &r.scopes, status, error)
 }
 
 /// Everything every protected request passes before its upstream sees it.
@@ -58,7 +32,7 @@ async fn gate<'a>(
     };
     // DNS rebinding: a browser page must not reach this through a name of its own.
     if let Err(m) = app.check_origin_and_host(headers) {
-        return Err(jsonrpc_error(StatusCode::FORBIDDEN, -32600, m));
+        return Err(errors::jsonrpc(StatusCode::FORBIDDEN, -32600, m));
     }
     // RFC 6750 §2.3 is not allowed by MCP: tokens never travel in URLs.
     if uri
@@ -106,7 +80,7 @@ async fn gate<'a>(
             )),
         )),
         Err(BearerError::Unavailable) => {
-            let mut resp = jsonrpc_error(
+            let mut resp = errors::jsonrpc(
                 StatusCode::SERVICE_UNAVAILABLE,
                 -32603,
                 "the token store is unavailable",
@@ -192,7 +166,7 @@ async fn protected_inner(app: App, req: Request) -> Response {
     {
         Ok(g) => g,
         Err(retry_after) => {
-            let mut resp = jsonrpc_error(
+            let mut resp = errors::jsonrpc(
                 StatusCode::TOO_MANY_REQUESTS,
                 -32000,
                 "too many requests; slow down",
@@ -202,116 +176,29 @@ async fn protected_inner(app: App, req: Request) -> Response {
             return resp;
         }
     };
-    match resource.upstream.and_then(|i| app.proxy.upstream(i)) {
-        Some(upstream) => match app
-            .proxy
-            .forward(upstream, &principal, req, in_flight)
-            .await
-        {
-            Ok(resp) => resp,
-            Err((ProxyError::InsufficientScope(extra), _)) => {
-                let mut needed = resource.scopes.clone();
-                needed.extend(extra.into_iter().filter(|s| !resource.scopes.contains(s)));
-                let r = crate::authorization::Resource {
-                    scopes: needed,
-                    ..resource.clone()
-                };
-                challenge(
-                    &app,
-                    &r,
-                    StatusCode::FORBIDDEN,
-                    Some(("insufficient_scope", "this tool needs more scopes")),
-                )
-            }
-            Err((e, id)) => proxy_error(e, id),
-        },
-        None => {
-            let (parts, body) = req.into_parts();
-            whoami(&app, principal, parts.method, parts.headers, body).await
-        }
-    }
-}
-
-fn proxy_error(e: ProxyError, id: Value) -> Response {
-    let status = e.status();
-    let retry_after = match &e {
-        ProxyError::Restarting(_, secs) => Some((*secs).max(1)),
-        _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(2),
-        _ => None,
+    let Some(upstream) = app.proxy.upstream(resource.backend) else {
+        return errors::proxy(ProxyError::Unreachable(resource.name.clone()), Value::Null);
     };
-    if status.is_server_error() {
-        tracing::warn!(error = %e, "proxied request failed");
-    }
-    let code = match &e {
-        ProxyError::UnknownSession => -32001,
-        ProxyError::ToolDenied(_) => -32003,
-        ProxyError::TooLarge(_)
-        | ProxyError::BadBody
-        | ProxyError::BadRequest(_)
-        | ProxyError::UnsupportedMedia(_)
-        | ProxyError::SlowBody => -32600,
-        ProxyError::Message(m) => m.jsonrpc_code(),
-        ProxyError::HeaderMismatch(_) => crate::mcp::message::HEADER_MISMATCH,
-        _ => -32603,
-    };
-    let mut resp = (
-        status,
-        axum::Json(whoami::error_response(id, code, &e.to_string())),
-    )
-        .into_response();
-    if let ProxyError::MethodNotAllowed(m) = &e {
-        resp.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static(m));
-    }
-    if let Some(secs) = retry_after {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    resp
-}
-
-/// The HTTP front of the built-in server: the method, media type and size are judged here;
-/// what the body says (in either protocol era) is `whoami::answer`'s.
-async fn whoami(
-    app: &App,
-    principal: Principal,
-    method: Method,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    if method != Method::POST {
-        // Stateless server: no standalone SSE stream and no sessions to delete.
-        let mut resp = StatusCode::METHOD_NOT_ALLOWED.into_response();
-        resp.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return resp;
-    }
-    if let Err(m) = crate::mcp::message::check_body_encoding(&headers) {
-        return jsonrpc_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, -32600, &m);
-    }
-    let read = axum::body::to_bytes(body, app.max_body.max(1024 * 1024));
-    let bytes = match tokio::time::timeout(app.body_timeout, read).await {
-        Ok(Ok(b)) => b,
-        Err(_) => {
-            return jsonrpc_error(
-                StatusCode::REQUEST_TIMEOUT,
-                -32600,
-                "the request body did not arrive in time",
-            );
+    match app
+        .proxy
+        .forward(upstream, &principal, req, in_flight)
+        .await
+    {
+        Ok(resp) => resp,
+        Err((ProxyError::InsufficientScope(extra), _)) => {
+            let mut needed = resource.scopes.clone();
+            needed.extend(extra.into_iter().filter(|s| !resource.scopes.contains(s)));
+            let r = crate::authorization::Resource {
+                scopes: needed,
+                ..resource.clone()
+            };
+            challenge(
+                &app,
+                &r,
+                StatusCode::FORBIDDEN,
+                Some(("insufficient_scope", "this tool needs more scopes")),
+            )
         }
-        Ok(Err(_)) => {
-            return jsonrpc_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                -32600,
-                "the request body is too large",
-            );
-        }
-    };
-    let answer = whoami::answer(&principal, &headers, &bytes);
-    match answer.body {
-        // Errors too are sent as application/json: clients of the stateless revision read an
-        // error body only under that media type.
-        Some(v) => (answer.status, axum::Json(v)).into_response(),
-        None => answer.status.into_response(),
+        Err((e, id)) => errors::proxy(e, id),
     }
 }

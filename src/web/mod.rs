@@ -142,6 +142,15 @@ impl App {
 }
 
 /// The assembled gateway: configuration checked, store open, routes built.
+/// What is plugged in beside the configuration: login sources and credential sources that
+/// the configuration cannot describe (the ones of later capabilities, and tests' own).
+#[derive(Default)]
+pub struct Extensions {
+    pub login_sources: Vec<Arc<dyn crate::login::LoginSource>>,
+    /// For named upstreams, in place of their configured credentials.
+    pub credential_sources: Vec<(String, Arc<dyn crate::proxy::CredentialSource>)>,
+}
+
 pub struct Gateway {
     pub app: App,
     pub config: Config,
@@ -153,25 +162,31 @@ impl Gateway {
         store: SharedStore,
         clock: SharedClock,
     ) -> Result<Self, String> {
-        Self::with_login_sources(config, store, clock, Vec::new()).await
+        Self::with_extensions(config, store, clock, Extensions::default()).await
     }
 
-    /// [`Self::new`] with login sources beside local accounts.
-    pub async fn with_login_sources(
+    /// [`Self::new`] with what is plugged in beside the configuration.
+    pub async fn with_extensions(
         config: Config,
         store: SharedStore,
         clock: SharedClock,
-        sources: Vec<Arc<dyn crate::login::LoginSource>>,
+        extensions: Extensions,
     ) -> Result<Self, String> {
         let auth = AuthorizationServer::with_login_sources(
             &config,
             store.clone(),
             clock.clone(),
-            sources,
+            extensions.login_sources,
         )?;
         let encryption = config.keys.encryption_keys()?.map(Arc::new);
         let signer = Arc::new(crate::proxy::Signer::load(&store, clock.now(), encryption).await?);
-        let proxy = Arc::new(Proxy::new(&config, store, clock, signer)?);
+        let proxy = Arc::new(Proxy::new(
+            &config,
+            store,
+            clock,
+            signer,
+            extensions.credential_sources,
+        )?);
         let trusted = config
             .server
             .trusted_proxies

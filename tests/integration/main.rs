@@ -3,6 +3,7 @@
 
 mod admin;
 mod authorize;
+mod backends;
 mod cimd;
 mod cimd_fixture;
 mod cli;

@@ -75,6 +75,18 @@ impl TestGateway {
         configure: impl FnOnce(&mut Config),
         sources: Vec<Arc<dyn mcp_oauth_gateway::login::LoginSource>>,
     ) -> Self {
+        let extensions = mcp_oauth_gateway::web::Extensions {
+            login_sources: sources,
+            ..Default::default()
+        };
+        Self::start_with_extensions(configure, extensions).await
+    }
+
+    /// A gateway with what the tests plug in beside the configuration.
+    pub async fn start_with_extensions(
+        configure: impl FnOnce(&mut Config),
+        extensions: mcp_oauth_gateway::web::Extensions,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -127,7 +139,7 @@ impl TestGateway {
             .trim_end_matches('/')
             .to_string();
         let direct = format!("http://{addr}{path}");
-        let gateway = Gateway::with_login_sources(config, store.clone(), clock.clone(), sources)
+        let gateway = Gateway::with_extensions(config, store.clone(), clock.clone(), extensions)
             .await
             .expect("gateway");
         let proxy = gateway.app.proxy.clone();
