@@ -6,11 +6,15 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub struct TtlCache<V> {
     entries: Mutex<HashMap<String, (V, i64)>>,
     ttl: i64,
     max: usize,
+    /// Counts removals: a value read from the store before a removal must not be put in
+    /// after it (the read may predate what the removal was for).
+    generation: AtomicU64,
 }
 
 impl<V: Clone> TtlCache<V> {
@@ -19,7 +23,41 @@ impl<V: Clone> TtlCache<V> {
             entries: Mutex::new(HashMap::new()),
             ttl,
             max,
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// Read before reading the store; pass to [`Self::put_unless_removed_since`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Puts a value read from the store, unless something was removed from the cache since
+    /// `generation` was read (the value may be what was removed).
+    pub fn put_unless_removed_since(&self, generation: u64, key: String, value: V, now: i64) {
+        if let Ok(mut m) = self.entries.lock() {
+            if self.generation.load(Ordering::SeqCst) != generation {
+                return;
+            }
+            Self::insert(&mut m, self.ttl, self.max, key, value, now);
+        }
+    }
+
+    fn insert(
+        m: &mut HashMap<String, (V, i64)>,
+        ttl: i64,
+        max: usize,
+        key: String,
+        value: V,
+        now: i64,
+    ) {
+        if m.len() >= max {
+            m.retain(|_, (_, at)| now < *at + ttl);
+            if m.len() >= max {
+                m.clear();
+            }
+        }
+        m.insert(key, (value, now));
     }
 
     pub fn get(&self, key: &str, now: i64) -> Option<V> {
@@ -30,19 +68,13 @@ impl<V: Clone> TtlCache<V> {
 
     pub fn put(&self, key: String, value: V, now: i64) {
         if let Ok(mut m) = self.entries.lock() {
-            if m.len() >= self.max {
-                let ttl = self.ttl;
-                m.retain(|_, (_, at)| now < *at + ttl);
-                if m.len() >= self.max {
-                    m.clear();
-                }
-            }
-            m.insert(key, (value, now));
+            Self::insert(&mut m, self.ttl, self.max, key, value, now);
         }
     }
 
     pub fn remove(&self, key: &str) {
         if let Ok(mut m) = self.entries.lock() {
+            self.generation.fetch_add(1, Ordering::SeqCst);
             m.remove(key);
         }
     }
@@ -50,12 +82,14 @@ impl<V: Clone> TtlCache<V> {
     /// Removes every entry whose value matches.
     pub fn remove_where(&self, mut matches: impl FnMut(&V) -> bool) {
         if let Ok(mut m) = self.entries.lock() {
+            self.generation.fetch_add(1, Ordering::SeqCst);
             m.retain(|_, (v, _)| !matches(v));
         }
     }
 
     pub fn clear(&self) {
         if let Ok(mut m) = self.entries.lock() {
+            self.generation.fetch_add(1, Ordering::SeqCst);
             m.clear();
         }
     }
@@ -81,5 +115,17 @@ mod tests {
         assert_eq!(c.get("d", 201), None);
         c.clear();
         assert_eq!(c.get("b", 201), None);
+    }
+
+    #[test]
+    fn a_read_from_before_a_removal_is_not_put_after_it() {
+        let c = TtlCache::new(5, 10);
+        let before = c.generation();
+        c.remove("t");
+        c.put_unless_removed_since(before, "t".into(), 1, 100);
+        assert_eq!(c.get("t", 100), None);
+        let now = c.generation();
+        c.put_unless_removed_since(now, "t".into(), 1, 100);
+        assert_eq!(c.get("t", 100), Some(1));
     }
 }

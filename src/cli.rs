@@ -279,8 +279,25 @@ async fn store_copy(from: &str, to: &str) -> Result<(), String> {
 
 fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            // PostgreSQL also takes the password as a query parameter.
+            if u.query_pairs().any(|(k, _)| k == "password") {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if k == "password" {
+                            "***".into()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             u.to_string()
         }
         _ => url.to_string(),
@@ -583,10 +600,10 @@ async fn grants(c: GrantsCommand, admin: &Admin) -> Result<(), String> {
                     printable(&g.client_id),
                     g.resource,
                     g.scopes.join(" "),
-                    if g.ended_at.is_some() {
-                        "\trevoked"
-                    } else {
-                        ""
+                    match (g.ended_at, g.ended_reason) {
+                        (Some(_), Some(reason)) => format!("\tended ({reason})"),
+                        (Some(_), None) => "\tended".to_string(),
+                        (None, _) => String::new(),
                     }
                 );
             }

@@ -211,6 +211,8 @@ pub struct AuthorizationConfig {
     pub request_ttl_secs: i64,
 }
 
+const TEN_YEARS: i64 = 10 * 365 * 24 * 3600;
+
 impl Default for AuthorizationConfig {
     fn default() -> Self {
         Self {
@@ -1008,6 +1010,26 @@ impl AuthorizationConfig {
             ("authorization.code_ttl_secs", self.code_ttl_secs),
             ("authorization.request_ttl_secs", self.request_ttl_secs),
         ])?;
+        // Lifetimes are added to the current time: ten years is more than anyone needs and
+        // far from where the sum would overflow.
+        for (key, v) in [
+            (
+                "authorization.access_token_ttl_secs",
+                self.access_token_ttl_secs,
+            ),
+            (
+                "authorization.refresh_token_ttl_secs",
+                self.refresh_token_ttl_secs,
+            ),
+            (
+                "authorization.grant_max_lifetime_secs",
+                self.grant_max_lifetime_secs,
+            ),
+        ] {
+            if v > TEN_YEARS {
+                return Err(Invalid::at(key, "at most 315360000 (ten years)"));
+            }
+        }
         if self.code_ttl_secs > 600 {
             return Err(Invalid::at(
                 "authorization.code_ttl_secs",
@@ -1578,6 +1600,11 @@ env = {{ API_KEY = "env-secret-4" }}
         const SVC: &str = "[[clients]]\nclient_id = \"c\"\nclient_secret = \"s\"\n\
                            grant_types = [\"client_credentials\"]\n";
         let cases: &[(String, &str, &str)] = &[
+            (
+                "[authorization]\ngrant_max_lifetime_secs = 9223372036854775807\n".into(),
+                "authorization.grant_max_lifetime_secs",
+                "ten years",
+            ),
             (
                 "[keys]\nencryption_active = \"k1\"\n".into(),
                 "keys.encryption_active",

@@ -98,6 +98,10 @@ impl From<crate::store::StoreError> for PageError {
     }
 }
 
+fn finished_already() -> PageError {
+    PageError::bad("This sign-in request was completed already. Go back to your application.")
+}
+
 /// A browser session created by a successful login; `web` sets it as a cookie.
 #[derive(Debug)]
 pub struct NewSession {
@@ -491,7 +495,9 @@ impl AuthorizationServer {
         if self.consent_remembered(user_id, p).await? {
             let mut p = p.clone();
             p.user_id = Some(user_id.to_string());
-            self.store.delete_pending(&p.id).await?;
+            if !self.store.delete_pending(&p.id).await? {
+                return Err(finished_already());
+            }
             return Ok(AuthorizeStep::Redirect(self.issue_code(&p).await?));
         }
         Ok(AuthorizeStep::Consent {
@@ -672,7 +678,11 @@ impl AuthorizationServer {
                 "This request belongs to another sign-in. Start again from your application.",
             ));
         }
-        self.store.delete_pending(&p.id).await?;
+        // A form sent twice issues one code: the request, and the grant id named in it, are
+        // used once.
+        if !self.store.delete_pending(&p.id).await? {
+            return Err(finished_already());
+        }
         if !allow {
             let e = OAuthError::new(ErrorCode::AccessDenied, "the user denied the request");
             return Ok(AuthorizeStep::Redirect(self.error_redirect(

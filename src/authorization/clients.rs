@@ -244,9 +244,15 @@ impl AuthorizationServer {
         {
             return Ok(Some(c));
         }
+        let generation = self.clients_seen.generation();
         let found = self.store.client(client_id).await?.map(Client::from_record);
         if let Some(c) = &found {
-            self.clients_seen.put(client_id.to_string(), c.clone(), now);
+            self.clients_seen.put_unless_removed_since(
+                generation,
+                client_id.to_string(),
+                c.clone(),
+                now,
+            );
         }
         Ok(found)
     }

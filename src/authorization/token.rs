@@ -81,8 +81,13 @@ impl TokenCache {
             .filter(|info| now < info.token.expires_at)
     }
 
-    fn put(&self, hash: String, info: TokenInfo, now: i64) {
-        self.entries.put(hash, info, now);
+    fn generation(&self) -> u64 {
+        self.entries.generation()
+    }
+
+    fn put(&self, generation: u64, hash: String, info: TokenInfo, now: i64) {
+        self.entries
+            .put_unless_removed_since(generation, hash, info, now);
     }
 
     pub fn clear(&self) {
@@ -291,7 +296,7 @@ impl AuthorizationServer {
                 .clone()
                 .unwrap_or_else(|| crate::login::LOCAL.into()),
         };
-        let grant_ends = now + self.settings.grant_max_lifetime;
+        let grant_ends = now.saturating_add(self.settings.grant_max_lifetime);
         let (access, access_rec) = self.mint_access(
             Some(grant_ends),
             Some(&grant.id),
@@ -377,7 +382,9 @@ impl AuthorizationServer {
             Some(g) if g.revoked_at.is_none() => g,
             _ => return Err(OAuthError::invalid_grant("the grant has been revoked")),
         };
-        let grant_ends = grant.created_at + self.settings.grant_max_lifetime;
+        let grant_ends = grant
+            .created_at
+            .saturating_add(self.settings.grant_max_lifetime);
         if now >= grant_ends {
             self.store
                 .revoke_grants(
@@ -644,6 +651,7 @@ impl AuthorizationServer {
         let info = match self.tokens.get(&hash, now) {
             Some(info) => info,
             None => {
+                let generation = self.tokens.generation();
                 let info = self
                     .store
                     .access_token(&hash, now)
@@ -652,7 +660,7 @@ impl AuthorizationServer {
                     .ok_or(BearerError::Invalid(
                         "the access token is not valid or has expired",
                     ))?;
-                self.tokens.put(hash, info.clone(), now);
+                self.tokens.put(generation, hash, info.clone(), now);
                 info
             }
         };

@@ -123,47 +123,77 @@ fn sqlite_key_file(store_url: &str) -> Option<PathBuf> {
 
 fn load_or_create(path: &Path) -> Result<EncryptionKeys, String> {
     let describe = |e: std::io::Error| format!("the encryption key file {}: {e}", path.display());
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let entries: Vec<String> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_string)
-                .collect();
-            // The newest entry (last line) is the active one.
-            let active = entries
-                .last()
-                .and_then(|e| e.split(':').next())
-                .map(str::to_string);
-            EncryptionKeys::parse(&entries, active.as_deref())
-                .map_err(|e| format!("the encryption key file {}: {e}", path.display()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let entry = EncryptionKeys::generate_entry("file-1")?;
-            let mut file = create_private(path).map_err(describe)?;
-            file.write_all(
-                format!(
-                    "# Encryption key of the gateway's sealed login contexts. Keep it with the\n\
-                     # database and back it up with it: without it, what is sealed cannot be read.\n\
-                     {entry}\n"
-                )
-                .as_bytes(),
-            )
-            .and_then(|()| file.sync_all())
-            .map_err(describe)?;
+    match read_key_file(path) {
+        Ok(keys) => return Ok(keys),
+        Err(Some(e)) => return Err(e),
+        Err(None) => {}
+    }
+    let entry = EncryptionKeys::generate_entry("file-1")?;
+    let text = format!(
+        "# Encryption key of the gateway's sealed login contexts. Keep it with the\n\
+         # database and back it up with it: without it, what is sealed cannot be read.\n\
+         {entry}\n"
+    );
+    // Written whole under a temporary name, then linked into place, which fails if the
+    // file exists: two processes starting at once never see a half-written file, and the
+    // one that loses reads the winner's key.
+    let temp = path.with_extension(format!("keys.{}", crate::crypto::new_id()));
+    let written = create_private(&temp)
+        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::hard_link(&temp, path));
+    let _ = std::fs::remove_file(&temp);
+    match written {
+        Ok(()) => {
             tracing::warn!(
                 path = %path.display(),
                 "created an encryption key file for sealed login contexts (no `keys.encryption` is configured); back it up with the database"
             );
             EncryptionKeys::parse(&[entry], Some("file-1")).map_err(String::from)
         }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            read_key_file(path).map_err(|e| e.unwrap_or_else(|| "vanished".into()))
+        }
         Err(e) => Err(describe(e)),
     }
 }
 
-/// A new file only its owner can read; never an existing one (another process may have
-/// written its key a moment ago: then that one is read).
+/// The keys in the file; `Err(None)` when there is no file.
+fn read_key_file(path: &Path) -> Result<EncryptionKeys, Option<String>> {
+    let at = |m: String| Some(format!("the encryption key file {}: {m}", path.display()));
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(None),
+        Err(e) => return Err(at(e.to_string())),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(path)
+            && m.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(path = %path.display(), "the encryption key file can be read by others than its owner; make it mode 0600");
+        }
+    }
+    let entries: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    if entries.is_empty() {
+        return Err(at(
+            "it holds no key (restore it from the backup of the database it belongs to)".into(),
+        ));
+    }
+    // The newest entry (last line) is the active one.
+    let active = entries
+        .last()
+        .and_then(|e| e.split(':').next())
+        .map(str::to_string);
+    EncryptionKeys::parse(&entries, active.as_deref()).map_err(|e| at(e.to_string()))
+}
+
+/// A new file only its owner can read.
 fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -227,5 +257,34 @@ mod tests {
         assert_eq!(again.open("row", &sealed).expect("same key"), b"kept");
         let err = resolve_keys(None, "postgres://127.0.0.1/test", Some("db")).unwrap_err();
         assert!(err.starts_with("keys.encryption:"), "{err}");
+    }
+
+    #[test]
+    fn processes_starting_together_share_one_key_and_an_empty_file_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}", dir.path().join("gw.db").display());
+        let starts: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                std::thread::spawn(move || {
+                    resolve_keys(None, &url, Some("db"))
+                        .expect("keys")
+                        .expect("some")
+                })
+            })
+            .collect();
+        let keys: Vec<_> = starts
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect();
+        let sealed = keys[0].seal("row", b"x").expect("seal");
+        for k in &keys {
+            assert_eq!(k.open("row", &sealed).expect("the same key"), b"x");
+        }
+        let empty = dir.path().join("e.db.keys");
+        std::fs::write(&empty, "# nothing\n").expect("write");
+        let url = format!("sqlite://{}", dir.path().join("e.db").display());
+        let err = resolve_keys(None, &url, Some("db")).expect_err("refused");
+        assert!(err.contains("holds no key"), "{err}");
     }
 }

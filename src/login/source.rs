@@ -151,8 +151,20 @@ impl LoginSources {
         }
     }
 
-    /// Adds a source; names are unique (a later one with a taken name is refused).
+    /// Adds a source; names are unique (a later one with a taken name is refused) and plain
+    /// (they go into paths, usernames and sealed contexts' associated data).
     pub fn add(&mut self, source: Arc<dyn LoginSource>) -> Result<(), String> {
+        let name = source.name();
+        if name.is_empty()
+            || name.len() > 32
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "login source `{name}`: a name has 1 to 32 of a-z, 0-9, - and _"
+            ));
+        }
         if self.get(source.name()).is_some() {
             return Err(format!("two login sources are named `{}`", source.name()));
         }
@@ -204,13 +216,31 @@ impl LoginSources {
         source: &str,
         who: &Authenticated,
     ) -> Result<UserRecord, ResolveError> {
+        let subject_tag = &crypto::hash_secret(&who.subject)[..8];
         let base = if super::validate_username(&who.username).is_ok() {
             who.username.clone()
         } else {
-            format!("user-{}", &crypto::hash_secret(&who.subject)[..12])
+            format!("user-{subject_tag}")
         };
-        // A local user may hold the name already: the source's name keeps them apart.
-        let candidates = [base.clone(), format!("{base}.{source}")];
+        // Always under the source's name: a name of its own choosing must never become a
+        // local user's (one removed, or one that tool rules name before it exists). When two
+        // subjects of the source share a name, the second is told apart by its subject.
+        let candidates = [
+            format!("{base}.{source}"),
+            format!("{base}.{source}.{subject_tag}"),
+        ];
+        // What the source says is checked like what an administrator types: a group name
+        // with a space would otherwise read back as two groups.
+        let email = who
+            .email
+            .clone()
+            .filter(|e| super::validate_profile(Some(e), &[]).is_ok());
+        let groups: Vec<String> = who
+            .groups
+            .iter()
+            .filter(|g| super::validate_profile(None, std::slice::from_ref(g)).is_ok())
+            .cloned()
+            .collect();
         for name in candidates
             .iter()
             .filter(|n| super::validate_username(n).is_ok())
@@ -220,8 +250,8 @@ impl LoginSources {
                 username: name.clone(),
                 password_hash: String::new(),
                 created_at: self.clock.now(),
-                email: who.email.clone(),
-                groups: who.groups.clone(),
+                email: email.clone(),
+                groups: groups.clone(),
                 disabled_at: None,
             };
             match self

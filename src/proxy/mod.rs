@@ -522,6 +522,7 @@ impl Proxy {
         if let Some(cached) = self.sessions_seen.get(&key, now) {
             return Ok(cached == owner);
         }
+        let generation = self.sessions_seen.generation();
         let bound = self
             .store
             .session_owner(upstream, hash, now, expiry)
@@ -530,7 +531,8 @@ impl Proxy {
         match bound {
             Some(bound) => {
                 let mine = bound == owner;
-                self.sessions_seen.put(key, bound, now);
+                self.sessions_seen
+                    .put_unless_removed_since(generation, key, bound, now);
                 Ok(mine)
             }
             None => Ok(false),

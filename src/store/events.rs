@@ -31,7 +31,7 @@ pub enum EndReason {
     /// Nothing live was left of it: its last refresh token (or, without one, its last access
     /// token) expired unused.
     Expired,
-    /// It reached `tokens.grant_max_lifetime_secs`.
+    /// It reached `authorization.grant_max_lifetime_secs`.
     MaxLifetime,
 }
 
@@ -107,6 +107,9 @@ pub enum StoreEvent {
     Resync,
 }
 
+/// More events than this from one commit reach listeners as one `Resync`.
+const LISTENER_BATCH: usize = 64;
+
 /// Called with each event as it is published, before `publish` returns: for caches, which
 /// must not answer from what a commit just ended even for a moment.
 pub type Listener = Arc<dyn Fn(&StoreEvent) + Send + Sync>;
@@ -171,6 +174,25 @@ impl EventBus {
         }
         // No subscriber is not an error: the CLI has none.
         let _ = self.sender.send(event);
+    }
+
+    /// What one commit ended. Listeners (caches, which scan themselves per event) hear a
+    /// large batch as one `Resync`; subscribers hear every event.
+    pub fn publish_all(&self, events: Vec<StoreEvent>) {
+        if events.len() <= LISTENER_BATCH {
+            for e in events {
+                self.publish(e);
+            }
+            return;
+        }
+        if let Ok(listeners) = self.listeners.read() {
+            for l in listeners.iter() {
+                l(&StoreEvent::Resync);
+            }
+        }
+        for e in events {
+            let _ = self.sender.send(e);
+        }
     }
 
     /// An event read back from the database: heard unless this process wrote it.

@@ -56,6 +56,41 @@ impl std::fmt::Debug for UserRecord {
     }
 }
 
+// The CSRF token, the client's state and the sealed context stay out of logs.
+impl std::fmt::Debug for PendingAuthorization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingAuthorization")
+            .field("client_id", &self.client_id)
+            .field("redirect_uri", &self.redirect_uri)
+            .field("resource", &self.resource)
+            .field("user_id", &self.user_id)
+            .field("grant_id", &self.grant_id)
+            .field("login_source", &self.login_source)
+            .field(
+                "login_context",
+                &self.login_context.as_ref().map(|_| "<sealed>"),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for AuthCodeRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthCodeRecord")
+            .field("client_id", &self.client_id)
+            .field("user_id", &self.user_id)
+            .field("resource", &self.resource)
+            .field("consumed_at", &self.consumed_at)
+            .field("grant_id", &self.grant_id)
+            .field("login_source", &self.login_source)
+            .field(
+                "login_context",
+                &self.login_context.as_ref().map(|_| "<sealed>"),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
 /// A signed-in browser at the authorization server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrowserSession {
@@ -81,7 +116,7 @@ pub struct ClientRecord {
 }
 
 /// An authorization request that has been validated and waits for login and consent.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PendingAuthorization {
     /// Hash of the handle carried by the login and consent forms.
     pub id: String,
@@ -106,7 +141,7 @@ pub struct PendingAuthorization {
     pub login_context: Option<Vec<u8>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AuthCodeRecord {
     pub code_hash: String,
     pub client_id: String,
@@ -304,7 +339,8 @@ pub trait AuthorizationStore: Send + Sync {
         login_source: &str,
         login_context: Option<&[u8]>,
     ) -> StoreResult<()>;
-    async fn delete_pending(&self, id: &str) -> StoreResult<()>;
+    /// Whether it was still there: a request is finished once, by whoever deletes it.
+    async fn delete_pending(&self, id: &str) -> StoreResult<bool>;
     async fn insert_code(&self, code: &AuthCodeRecord) -> StoreResult<()>;
     async fn code(&self, code_hash: &str) -> StoreResult<Option<AuthCodeRecord>>;
 }

@@ -113,15 +113,10 @@ async fn end_user_access_in(
     reason: Option<EndReason>,
     unused_codes_only: bool,
     now: Timestamp,
-) -> Result<Vec<GrantEnded>, sqlx::Error> {
-    let mut ended = Vec::new();
-    if let Some(reason) = reason {
-        let filter = GrantFilter {
-            user_id: Some(user_id.to_string()),
-            ..Default::default()
-        };
-        ended = end_grants_in(tx, bus, &filter, reason, now).await?;
-    }
+) -> Result<Vec<StoreEvent>, sqlx::Error> {
+    // Codes before grants: a code redeemed concurrently either loses its row here (and
+    // redeems nothing), or has committed its grant before the grants are ended below, where
+    // (each statement seeing what committed before it) that grant is ended too.
     let codes = if unused_codes_only {
         "DELETE FROM auth_codes WHERE user_id = $1 AND consumed_at IS NULL"
     } else {
@@ -134,21 +129,29 @@ async fn end_user_access_in(
     ] {
         sqlx::query(sql).bind(user_id).execute(&mut **tx).await?;
     }
+    let mut ended = Vec::new();
+    if let Some(reason) = reason {
+        let filter = GrantFilter {
+            user_id: Some(user_id.to_string()),
+            ..Default::default()
+        };
+        ended = end_grants_in(tx, bus, &filter, reason, now).await?;
+    }
     Ok(ended)
 }
 
 /// The one place where grants end: marks the matching live grants ended for `reason`,
 /// deletes every token they issued (also of matches ended earlier) and, unless they merely
 /// ran out, the remembered consent that would silently create them again; records one event
-/// per grant for the other instances. The caller commits, then publishes what this returns
-/// ([`commit_and_publish`]).
+/// per grant (and per client-credentials token deleted on the way) for the other instances.
+/// The caller commits, then publishes what this returns ([`commit_and_publish`]).
 async fn end_grants_in(
     tx: &mut sqlx::Transaction<'static, $db>,
     bus: &EventBus,
     f: &GrantFilter,
     reason: EndReason,
     now: Timestamp,
-) -> Result<Vec<GrantEnded>, sqlx::Error> {
+) -> Result<Vec<StoreEvent>, sqlx::Error> {
     let (w, binds) = super::shared::grant_where(f, 3);
     let sql = format!(
         "UPDATE grants SET revoked_at = $1, ended_reason = $2, login_context = NULL
@@ -184,18 +187,29 @@ async fn end_grants_in(
         for sql in [
             "DELETE FROM access_tokens WHERE grant_id = $1",
             "DELETE FROM refresh_tokens WHERE grant_id = $1",
+            // What a code would carry into a grant goes with the grant.
+            "UPDATE auth_codes SET login_context = NULL WHERE grant_id = $1",
         ] {
             sqlx::query(sql).bind(id).execute(&mut **tx).await?;
         }
     }
+    let mut events: Vec<StoreEvent> = ended.into_iter().map(StoreEvent::GrantEnded).collect();
     let ran_out = matches!(reason, EndReason::Expired | EndReason::MaxLifetime);
     if f.grant_id.is_none() {
         // Client-credentials tokens belong to no grant; revoking by client covers them.
         if let (Some(c), None) = (&f.client_id, &f.user_id) {
-            sqlx::query("DELETE FROM access_tokens WHERE client_id = $1 AND grant_id IS NULL")
-                .bind(c)
-                .execute(&mut **tx)
-                .await?;
+            let hashes: Vec<String> = sqlx::query_scalar(
+                "DELETE FROM access_tokens WHERE client_id = $1 AND grant_id IS NULL
+                 RETURNING token_hash",
+            )
+            .bind(c)
+            .fetch_all(&mut **tx)
+            .await?;
+            events.extend(
+                hashes
+                    .into_iter()
+                    .map(|token_hash| StoreEvent::AccessTokenRevoked { token_hash }),
+            );
         }
         let (w, binds) = super::shared::consent_where(f);
         let sql = format!("DELETE FROM consents WHERE {w}");
@@ -217,10 +231,10 @@ async fn end_grants_in(
             .await?;
         }
     }
-    for e in &ended {
-        record_event_in(tx, bus, &StoreEvent::GrantEnded(e.clone()), now).await?;
+    for e in &events {
+        record_event_in(tx, bus, e, now).await?;
     }
-    Ok(ended)
+    Ok(events)
 }
 
 /// Writes an event for the other instances, delivered when `tx` commits: a row of
@@ -252,14 +266,16 @@ async fn commit_and_publish(
     events: impl IntoIterator<Item = StoreEvent>,
 ) -> StoreResult<()> {
     tx.commit().await.map_err(backend)?;
-    for e in events {
-        bus.publish(e);
-    }
+    bus.publish_all(events.into_iter().collect());
     Ok(())
 }
 
-fn ended_events(ended: Vec<GrantEnded>) -> impl Iterator<Item = StoreEvent> {
-    ended.into_iter().map(StoreEvent::GrantEnded)
+/// How many grants the events end.
+fn grants_in(events: &[StoreEvent]) -> u64 {
+    events
+        .iter()
+        .filter(|e| matches!(e, StoreEvent::GrantEnded(_)))
+        .count() as u64
 }
 
 #[async_trait]
@@ -384,7 +400,7 @@ impl UserStore for $store {
         record_event_in(&mut tx, self.bus(), &removed, now)
             .await
             .map_err(backend)?;
-        commit_and_publish(tx, self.bus(), ended_events(ended).chain([removed])).await?;
+        commit_and_publish(tx, self.bus(), ended.into_iter().chain([removed])).await?;
         Ok(r.rows_affected() == 1)
     }
 
@@ -400,8 +416,8 @@ impl UserStore for $store {
         let ended = end_user_access_in(&mut tx, self.bus(), user_id, reason, true, now)
             .await
             .map_err(backend)?;
-        let n = ended.len() as u64;
-        commit_and_publish(tx, self.bus(), ended_events(ended)).await?;
+        let n = grants_in(&ended);
+        commit_and_publish(tx, self.bus(), ended).await?;
         Ok(n)
     }
 
@@ -488,16 +504,22 @@ impl ClientStore for $store {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        // Codes and requests before grants (see `end_user_access_in`).
+        for sql in [
+            "DELETE FROM auth_codes WHERE client_id = $1",
+            "DELETE FROM pending_authorizations WHERE client_id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(client_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
         let filter = GrantFilter {
             client_id: Some(client_id.to_string()),
             ..Default::default()
         };
         let ended = end_grants_in(&mut tx, self.bus(), &filter, EndReason::ClientRemoved, now)
-            .await
-            .map_err(backend)?;
-        sqlx::query("DELETE FROM auth_codes WHERE client_id = $1")
-            .bind(client_id)
-            .execute(&mut *tx)
             .await
             .map_err(backend)?;
         let removed = StoreEvent::ClientRemoved {
@@ -506,7 +528,7 @@ impl ClientStore for $store {
         record_event_in(&mut tx, self.bus(), &removed, now)
             .await
             .map_err(backend)?;
-        commit_and_publish(tx, self.bus(), ended_events(ended).chain([removed])).await?;
+        commit_and_publish(tx, self.bus(), ended.into_iter().chain([removed])).await?;
         Ok(r.rows_affected() == 1)
     }
 
@@ -585,13 +607,13 @@ impl AuthorizationStore for $store {
         Ok(())
     }
 
-    async fn delete_pending(&self, id: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM pending_authorizations WHERE id = $1")
+    async fn delete_pending(&self, id: &str) -> StoreResult<bool> {
+        let r = sqlx::query("DELETE FROM pending_authorizations WHERE id = $1")
             .bind(id)
             .execute(self.writer())
             .await
             .map_err(backend)?;
-        Ok(())
+        Ok(r.rows_affected() == 1)
     }
 
     async fn insert_code(&self, c: &AuthCodeRecord) -> StoreResult<()> {
@@ -691,6 +713,12 @@ impl GrantStore for $store {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
+        // The context now lives with the grant (and ends with it), not with the used code.
+        sqlx::query("UPDATE auth_codes SET login_context = NULL WHERE code_hash = $1")
+            .bind(code_hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         insert_access(&mut *tx, access).await.map_err(backend)?;
         if let Some(r) = refresh {
             insert_refresh(&mut *tx, r).await.map_err(backend)?;
@@ -720,7 +748,8 @@ impl GrantStore for $store {
              FROM access_tokens t
              LEFT JOIN users u ON u.id = t.user_id
              LEFT JOIN grants g ON g.id = t.grant_id
-             WHERE t.token_hash = $1 AND t.expires_at > $2",
+             WHERE t.token_hash = $1 AND t.expires_at > $2
+               AND (t.grant_id IS NULL OR g.revoked_at IS NULL)",
         )
         .bind(token_hash)
         .bind(now)
@@ -903,8 +932,8 @@ impl GrantStore for $store {
         let ended = end_grants_in(&mut tx, self.bus(), filter, reason, now)
             .await
             .map_err(backend)?;
-        let n = ended.len() as u64;
-        commit_and_publish(tx, self.bus(), ended_events(ended)).await?;
+        let n = grants_in(&ended);
+        commit_and_publish(tx, self.bus(), ended).await?;
         Ok(n)
     }
 
@@ -1281,7 +1310,7 @@ impl MaintenanceStore for $store {
                     .map_err(backend)?,
             );
         }
-        let grants_ended = ended.len() as u64;
+        let grants_ended = grants_in(&ended);
         let mut run = async |sql: &str, bind: i64| -> StoreResult<u64> {
             Ok(sqlx::query(sql)
                 .bind(bind)
@@ -1311,7 +1340,7 @@ impl MaintenanceStore for $store {
         .await?;
         // Other instances poll or are notified within seconds; an hour is ample.
         let events = run("DELETE FROM store_events WHERE created_at < $1", now - 3600).await?;
-        commit_and_publish(tx, self.bus(), ended_events(ended)).await?;
+        commit_and_publish(tx, self.bus(), ended).await?;
         Ok(SweepCounts {
             events,
             grants_ended,

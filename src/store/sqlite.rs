@@ -25,6 +25,8 @@ pub struct SqliteStore {
     rotator: rotations::Rotator,
     bus: EventBus,
     following: std::sync::Once,
+    /// The newest event when the store was opened: what comes after it is heard.
+    events_from: i64,
 }
 
 mod rotations;
@@ -85,6 +87,10 @@ impl SqliteStore {
                 .await
                 .map_err(backend)?
         };
+        let events_from: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM store_events")
+            .fetch_one(&pool)
+            .await
+            .map_err(backend)?;
         let rotator = rotations::Rotator::start(writer.clone());
         Ok(Self {
             pool,
@@ -92,6 +98,7 @@ impl SqliteStore {
             rotator,
             bus: EventBus::new(),
             following: std::sync::Once::new(),
+            events_from,
         })
     }
 
@@ -132,7 +139,11 @@ impl SqliteStore {
     /// events table: a cheap indexed read every quarter second.
     fn follow_other_instances(&self) {
         self.following.call_once(|| {
-            tokio::spawn(poll_events(self.pool.clone(), self.bus.clone()));
+            tokio::spawn(poll_events(
+                self.pool.clone(),
+                self.bus.clone(),
+                self.events_from,
+            ));
         });
     }
 
@@ -146,21 +157,12 @@ impl SqliteStore {
 
 const EVENT_POLL: Duration = Duration::from_millis(250);
 
-async fn poll_events(pool: SqlitePool, bus: EventBus) {
-    let mut last: Option<i64> = None;
+async fn poll_events(pool: SqlitePool, bus: EventBus, from: i64) {
+    let mut last = from;
     let mut tick = tokio::time::interval(EVENT_POLL);
     loop {
         tick.tick().await;
-        let Some(after) = last else {
-            match sqlx::query_scalar::<_, i64>("SELECT COALESCE(MAX(id), 0) FROM store_events")
-                .fetch_one(&pool)
-                .await
-            {
-                Ok(n) => last = Some(n),
-                Err(e) => tracing::warn!(error = %e, "cannot read the store's events; retrying"),
-            }
-            continue;
-        };
+        let after = last;
         let rows = sqlx::query(
             "SELECT id, origin, payload FROM store_events WHERE id > $1 ORDER BY id LIMIT 1000",
         )
@@ -175,7 +177,7 @@ async fn poll_events(pool: SqlitePool, bus: EventBus) {
                             (Ok(a), Ok(b), Ok(c)) => (a, b, c),
                             _ => continue,
                         };
-                    last = Some(id);
+                    last = id;
                     match serde_json::from_str::<events::Envelope>(&payload) {
                         Ok(e) => bus.publish_remote(&origin, e.event),
                         Err(_) => bus.publish(StoreEvent::Resync),

@@ -459,8 +459,77 @@ async fn a_second_instance_hears_each_end_once() {
         .unwrap()
         .options([("search_path", schema.as_str())]);
     let b: SharedStore = Arc::new(PostgresStore::connect(opts).await.unwrap());
+    // Another installation in another schema of the same database hears none of it.
+    let (elsewhere, _, other_schema) = crate::store_suite::fresh_postgres(&pg).await;
+    elsewhere.hear_other_instances();
+    let mut rx_elsewhere = elsewhere.subscribe();
     second_instance_hears(a, b, "postgres").await;
+    assert!(
+        drain(&mut rx_elsewhere).is_empty(),
+        "another schema's installation heard the ends"
+    );
+    let _ = sqlx::query(&format!("DROP SCHEMA {other_schema} CASCADE"))
+        .execute(&admin)
+        .await;
     let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
         .execute(&admin)
         .await;
+}
+
+/// A token whose row outlived its grant's end (a rotation committing beside the end, on
+/// PostgreSQL) is refused all the same: a token is valid only while its grant is.
+#[tokio::test]
+async fn an_access_token_is_valid_only_while_its_grant_lives() {
+    for e in crate::store_suite::engines().await {
+        let s = &e.store;
+        let now: i64 = 1_900_000_000;
+        let (g, at, _) = grant("g-late", now);
+        let mut ended = g.clone();
+        ended.revoked_at = Some(now);
+        let code = mcp_oauth_gateway::store::AuthCodeRecord {
+            code_hash: "code-late".into(),
+            client_id: "c1".into(),
+            user_id: "u1".into(),
+            redirect_uri: "http://127.0.0.1/cb".into(),
+            redirect_given: true,
+            resource: "https://gw/mcp".into(),
+            scopes: vec!["mcp".into()],
+            code_challenge: "x".into(),
+            created_at: now,
+            expires_at: now + 60,
+            consumed_at: None,
+            grant_id: None,
+            login_source: None,
+            login_context: None,
+        };
+        s.insert_code(&code).await.unwrap();
+        s.redeem_code("code-late", now, &g, &at, None)
+            .await
+            .unwrap();
+        assert!(
+            s.access_token("at-g-late", now).await.unwrap().is_some(),
+            "{}",
+            e.name
+        );
+        s.revoke_grants(
+            &GrantFilter {
+                grant_id: Some("g-late".into()),
+                ..Default::default()
+            },
+            EndReason::AdminRevoked,
+            now,
+        )
+        .await
+        .unwrap();
+        // The row comes back, as a late commit would leave it.
+        let mut late = at.clone();
+        late.token_hash = "at-late".into();
+        s.insert_access_token(&late).await.unwrap();
+        assert!(
+            s.access_token("at-late", now).await.unwrap().is_none(),
+            "{}",
+            e.name
+        );
+        e.finish().await;
+    }
 }

@@ -52,7 +52,8 @@ impl LoginSource for Directory {
                 subject: "dn-1".into(),
                 username: "dana".into(),
                 email: Some("dana@example.com".into()),
-                groups: vec!["staff".into()],
+                // A group name no administrator could type: dropped, not read as two.
+                groups: vec!["staff".into(), "staff admin".into()],
                 keep: Some(password.as_bytes().to_vec()),
             })
         } else {
@@ -213,12 +214,19 @@ async fn a_first_sign_in_creates_a_user_without_a_password_linked_to_the_source(
     // A source that does not exist, or a local password for the directory's user.
     let r = post_login(&gw, &browser, &page, "elsewhere", "dana", DANA_PASSWORD).await;
     assert_eq!(r.status(), 400);
-    assert!(gw.store.user_by_name("dana").await.unwrap().is_none());
+    assert!(gw.store.list_users().await.unwrap().len() == 2);
 
     let (_, access) = dana_authorizes(&gw, &browser).await;
-    let dana = gw.store.user_by_name("dana").await.unwrap().unwrap();
+    // Named under the source, never as a local user would be.
+    let dana = gw
+        .store
+        .user_by_name("dana.directory")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(dana.password_hash.is_empty(), "no password at the gateway");
     assert_eq!(dana.email.as_deref(), Some("dana@example.com"));
+    assert_eq!(dana.groups, vec!["staff".to_string()]);
     assert_eq!(
         gw.store
             .user_by_identity("directory", "dn-1")
@@ -240,7 +248,7 @@ async fn a_first_sign_in_creates_a_user_without_a_password_linked_to_the_source(
     let fresh = TestGateway::browser();
     let (_, page) = sign_in_page(&gw, &fresh, &client_id, &Pkce::new()).await;
     for pw in ["", "not a password of anyone", DANA_PASSWORD] {
-        let r = post_login(&gw, &fresh, &page, "local", "dana", pw).await;
+        let r = post_login(&gw, &fresh, &page, "local", "dana.directory", pw).await;
         assert_eq!(r.status(), 401, "{pw:?}");
     }
 }
@@ -454,7 +462,13 @@ async fn with_first_sign_in_refused_only_linked_identities_get_in() {
     let r = post_login(&gw, &browser, &page, "directory", "dana", DANA_PASSWORD).await;
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("may not sign in here"));
-    assert!(gw.store.user_by_name("dana").await.unwrap().is_none());
+    assert!(
+        gw.store
+            .user_by_name("dana.directory")
+            .await
+            .unwrap()
+            .is_none()
+    );
     // Once an administrator linked the identity, the same sign-in goes through.
     let dana = mcp_oauth_gateway::store::UserRecord {
         id: "u-dana".into(),
@@ -470,4 +484,36 @@ async fn with_first_sign_in_refused_only_linked_identities_get_in() {
         .await
         .unwrap();
     dana_authorizes(&gw, &TestGateway::browser()).await;
+}
+
+/// A consent form sent twice issues one code: the request and the grant id named in it are
+/// used once.
+#[tokio::test]
+async fn a_consent_sent_twice_issues_one_code() {
+    let gw = TestGateway::start().await;
+    let browser = TestGateway::browser();
+    let client_id = gw.register_public(REDIRECT).await;
+    let (_, page) = sign_in_page(&gw, &browser, &client_id, &Pkce::new()).await;
+    let r = post_login(&gw, &browser, &page, "local", "alice", PASSWORD).await;
+    let consent = r.text().await.unwrap();
+    let form = [
+        ("request", hidden(&consent, "request").unwrap()),
+        ("csrf", hidden(&consent, "csrf").unwrap()),
+        ("decision", "allow".to_string()),
+    ];
+    let first = browser
+        .post(gw.url("/authorize/consent"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 303);
+    let again = browser
+        .post(gw.url("/authorize/consent"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 400);
+    assert!(again.headers().get("location").is_none());
 }
