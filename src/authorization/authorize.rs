@@ -98,6 +98,27 @@ impl From<crate::store::StoreError> for PageError {
     }
 }
 
+fn login_state_hash(source: &str, state: &str) -> String {
+    crypto::hash_secret(&format!("{source}\n{state}"))
+}
+
+/// Whether the browser's binding cookie is the one the request was started with.
+fn same_browser(p: &PendingAuthorization, binding: Option<&str>) -> bool {
+    binding.is_some_and(|b| {
+        b.len() <= 100
+            && crypto::constant_time_eq(
+                p.binding_hash.as_bytes(),
+                crypto::hash_secret(b).as_bytes(),
+            )
+    })
+}
+
+fn not_this_browser() -> PageError {
+    PageError::bad(
+        "This form was not opened in this browser (or its cookies are blocked). Start again from your application.",
+    )
+}
+
 fn finished_already() -> PageError {
     PageError::bad("This sign-in request was completed already. Go back to your application.")
 }
@@ -314,6 +335,7 @@ impl AuthorizationServer {
                     grant_id: Some(crypto::new_id()),
                     login_source: None,
                     login_context: None,
+                    login_state: None,
                 };
                 // A browser session stands in for signing in again, unless its source keeps
                 // something per grant (which only a new sign-in can give) or is gone.
@@ -529,17 +551,8 @@ impl AuthorizationServer {
                 "The form was not valid (its security token did not match). Start again from your application.",
             ));
         }
-        let same_browser = binding.is_some_and(|b| {
-            b.len() <= 100
-                && crypto::constant_time_eq(
-                    p.binding_hash.as_bytes(),
-                    crypto::hash_secret(b).as_bytes(),
-                )
-        });
-        if !same_browser {
-            return Err(PageError::bad(
-                "This form was not opened in this browser (or its cookies are blocked). Start again from your application.",
-            ));
+        if !same_browser(&p, binding) {
+            return Err(not_this_browser());
         }
         let client = self
             .find_client(&p.client_id)
@@ -578,8 +591,40 @@ impl AuthorizationServer {
                 None,
             ));
         };
-        match source.check_password(username, password, ip).await? {
-            Attempt::Invalid => Ok((login_again("Wrong username or password.", 401), None)),
+        let attempt = source.check_password(username, password, ip).await?;
+        self.after_attempt(&p, handle, &client, name, attempt, ip)
+            .await
+    }
+
+    /// What a login source answered, for the pending request `p` (whose forms carry
+    /// `handle`): the sign-in page again with why, or the person signed in and on to consent.
+    async fn after_attempt(
+        &self,
+        p: &PendingAuthorization,
+        handle: &str,
+        client: &Client,
+        name: &str,
+        attempt: Attempt,
+        ip: &str,
+    ) -> Result<(AuthorizeStep, Option<NewSession>), PageError> {
+        let login_again = |error: &str, status: u16| AuthorizeStep::Login {
+            ctx: self.page_context(p, handle, client, None),
+            error: Some(error.to_string()),
+            status,
+        };
+        match attempt {
+            Attempt::Invalid => {
+                let redirected = self
+                    .login
+                    .get(name)
+                    .is_some_and(|s| s.kind() == SourceKind::Redirect);
+                let why = if redirected {
+                    "That sign-in was not accepted. Try again."
+                } else {
+                    "Wrong username or password."
+                };
+                Ok((login_again(why, 401), None))
+            }
             Attempt::Unavailable(why) => {
                 tracing::warn!(source = name, reason = %why, "login source unavailable");
                 Ok((
@@ -647,11 +692,116 @@ impl AuthorizationServer {
                 p.login_context = sealed;
                 tracing::info!(user = ?user.username, source = name, client_id = ?client.client_id, "login");
                 let step = self
-                    .after_login(&p, handle, &client, &user.id, &user.username)
+                    .after_login(&p, handle, client, &user.id, &user.username)
                     .await?;
                 Ok((step, Some(NewSession { secret, max_age })))
             }
         }
+    }
+
+    /// Where a redirecting login source sends the browser back: registered at the source.
+    pub fn login_callback_url(&self, source: &str) -> String {
+        format!("{}/login/{source}/callback", self.settings.issuer)
+    }
+
+    /// POST of a redirecting source's button: the request is marked with a fresh `state`,
+    /// and the browser goes to the source with it.
+    pub async fn start_redirect_login(
+        &self,
+        handle: &str,
+        csrf: &str,
+        name: &str,
+        binding: Option<&str>,
+    ) -> Result<String, PageError> {
+        let (p, _client) = self.pending_for_form(handle, csrf, binding).await?;
+        let Some(source) = self
+            .login
+            .get(name)
+            .filter(|s| s.kind() == SourceKind::Redirect)
+        else {
+            return Err(PageError::bad(
+                "That way of signing in is not offered here.",
+            ));
+        };
+        let state = crypto::new_secret("");
+        self.store
+            .set_pending_login_state(&p.id, &login_state_hash(name, &state))
+            .await?;
+        source
+            .start(&state, &self.login_callback_url(name))
+            .await
+            .map_err(|why| {
+                tracing::warn!(source = name, reason = %why, "login source unavailable");
+                PageError {
+                    status: 503,
+                    message: "Signing in this way is unavailable right now. Try again shortly."
+                        .into(),
+                }
+            })
+    }
+
+    /// The browser is back from a redirecting source with `params` (among them `state`),
+    /// in the browser that started: the request is found by its state, once, and the
+    /// source judges the rest.
+    pub async fn finish_redirect_login(
+        &self,
+        name: &str,
+        params: &[(String, String)],
+        binding: Option<&str>,
+        ip: &str,
+    ) -> Result<(AuthorizeStep, Option<NewSession>), PageError> {
+        let unknown = || {
+            PageError::bad(
+                "This sign-in is unknown, was used already or has expired. Start again from your application.",
+            )
+        };
+        let Some(source) = self
+            .login
+            .get(name)
+            .filter(|s| s.kind() == SourceKind::Redirect)
+        else {
+            return Err(PageError::bad(
+                "That way of signing in is not offered here.",
+            ));
+        };
+        let mut states = params.iter().filter(|(k, _)| k == "state");
+        let (Some((_, state)), None) = (states.next(), states.next()) else {
+            return Err(unknown());
+        };
+        if state.is_empty() || state.len() > 100 {
+            return Err(unknown());
+        }
+        // Bound to the source too: one source's state at another's callback finds nothing.
+        let state_hash = login_state_hash(name, state);
+        let mut p = self
+            .store
+            .pending_by_login_state(&state_hash, self.clock.now())
+            .await?
+            .ok_or_else(unknown)?;
+        if !same_browser(&p, binding) {
+            return Err(not_this_browser());
+        }
+        let client = self
+            .find_client(&p.client_id)
+            .await?
+            .ok_or_else(|| PageError::bad("The client is no longer known to this server."))?;
+        // The state works once; the forms that follow get a handle the source never saw.
+        let handle = crypto::new_secret("");
+        let new_id = crypto::hash_secret(&handle);
+        if !self
+            .store
+            .rekey_pending(&p.id, &state_hash, &new_id)
+            .await?
+        {
+            return Err(unknown());
+        }
+        p.id = new_id;
+        p.login_state = None;
+        let attempt = source
+            .finish(params, &self.login_callback_url(name))
+            .await?;
+        self.after_attempt(&p, &handle, &client, name, attempt, ip)
+            .await
     }
 
     fn accounts_session_ttl(&self) -> i64 {

@@ -192,6 +192,7 @@ pub const TABLES: &[Table] = &[
             ("grant_id", Text),
             ("login_source", Text),
             ("login_context", Bytes),
+            ("login_state", Text),
         ],
     },
     Table {

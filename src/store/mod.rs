@@ -139,6 +139,8 @@ pub struct PendingAuthorization {
     pub login_source: Option<String>,
     /// What that source keeps for later, sealed to `grant_id` ([`crate::login::context`]).
     pub login_context: Option<Vec<u8>>,
+    /// The hash of the `state` a redirecting login source will come back with.
+    pub login_state: Option<String>,
 }
 
 #[derive(Clone)]
@@ -341,6 +343,17 @@ pub trait AuthorizationStore: Send + Sync {
     ) -> StoreResult<()>;
     /// Whether it was still there: a request is finished once, by whoever deletes it.
     async fn delete_pending(&self, id: &str) -> StoreResult<bool>;
+    /// Notes the hash of the `state` a redirecting login source will come back with.
+    async fn set_pending_login_state(&self, id: &str, state_hash: &str) -> StoreResult<()>;
+    /// The live request a redirecting login source came back for.
+    async fn pending_by_login_state(
+        &self,
+        state_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<PendingAuthorization>>;
+    /// Gives the request a new handle (its id is the handle's hash) and forgets its login
+    /// state, so the state works once; false when someone else did it first.
+    async fn rekey_pending(&self, id: &str, state_hash: &str, new_id: &str) -> StoreResult<bool>;
     async fn insert_code(&self, code: &AuthCodeRecord) -> StoreResult<()>;
     async fn code(&self, code_hash: &str) -> StoreResult<Option<AuthCodeRecord>>;
 }

@@ -55,6 +55,7 @@ macro_rules! row_mappers {
                 grant_id: r.try_get("grant_id")?,
                 login_source: r.try_get("login_source")?,
                 login_context: r.try_get("login_context")?,
+                login_state: r.try_get("login_state")?,
             })
         }
 

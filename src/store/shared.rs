@@ -607,6 +607,46 @@ impl AuthorizationStore for $store {
         Ok(())
     }
 
+    async fn set_pending_login_state(&self, id: &str, state_hash: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE pending_authorizations SET login_state = $1 WHERE id = $2")
+            .bind(state_hash)
+            .bind(id)
+            .execute(self.writer())
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn pending_by_login_state(
+        &self,
+        state_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<PendingAuthorization>> {
+        let row = sqlx::query(
+            "SELECT * FROM pending_authorizations WHERE login_state = $1 AND expires_at > $2",
+        )
+        .bind(state_hash)
+        .bind(now)
+        .fetch_optional(self.reader())
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(pending_from).transpose().map_err(backend)
+    }
+
+    async fn rekey_pending(&self, id: &str, state_hash: &str, new_id: &str) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "UPDATE pending_authorizations SET id = $1, login_state = NULL
+             WHERE id = $2 AND login_state = $3",
+        )
+        .bind(new_id)
+        .bind(id)
+        .bind(state_hash)
+        .execute(self.writer())
+        .await
+        .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
     async fn delete_pending(&self, id: &str) -> StoreResult<bool> {
         let r = sqlx::query("DELETE FROM pending_authorizations WHERE id = $1")
             .bind(id)

@@ -272,6 +272,20 @@ impl Gateway {
                 get(oauth::authorize).post(oauth::authorize_post),
             )
             .route(&format!("{base}/authorize/login"), post(oauth::login))
+            // A source that redirects: started from the sign-in page, back at the callback
+            // registered with it, then bounced under the browser path where the cookies are.
+            .route(
+                &format!("{base}/authorize/login/{{source}}"),
+                post(oauth::login_redirect_start),
+            )
+            .route(
+                &format!("{base}/authorize/login/{{source}}/return"),
+                get(oauth::login_redirect_return),
+            )
+            .route(
+                &format!("{base}/login/{{source}}/callback"),
+                get(oauth::login_callback),
+            )
             .route(&format!("{base}/authorize/consent"), post(oauth::consent))
             .route(
                 &format!("{base}/authorize/logout"),

@@ -413,6 +413,87 @@ pub async fn login(
     forget_stale_cookies(&app, &headers, resp)
 }
 
+/// POST of a redirecting source's button on the sign-in page: off to the source.
+pub async fn login_redirect_start(
+    State(app): State<App>,
+    axum::extract::Path(source): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        let p = read_form(&app, &headers, body).await.map_err(page_error)?;
+        let (request, csrf) = (form_field(&p, "request")?, form_field(&p, "csrf")?);
+        let binding = cookie(&app, &headers, BINDING_COOKIE);
+        app.auth
+            .start_redirect_login(request, csrf, &source, binding.as_deref())
+            .await
+    }
+    .await;
+    let resp = match result {
+        Ok(url) => no_store(Redirect::to(&url).into_response()),
+        Err(e) => e.into_response(),
+    };
+    forget_stale_cookies(&app, &headers, resp)
+}
+
+/// The callback registered at a redirecting source. The gateway's cookies are scoped to its
+/// browser path, which this is not: the browser is sent on under it, with the same query.
+pub async fn login_callback(
+    State(app): State<App>,
+    axum::extract::Path(source): axum::extract::Path<String>,
+    uri: axum::http::Uri,
+) -> Response {
+    let Some(name) = app.auth.login.get(&source).map(|s| s.name().to_string()) else {
+        return not_found_page();
+    };
+    let mut to = format!("{}/login/{name}/return", app.auth.browser_path());
+    if let Some(q) = uri.query() {
+        to.push('?');
+        to.push_str(q);
+    }
+    no_store(Redirect::to(&to).into_response())
+}
+
+/// Back from a redirecting source, under the browser path: the sign-in is finished.
+pub async fn login_redirect_return(
+    State(app): State<App>,
+    axum::extract::Path(source): axum::extract::Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let ip = app.client_ip(peer, &headers).to_string();
+    let params: Vec<(String, String)> =
+        form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .take(64)
+            .collect();
+    let binding = cookie(&app, &headers, BINDING_COOKIE);
+    let result = app
+        .auth
+        .finish_redirect_login(&source, &params, binding.as_deref(), &ip)
+        .await;
+    let resp = match result {
+        Ok((step, session)) => {
+            let mut resp = render_step(&app, step, false);
+            if let Some(s) = session {
+                set_cookie(&app, &mut resp, SESSION_COOKIE, &s.secret, Some(s.max_age));
+            }
+            resp
+        }
+        Err(e) => e.into_response(),
+    };
+    forget_stale_cookies(&app, &headers, resp)
+}
+
+fn not_found_page() -> Response {
+    PageError {
+        status: 404,
+        message: "There is no such way of signing in here.".into(),
+    }
+    .into_response()
+}
+
 pub async fn consent(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
     let result = async {
         let p = read_form(&app, &headers, body).await.map_err(page_error)?;

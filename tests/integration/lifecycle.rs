@@ -158,6 +158,20 @@ async fn each_way_a_grant_ends_is_published_once_with_its_reason() {
         .unwrap();
     assert_one_end(&gw, &mut rx, &a, EndReason::PasswordChanged).await;
 
+    // The user is disabled (and enabled again for what follows).
+    let a = authorize_user(&gw, "alice").await;
+    assert_eq!(call_whoami(&gw, &a.access_token).await.0, 200);
+    gw.accounts
+        .set_disabled("alice", true, false)
+        .await
+        .unwrap();
+    assert_one_end(&gw, &mut rx, &a, EndReason::UserDisabled).await;
+    gw.accounts
+        .set_disabled("alice", false, false)
+        .await
+        .unwrap();
+    assert!(drain(&mut rx).is_empty(), "enabling ends nothing");
+
     // The client is removed.
     let a = authorize_user(&gw, "alice").await;
     assert_eq!(call_whoami(&gw, &a.access_token).await.0, 200);

@@ -517,3 +517,209 @@ async fn a_consent_sent_twice_issues_one_code() {
     assert_eq!(again.status(), 400);
     assert!(again.headers().get("location").is_none());
 }
+
+/// A source that sends the browser elsewhere and takes it back at its callback, keeping a
+/// token for later (as an identity provider keeps its refresh token). The "provider" here is
+/// the test itself: it reads the `state` the gateway sent and comes back with it.
+struct Portal;
+
+#[async_trait]
+impl LoginSource for Portal {
+    fn name(&self) -> &str {
+        "portal"
+    }
+    fn label(&self) -> &str {
+        "Company portal"
+    }
+    fn kind(&self) -> SourceKind {
+        SourceKind::Redirect
+    }
+    fn keeps_context(&self) -> bool {
+        true
+    }
+    async fn start(&self, state: &str, callback: &str) -> Result<String, String> {
+        let mut u = url::Url::parse("https://portal.example/authorize").unwrap();
+        u.query_pairs_mut()
+            .append_pair("state", state)
+            .append_pair("redirect_uri", callback);
+        Ok(u.to_string())
+    }
+    async fn finish(
+        &self,
+        params: &[(String, String)],
+        _callback: &str,
+    ) -> Result<Attempt, StoreError> {
+        let code = params
+            .iter()
+            .find(|(k, _)| k == "code")
+            .map(|(_, v)| v.as_str());
+        Ok(if code == Some("good") {
+            Attempt::Success(Authenticated {
+                subject: "p-7".into(),
+                username: "pat".into(),
+                email: None,
+                groups: vec![],
+                keep: Some(b"portal refresh token".to_vec()),
+            })
+        } else {
+            Attempt::Invalid
+        })
+    }
+}
+
+/// Presses the portal's button on a fresh sign-in page: (the provider URL, its state).
+async fn off_to_portal(
+    gw: &TestGateway,
+    browser: &reqwest::Client,
+    client_id: &str,
+    pkce: &Pkce,
+) -> (url::Url, String) {
+    let (_, page) = sign_in_page(gw, browser, client_id, pkce).await;
+    assert!(page.contains("Continue with Company portal"), "{page}");
+    let r = browser
+        .post(gw.url("/authorize/login/portal"))
+        .form(&[
+            ("request", hidden(&page, "request").unwrap().as_str()),
+            ("csrf", hidden(&page, "csrf").unwrap().as_str()),
+            ("source", "portal"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let to = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    let state = to
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    (to, state)
+}
+
+/// Comes back at the callback (as the provider would send the browser), follows the bounce
+/// under the browser path, and returns the final answer.
+async fn back_from_portal(
+    gw: &TestGateway,
+    browser: &reqwest::Client,
+    query: &str,
+) -> reqwest::Response {
+    let r = browser
+        .get(format!("{}?{query}", gw.url("/login/portal/callback")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let next = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(next.contains("/authorize/login/portal/return?"), "{next}");
+    browser.get(gw.url(&next)).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_source_that_redirects_signs_in_through_its_callback_once_in_the_same_browser() {
+    let portal = Arc::new(Portal);
+    let gw = TestGateway::start_with_sources(
+        |c| {
+            if !c.store.url.starts_with("sqlite:") {
+                let entry =
+                    mcp_oauth_gateway::crypto::EncryptionKeys::generate_entry("t1").unwrap();
+                c.keys.encryption = vec![entry.into()];
+            }
+        },
+        vec![portal],
+    )
+    .await;
+    let browser = TestGateway::browser();
+    let client_id = gw.register_public(REDIRECT).await;
+    let pkce = Pkce::new();
+    let (to, state) = off_to_portal(&gw, &browser, &client_id, &pkce).await;
+    assert_eq!(to.host_str(), Some("portal.example"));
+    let callback = to
+        .query_pairs()
+        .find(|(k, _)| k == "redirect_uri")
+        .unwrap()
+        .1
+        .into_owned();
+    assert_eq!(callback, format!("{}/login/portal/callback", gw.base));
+
+    // The state in another browser: refused, and not used up.
+    let stranger = TestGateway::browser();
+    let r = back_from_portal(&gw, &stranger, &format!("code=good&state={state}")).await;
+    assert_eq!(r.status(), 400);
+    // A state the gateway never gave, and a callback of a source that does not exist.
+    let r = back_from_portal(&gw, &browser, "code=good&state=made-up").await;
+    assert_eq!(r.status(), 400);
+    let r = browser
+        .get(gw.url("/login/nowhere/callback?state=x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Back in the right browser: signed in, on to consent.
+    let query = format!("code=good&state={state}");
+    let r = back_from_portal(&gw, &browser, &query).await;
+    assert_eq!(r.status(), 200);
+    let consent = r.text().await.unwrap();
+    assert!(consent.contains("Allow access?"), "{consent}");
+    // The same state again: used once.
+    let r = back_from_portal(&gw, &browser, &query).await;
+    assert_eq!(r.status(), 400);
+
+    let r = browser
+        .post(gw.url("/authorize/consent"))
+        .form(&[
+            ("request", hidden(&consent, "request").unwrap().as_str()),
+            ("csrf", hidden(&consent, "csrf").unwrap().as_str()),
+            ("decision", "allow"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let code = query_of(r.headers()["location"].to_str().unwrap())["code"].clone();
+    let (s, tokens) = gw
+        .post_form(
+            "/token",
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("client_id", &client_id),
+                ("code_verifier", &pkce.verifier),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200, "{tokens}");
+    let grants = gw
+        .store
+        .list_grants(
+            &GrantFilter {
+                client_id: Some(client_id.clone()),
+                ..Default::default()
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(grants[0].login_source, "portal");
+    assert_eq!(
+        gw.auth
+            .contexts
+            .read(&gw.store, "portal", &grants[0].id)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"portal refresh token"[..])
+    );
+    assert!(gw.store.user_by_name("pat.portal").await.unwrap().is_some());
+
+    // The source refusing what came back: the sign-in page again, saying so.
+    let (_, state) = off_to_portal(&gw, &TestGateway::browser(), &client_id, &Pkce::new()).await;
+    let b2 = TestGateway::browser();
+    let (_, state2) = off_to_portal(&gw, &b2, &client_id, &Pkce::new()).await;
+    assert_ne!(state, state2);
+    let r = back_from_portal(&gw, &b2, &format!("code=bad&state={state2}")).await;
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("not accepted"));
+}
