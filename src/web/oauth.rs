@@ -429,8 +429,16 @@ pub async fn login_redirect_start(
             .await
     }
     .await;
-    let resp = match result {
-        Ok(url) => no_store(Redirect::to(&url).into_response()),
+    // The source made the URL: one that cannot be a header is its fault, told as such.
+    let resp = match result.and_then(|url| {
+        HeaderValue::from_str(&url).map_err(|_| PageError {
+            status: 503,
+            message: "Signing in this way is unavailable right now. Try again shortly.".into(),
+        })
+    }) {
+        Ok(location) => {
+            no_store((StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response())
+        }
         Err(e) => e.into_response(),
     };
     forget_stale_cookies(&app, &headers, resp)
