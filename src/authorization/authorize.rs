@@ -2,6 +2,8 @@
 //! redirect URI first, and never redirect anywhere unvalidated), log in, consent, and finally
 //! redirect back with a one-time code, `state` and `iss` (RFC 9207).
 
+use std::sync::Arc;
+
 use url::Url;
 
 use super::AuthorizationServer;
@@ -10,7 +12,7 @@ use super::error::{ErrorCode, OAuthError};
 use super::params::Params;
 use super::redirect::redirect_matches;
 use crate::crypto;
-use crate::login::{Attempt, LOCAL, SourceKind};
+use crate::login::{Attempt, LOCAL, LoginSource, SourceKind};
 use crate::store::{AuthCodeRecord, BrowserSession, PendingAuthorization};
 
 /// A login source as the sign-in page offers it.
@@ -699,6 +701,13 @@ impl AuthorizationServer {
         }
     }
 
+    fn redirect_source(&self, name: &str) -> Result<&Arc<dyn LoginSource>, PageError> {
+        self.login
+            .get(name)
+            .filter(|s| s.kind() == SourceKind::Redirect)
+            .ok_or_else(|| PageError::bad("That way of signing in is not offered here."))
+    }
+
     /// Where a redirecting login source sends the browser back: registered at the source.
     pub fn login_callback_url(&self, source: &str) -> String {
         format!("{}/login/{source}/callback", self.settings.issuer)
@@ -714,15 +723,7 @@ impl AuthorizationServer {
         binding: Option<&str>,
     ) -> Result<String, PageError> {
         let (p, _client) = self.pending_for_form(handle, csrf, binding).await?;
-        let Some(source) = self
-            .login
-            .get(name)
-            .filter(|s| s.kind() == SourceKind::Redirect)
-        else {
-            return Err(PageError::bad(
-                "That way of signing in is not offered here.",
-            ));
-        };
+        let source = self.redirect_source(name)?;
         let state = crypto::new_secret("");
         self.store
             .set_pending_login_state(&p.id, &login_state_hash(name, &state))
@@ -755,15 +756,7 @@ impl AuthorizationServer {
                 "This sign-in is unknown, was used already or has expired. Start again from your application.",
             )
         };
-        let Some(source) = self
-            .login
-            .get(name)
-            .filter(|s| s.kind() == SourceKind::Redirect)
-        else {
-            return Err(PageError::bad(
-                "That way of signing in is not offered here.",
-            ));
-        };
+        let source = self.redirect_source(name)?;
         let mut states = params.iter().filter(|(k, _)| k == "state");
         let (Some((_, state)), None) = (states.next(), states.next()) else {
             return Err(unknown());

@@ -166,12 +166,16 @@ impl EventBus {
         }
     }
 
-    pub fn publish(&self, event: StoreEvent) {
+    fn tell_listeners(&self, event: &StoreEvent) {
         if let Ok(listeners) = self.listeners.read() {
             for l in listeners.iter() {
-                l(&event);
+                l(event);
             }
         }
+    }
+
+    pub fn publish(&self, event: StoreEvent) {
+        self.tell_listeners(&event);
         // No subscriber is not an error: the CLI has none.
         let _ = self.sender.send(event);
     }
@@ -185,11 +189,7 @@ impl EventBus {
             }
             return;
         }
-        if let Ok(listeners) = self.listeners.read() {
-            for l in listeners.iter() {
-                l(&StoreEvent::Resync);
-            }
-        }
+        self.tell_listeners(&StoreEvent::Resync);
         for e in events {
             let _ = self.sender.send(e);
         }

@@ -84,6 +84,36 @@ where
     .map(|_| ())
 }
 
+/// One row found by a text key (and, with `live_at`, unexpired then: the query's `$2`),
+/// mapped to its record.
+async fn one_by<T>(
+    pool: &$pool,
+    sql: &str,
+    key: &str,
+    live_at: Option<Timestamp>,
+    map: fn(&$row) -> Result<T, sqlx::Error>,
+) -> StoreResult<Option<T>> {
+    let mut q = sqlx::query(sql).bind(key);
+    if let Some(now) = live_at {
+        q = q.bind(now);
+    }
+    let row = q.fetch_optional(pool).await.map_err(backend)?;
+    row.as_ref().map(map).transpose().map_err(backend)
+}
+
+/// Every row of a query without parameters, mapped to records.
+async fn all_of<T>(
+    pool: &$pool,
+    sql: &str,
+    map: fn(&$row) -> Result<T, sqlx::Error>,
+) -> StoreResult<Vec<T>> {
+    let rows = sqlx::query(sql).fetch_all(pool).await.map_err(backend)?;
+    rows.iter()
+        .map(map)
+        .collect::<Result<_, _>>()
+        .map_err(backend)
+}
+
 async fn insert_user<'e, E>(ex: E, u: &UserRecord) -> Result<(), sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = $db>,
@@ -323,32 +353,15 @@ impl UserStore for $store {
     }
 
     async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
-        let row = sqlx::query("SELECT * FROM users WHERE username = $1")
-            .bind(username)
-            .fetch_optional(self.reader())
-            .await
-            .map_err(backend)?;
-        row.as_ref().map(user_from).transpose().map_err(backend)
+        one_by(self.reader(), "SELECT * FROM users WHERE username = $1", username, None, user_from).await
     }
 
     async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>> {
-        let row = sqlx::query("SELECT * FROM users WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.reader())
-            .await
-            .map_err(backend)?;
-        row.as_ref().map(user_from).transpose().map_err(backend)
+        one_by(self.reader(), "SELECT * FROM users WHERE id = $1", id, None, user_from).await
     }
 
     async fn list_users(&self) -> StoreResult<Vec<UserRecord>> {
-        let rows = sqlx::query("SELECT * FROM users ORDER BY username")
-            .fetch_all(self.reader())
-            .await
-            .map_err(backend)?;
-        rows.iter()
-            .map(user_from)
-            .collect::<Result<_, _>>()
-            .map_err(backend)
+        all_of(self.reader(), "SELECT * FROM users ORDER BY username", user_from).await
     }
 
     async fn set_password(&self, user_id: &str, password_hash: &str) -> StoreResult<bool> {
@@ -478,23 +491,11 @@ impl ClientStore for $store {
     }
 
     async fn client(&self, client_id: &str) -> StoreResult<Option<ClientRecord>> {
-        let row = sqlx::query("SELECT * FROM clients WHERE client_id = $1")
-            .bind(client_id)
-            .fetch_optional(self.reader())
-            .await
-            .map_err(backend)?;
-        row.as_ref().map(client_from).transpose().map_err(backend)
+        one_by(self.reader(), "SELECT * FROM clients WHERE client_id = $1", client_id, None, client_from).await
     }
 
     async fn list_clients(&self) -> StoreResult<Vec<ClientRecord>> {
-        let rows = sqlx::query("SELECT * FROM clients ORDER BY created_at")
-            .fetch_all(self.reader())
-            .await
-            .map_err(backend)?;
-        rows.iter()
-            .map(client_from)
-            .collect::<Result<_, _>>()
-            .map_err(backend)
+        all_of(self.reader(), "SELECT * FROM clients ORDER BY created_at", client_from).await
     }
 
     async fn delete_client(&self, client_id: &str, now: Timestamp) -> StoreResult<bool> {
@@ -576,14 +577,7 @@ impl AuthorizationStore for $store {
     }
 
     async fn pending(&self, id: &str, now: Timestamp) -> StoreResult<Option<PendingAuthorization>> {
-        let row =
-            sqlx::query("SELECT * FROM pending_authorizations WHERE id = $1 AND expires_at > $2")
-                .bind(id)
-                .bind(now)
-                .fetch_optional(self.reader())
-                .await
-                .map_err(backend)?;
-        row.as_ref().map(pending_from).transpose().map_err(backend)
+        one_by(self.reader(), "SELECT * FROM pending_authorizations WHERE id = $1 AND expires_at > $2", id, Some(now), pending_from).await
     }
 
     async fn set_pending_login(
@@ -622,15 +616,7 @@ impl AuthorizationStore for $store {
         state_hash: &str,
         now: Timestamp,
     ) -> StoreResult<Option<PendingAuthorization>> {
-        let row = sqlx::query(
-            "SELECT * FROM pending_authorizations WHERE login_state = $1 AND expires_at > $2",
-        )
-        .bind(state_hash)
-        .bind(now)
-        .fetch_optional(self.reader())
-        .await
-        .map_err(backend)?;
-        row.as_ref().map(pending_from).transpose().map_err(backend)
+        one_by(self.reader(), "SELECT * FROM pending_authorizations WHERE login_state = $1 AND expires_at > $2", state_hash, Some(now), pending_from).await
     }
 
     async fn rekey_pending(&self, id: &str, state_hash: &str, new_id: &str) -> StoreResult<bool> {
@@ -682,12 +668,7 @@ impl AuthorizationStore for $store {
     }
 
     async fn code(&self, code_hash: &str) -> StoreResult<Option<AuthCodeRecord>> {
-        let row = sqlx::query("SELECT * FROM auth_codes WHERE code_hash = $1")
-            .bind(code_hash)
-            .fetch_optional(self.reader())
-            .await
-            .map_err(backend)?;
-        row.as_ref().map(code_from).transpose().map_err(backend)
+        one_by(self.reader(), "SELECT * FROM auth_codes WHERE code_hash = $1", code_hash, None, code_from).await
     }
 }
 
@@ -818,14 +799,7 @@ impl GrantStore for $store {
         token_hash: &str,
         now: Timestamp,
     ) -> StoreResult<Option<RefreshTokenRecord>> {
-        let row =
-            sqlx::query("SELECT * FROM refresh_tokens WHERE token_hash = $1 AND expires_at > $2")
-                .bind(token_hash)
-                .bind(now)
-                .fetch_optional(self.reader())
-                .await
-                .map_err(backend)?;
-        row.as_ref().map(refresh_from).transpose().map_err(backend)
+        one_by(self.reader(), "SELECT * FROM refresh_tokens WHERE token_hash = $1 AND expires_at > $2", token_hash, Some(now), refresh_from).await
     }
 
     async fn refresh_token_and_grant(
@@ -931,12 +905,7 @@ impl GrantStore for $store {
     }
 
     async fn grant(&self, grant_id: &str) -> StoreResult<Option<GrantRecord>> {
-        let row = sqlx::query("SELECT * FROM grants WHERE id = $1")
-            .bind(grant_id)
-            .fetch_optional(self.reader())
-            .await
-            .map_err(backend)?;
-        row.as_ref().map(grant_from).transpose().map_err(backend)
+        one_by(self.reader(), "SELECT * FROM grants WHERE id = $1", grant_id, None, grant_from).await
     }
 
     async fn list_grants(

@@ -315,6 +315,33 @@ fn render_step(app: &App, step: AuthorizeStep, after_post: bool) -> Response {
     }
 }
 
+/// The answer to a finished sign-in attempt (a form, or the way back from a redirecting
+/// source): the next step, with the new browser session's cookie when it succeeded.
+fn signed_in_answer(
+    app: &App,
+    headers: &HeaderMap,
+    result: Result<
+        (
+            AuthorizeStep,
+            Option<crate::authorization::authorize::NewSession>,
+        ),
+        PageError,
+    >,
+    after_post: bool,
+) -> Response {
+    let resp = match result {
+        Ok((step, session)) => {
+            let mut resp = render_step(app, step, after_post);
+            if let Some(s) = session {
+                set_cookie(app, &mut resp, SESSION_COOKIE, &s.secret, Some(s.max_age));
+            }
+            resp
+        }
+        Err(e) => e.into_response(),
+    };
+    forget_stale_cookies(app, headers, resp)
+}
+
 fn page_error(e: OAuthError) -> PageError {
     PageError {
         status: 400,
@@ -400,17 +427,7 @@ pub async fn login(
             .await
     }
     .await;
-    let resp = match result {
-        Ok((step, session)) => {
-            let mut resp = render_step(&app, step, true);
-            if let Some(s) = session {
-                set_cookie(&app, &mut resp, SESSION_COOKIE, &s.secret, Some(s.max_age));
-            }
-            resp
-        }
-        Err(e) => e.into_response(),
-    };
-    forget_stale_cookies(&app, &headers, resp)
+    signed_in_answer(&app, &headers, result, true)
 }
 
 /// POST of a redirecting source's button on the sign-in page: off to the source.
@@ -481,17 +498,7 @@ pub async fn login_redirect_return(
         .auth
         .finish_redirect_login(&source, &params, binding.as_deref(), &ip)
         .await;
-    let resp = match result {
-        Ok((step, session)) => {
-            let mut resp = render_step(&app, step, false);
-            if let Some(s) = session {
-                set_cookie(&app, &mut resp, SESSION_COOKIE, &s.secret, Some(s.max_age));
-            }
-            resp
-        }
-        Err(e) => e.into_response(),
-    };
-    forget_stale_cookies(&app, &headers, resp)
+    signed_in_answer(&app, &headers, result, false)
 }
 
 fn not_found_page() -> Response {

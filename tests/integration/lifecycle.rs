@@ -353,40 +353,13 @@ async fn a_running_gateway_hears_a_cli_revocation_within_a_second() {
     }
 }
 
-fn grant(id: &str, now: i64) -> (GrantRecord, AccessTokenRecord, RefreshTokenRecord) {
+/// A grant of the store suite's fixtures with its first tokens, `at-<id>` and `rt-<id>`.
+fn grant(id: &str) -> (GrantRecord, AccessTokenRecord, RefreshTokenRecord) {
+    use crate::store_suite::{access, grant, refresh};
     (
-        GrantRecord {
-            id: id.into(),
-            user_id: Some("u1".into()),
-            client_id: "c1".into(),
-            resource: "https://gw/mcp".into(),
-            scopes: vec!["mcp".into()],
-            created_at: now,
-            revoked_at: None,
-            ended_reason: None,
-            login_source: "local".into(),
-        },
-        AccessTokenRecord {
-            token_hash: format!("at-{id}"),
-            grant_id: Some(id.into()),
-            client_id: "c1".into(),
-            user_id: Some("u1".into()),
-            resource: "https://gw/mcp".into(),
-            scopes: vec!["mcp".into()],
-            created_at: now,
-            expires_at: now + 3600,
-        },
-        RefreshTokenRecord {
-            token_hash: format!("rt-{id}"),
-            grant_id: id.into(),
-            client_id: "c1".into(),
-            created_at: now,
-            expires_at: now + 86_400,
-            used_at: None,
-            successor_hash: None,
-            retry_sealed: None,
-            retry_until: None,
-        },
+        grant(id),
+        access(&format!("at-{id}"), id),
+        refresh(&format!("rt-{id}"), id),
     )
 }
 
@@ -401,24 +374,9 @@ async fn second_instance_hears(a: SharedStore, b: SharedStore, name: &str) {
     tokio::time::sleep(Duration::from_millis(600)).await;
     drain(&mut rx_a);
     drain(&mut rx_b);
-    let now: i64 = 1_900_000_000;
-    let (g, at, rt) = grant("g-shared", now);
-    let code = mcp_oauth_gateway::store::AuthCodeRecord {
-        code_hash: "code-shared".into(),
-        client_id: "c1".into(),
-        user_id: "u1".into(),
-        redirect_uri: "http://127.0.0.1/cb".into(),
-        redirect_given: true,
-        resource: "https://gw/mcp".into(),
-        scopes: vec!["mcp".into()],
-        code_challenge: "x".into(),
-        created_at: now,
-        expires_at: now + 60,
-        consumed_at: None,
-        grant_id: None,
-        login_source: None,
-        login_context: None,
-    };
+    let now = crate::store_suite::NOW;
+    let (g, at, rt) = grant("g-shared");
+    let code = crate::store_suite::code("code-shared");
     a.insert_code(&code).await.unwrap();
     a.redeem_code("code-shared", now, &g, &at, Some(&rt))
         .await
@@ -496,26 +454,11 @@ async fn a_second_instance_hears_each_end_once() {
 async fn an_access_token_is_valid_only_while_its_grant_lives() {
     for e in crate::store_suite::engines().await {
         let s = &e.store;
-        let now: i64 = 1_900_000_000;
-        let (g, at, _) = grant("g-late", now);
+        let now = crate::store_suite::NOW;
+        let (g, at, _) = grant("g-late");
         let mut ended = g.clone();
         ended.revoked_at = Some(now);
-        let code = mcp_oauth_gateway::store::AuthCodeRecord {
-            code_hash: "code-late".into(),
-            client_id: "c1".into(),
-            user_id: "u1".into(),
-            redirect_uri: "http://127.0.0.1/cb".into(),
-            redirect_given: true,
-            resource: "https://gw/mcp".into(),
-            scopes: vec!["mcp".into()],
-            code_challenge: "x".into(),
-            created_at: now,
-            expires_at: now + 60,
-            consumed_at: None,
-            grant_id: None,
-            login_source: None,
-            login_context: None,
-        };
+        let code = crate::store_suite::code("code-late");
         s.insert_code(&code).await.unwrap();
         s.redeem_code("code-late", now, &g, &at, None)
             .await

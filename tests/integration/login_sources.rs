@@ -127,20 +127,19 @@ async fn post_login(
         .unwrap()
 }
 
-/// Signs dana in through the directory, consents, and redeems the code.
-async fn dana_authorizes(gw: &TestGateway, browser: &reqwest::Client) -> (String, String) {
-    let client_id = gw.register_public(REDIRECT).await;
-    let pkce = Pkce::new();
-    let (_, page) = sign_in_page(gw, browser, &client_id, &pkce).await;
-    let r = post_login(gw, browser, &page, "directory", "dana", DANA_PASSWORD).await;
-    assert_eq!(r.status(), 200);
-    let consent = r.text().await.unwrap();
-    assert!(consent.contains("Allow access?"), "{consent}");
+/// Allows on the consent page and redeems the code: the token response.
+async fn allow_and_redeem(
+    gw: &TestGateway,
+    browser: &reqwest::Client,
+    consent: &str,
+    client_id: &str,
+    pkce: &Pkce,
+) -> serde_json::Value {
     let r = browser
         .post(gw.url("/authorize/consent"))
         .form(&[
-            ("request", hidden(&consent, "request").unwrap().as_str()),
-            ("csrf", hidden(&consent, "csrf").unwrap().as_str()),
+            ("request", hidden(consent, "request").unwrap().as_str()),
+            ("csrf", hidden(consent, "csrf").unwrap().as_str()),
             ("decision", "allow"),
         ])
         .send()
@@ -155,12 +154,25 @@ async fn dana_authorizes(gw: &TestGateway, browser: &reqwest::Client) -> (String
                 ("grant_type", "authorization_code"),
                 ("code", &code),
                 ("redirect_uri", REDIRECT),
-                ("client_id", &client_id),
+                ("client_id", client_id),
                 ("code_verifier", &pkce.verifier),
             ],
         )
         .await;
     assert_eq!(s, 200, "{tokens}");
+    tokens
+}
+
+/// Signs dana in through the directory, consents, and redeems the code.
+async fn dana_authorizes(gw: &TestGateway, browser: &reqwest::Client) -> (String, String) {
+    let client_id = gw.register_public(REDIRECT).await;
+    let pkce = Pkce::new();
+    let (_, page) = sign_in_page(gw, browser, &client_id, &pkce).await;
+    let r = post_login(gw, browser, &page, "directory", "dana", DANA_PASSWORD).await;
+    assert_eq!(r.status(), 200);
+    let consent = r.text().await.unwrap();
+    assert!(consent.contains("Allow access?"), "{consent}");
+    let tokens = allow_and_redeem(gw, browser, &consent, &client_id, &pkce).await;
     (
         client_id,
         tokens["access_token"].as_str().unwrap().to_string(),
@@ -666,31 +678,7 @@ async fn a_source_that_redirects_signs_in_through_its_callback_once_in_the_same_
     let r = back_from_portal(&gw, &browser, &query).await;
     assert_eq!(r.status(), 400);
 
-    let r = browser
-        .post(gw.url("/authorize/consent"))
-        .form(&[
-            ("request", hidden(&consent, "request").unwrap().as_str()),
-            ("csrf", hidden(&consent, "csrf").unwrap().as_str()),
-            ("decision", "allow"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 303);
-    let code = query_of(r.headers()["location"].to_str().unwrap())["code"].clone();
-    let (s, tokens) = gw
-        .post_form(
-            "/token",
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", REDIRECT),
-                ("client_id", &client_id),
-                ("code_verifier", &pkce.verifier),
-            ],
-        )
-        .await;
-    assert_eq!(s, 200, "{tokens}");
+    allow_and_redeem(&gw, &browser, &consent, &client_id, &pkce).await;
     let grants = gw
         .store
         .list_grants(

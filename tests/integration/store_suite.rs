@@ -113,9 +113,9 @@ pub async fn engines() -> Vec<Engine> {
     out
 }
 
-const NOW: i64 = 1_900_000_000;
+pub(crate) const NOW: i64 = 1_900_000_000;
 
-fn grant(id: &str) -> GrantRecord {
+pub(crate) fn grant(id: &str) -> GrantRecord {
     GrantRecord {
         id: id.into(),
         user_id: Some("u1".into()),
@@ -129,7 +129,7 @@ fn grant(id: &str) -> GrantRecord {
     }
 }
 
-fn access(hash: &str, grant: &str) -> AccessTokenRecord {
+pub(crate) fn access(hash: &str, grant: &str) -> AccessTokenRecord {
     AccessTokenRecord {
         token_hash: hash.into(),
         grant_id: Some(grant.into()),
@@ -142,7 +142,7 @@ fn access(hash: &str, grant: &str) -> AccessTokenRecord {
     }
 }
 
-fn refresh(hash: &str, grant: &str) -> RefreshTokenRecord {
+pub(crate) fn refresh(hash: &str, grant: &str) -> RefreshTokenRecord {
     RefreshTokenRecord {
         token_hash: hash.into(),
         grant_id: grant.into(),
@@ -156,7 +156,7 @@ fn refresh(hash: &str, grant: &str) -> RefreshTokenRecord {
     }
 }
 
-fn code(hash: &str) -> AuthCodeRecord {
+pub(crate) fn code(hash: &str) -> AuthCodeRecord {
     AuthCodeRecord {
         code_hash: hash.into(),
         client_id: "c1".into(),
