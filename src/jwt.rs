@@ -123,7 +123,8 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<Vec<Jwk>, JwtError> {
         let field = |name: &str| text(name).map(b64).transpose().ok().flatten();
         let key = match (text("kty"), text("crv")) {
             (Some("RSA"), _) => match (field("n"), field("e")) {
-                (Some(n), Some(e)) if n.len() >= 256 => PublicKey::Rsa {
+                // At least 2048 bits, counted after any leading zero bytes.
+                (Some(n), Some(e)) if strip_zeros(n.clone()).len() >= 256 => PublicKey::Rsa {
                     n: strip_zeros(n),
                     e: strip_zeros(e),
                 },
@@ -197,10 +198,11 @@ pub fn decode(token: &str, allowed: &[Alg]) -> Result<Decoded, JwtError> {
         serde_json::from_slice(&b64(p)?).map_err(|_| JwtError::Malformed)?;
     Ok(Decoded {
         alg,
-        kid: header
-            .get("kid")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        kid: match header.get("kid") {
+            None => None,
+            Some(Value::String(k)) => Some(k.clone()),
+            Some(_) => return Err(JwtError::Malformed),
+        },
         typ: header
             .get("typ")
             .and_then(Value::as_str)
@@ -298,7 +300,26 @@ pub struct Expect<'a> {
 pub fn check_claims(d: &Decoded, e: &Expect<'_>) -> Result<(), JwtError> {
     let c = &d.claims;
     let text = |name| c.get(name).and_then(Value::as_str);
-    let number = |name| c.get(name).and_then(Value::as_i64);
+    // A present field of the wrong type is refused, never read as absent.
+    let present_text = |name: &'static str| match c.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(_) => Err(JwtError::Claim(name)),
+    };
+    // NumericDate (RFC 7519 §2): a number, possibly with a fraction; whole seconds here.
+    let date = |name: &'static str| match c.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.is_finite())
+                    .map(|f| f.floor() as i64)
+            })
+            .map(Some)
+            .ok_or(JwtError::Claim(name)),
+        Some(_) => Err(JwtError::Claim(name)),
+    };
     if let Some(want) = e.typ {
         let norm = |t: &str| {
             let t = t.to_ascii_lowercase();
@@ -315,34 +336,37 @@ pub fn check_claims(d: &Decoded, e: &Expect<'_>) -> Result<(), JwtError> {
     }
     let audiences: Vec<&str> = match c.get("aud") {
         Some(Value::String(a)) => vec![a.as_str()],
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| v.as_str().ok_or(JwtError::Claim("aud")))
+            .collect::<Result<_, _>>()?,
         _ => return Err(JwtError::Claim("aud")),
     };
     if !audiences.contains(&e.audience) {
         return Err(JwtError::Claim("aud"));
     }
-    if let Some(azp) = text("azp") {
+    if let Some(azp) = present_text("azp")? {
         if e.authorized_party.is_some_and(|p| p != azp) {
             return Err(JwtError::Claim("azp"));
         }
     } else if audiences.len() > 1 && e.authorized_party.is_some() {
         return Err(JwtError::Claim("azp"));
     }
-    let exp = number("exp").ok_or(JwtError::Claim("exp"))?;
+    let exp = date("exp")?.ok_or(JwtError::Claim("exp"))?;
     if e.now > exp.saturating_add(e.skew) {
         return Err(JwtError::Expired);
     }
-    if let Some(nbf) = number("nbf")
+    if let Some(nbf) = date("nbf")?
         && e.now < nbf.saturating_sub(e.skew)
     {
         return Err(JwtError::NotYetValid);
     }
-    if let Some(iat) = number("iat") {
+    if let Some(iat) = date("iat")? {
         if e.now < iat.saturating_sub(e.skew) {
             return Err(JwtError::NotYetValid);
         }
         if e.max_age
-            .is_some_and(|m| e.now - iat > m.saturating_add(e.skew))
+            .is_some_and(|m| e.now.saturating_sub(iat) > m.saturating_add(e.skew))
         {
             return Err(JwtError::Expired);
         }
@@ -486,6 +510,35 @@ mod tests {
         assert!(matches!(decode(&hs, &all), Err(JwtError::Algorithm(_))));
         // Only signing keys of known types were kept.
         assert_eq!(set.keys.len(), 3);
+        // A key declared for another algorithm does not verify this one's tokens.
+        let mut declared = set.keys[0].clone();
+        declared.alg = Some("RS256".into());
+        let d = decode(&tokens[0], &all).expect("decode");
+        assert_eq!(d.verify(&tokens[0], &declared), Err(JwtError::UnknownKey));
+        // A token without a kid takes the one key that fits, and a kid that is not a string
+        // is refused.
+        let no_kid = jws(&json!({"alg": "EdDSA"}), &claims(now), |m| {
+            ed.sign(m).as_ref().to_vec()
+        });
+        let d = decode(&no_kid, &all).expect("decode");
+        d.verify(&no_kid, set.key_for(&d).expect("the one Ed25519 key"))
+            .expect("verifies");
+        let odd = format!(
+            "{}.{}.c2ln",
+            enc(&json!({"alg": "ES256", "kid": 7})),
+            enc(&claims(now))
+        );
+        assert_eq!(decode(&odd, &all).err(), Some(JwtError::Malformed));
+        // A modulus short of 2048 bits behind a leading zero byte is no RSA key here.
+        let mut short = vec![0u8];
+        short.extend(vec![0xffu8; 255]);
+        let weak =
+            json!({"keys": [{"kty": "RSA", "n": URL_SAFE_NO_PAD.encode(&short), "e": "AQAB"}]});
+        assert!(
+            parse_jwks(weak.to_string().as_bytes())
+                .expect("jwks")
+                .is_empty()
+        );
         // An unknown kid: fetch again, but not within the refetch interval.
         let other = jws(&json!({"alg": "ES256", "kid": "new"}), &claims(now), |m| {
             ec.sign(&rng, m).expect("sign").as_ref().to_vec()
@@ -548,6 +601,37 @@ mod tests {
         );
         assert_eq!(
             check_claims(&d(with("iat", json!(now - 400)), jag), &typed),
+            Err(JwtError::Expired)
+        );
+        // Dates with fractions are read; a wrong type is refused, never read as absent; an
+        // `iat` at the far end of the range does not overflow the age check.
+        assert_eq!(ok(with("exp", json!((now + 60) as f64 + 0.5))), Ok(()));
+        assert_eq!(
+            ok(with("nbf", json!("1900000000"))),
+            Err(JwtError::Claim("nbf"))
+        );
+        assert_eq!(
+            ok(with("nbf", json!((now + 31) as f64 + 0.5))),
+            Err(JwtError::NotYetValid)
+        );
+        assert_eq!(ok(with("azp", json!(7))), Err(JwtError::Claim("azp")));
+        assert_eq!(
+            ok(with("aud", json!(["gw", 1]))),
+            Err(JwtError::Claim("aud"))
+        );
+        assert_eq!(
+            ok(with("aud", json!(["gw", "other"]))),
+            Err(JwtError::Claim("azp"))
+        );
+        let mut both = with("aud", json!(["gw", "other"]));
+        both["azp"] = json!("gw");
+        assert_eq!(ok(both), Ok(()), "several audiences with the right azp");
+        let aged = Expect {
+            max_age: Some(300),
+            ..expect(now)
+        };
+        assert_eq!(
+            check_claims(&d(with("iat", json!(i64::MIN)), json!({})), &aged),
             Err(JwtError::Expired)
         );
         // Not a JWS at all.

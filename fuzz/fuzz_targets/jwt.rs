@@ -2,7 +2,7 @@
 //! algorithms off the allow-list never decode, and nothing made up verifies.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use mcp_oauth_gateway::jwt::{self, Alg, KeySet};
+use mcp_oauth_gateway::jwt::{self, Alg, Expect, KeySet};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
@@ -17,6 +17,22 @@ fuzz_target!(|data: &[u8]| {
                 assert!(d.verify(token, key).is_err());
             }
             let _ = set.needs_refetch(&d, 1_000);
+            // Whatever the claims say, checking them never panics (no date overflows).
+            for now in [0, i64::MIN, i64::MAX] {
+                let _ = jwt::check_claims(
+                    &d,
+                    &Expect {
+                        issuer: "https://idp",
+                        audience: "gw",
+                        authorized_party: Some("gw"),
+                        nonce: Some("n"),
+                        typ: Some("oauth-id-jag+jwt"),
+                        now,
+                        skew: 60,
+                        max_age: Some(300),
+                    },
+                );
+            }
         }
     }
 });

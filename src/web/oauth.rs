@@ -468,7 +468,13 @@ pub async fn login_callback(
     axum::extract::Path(source): axum::extract::Path<String>,
     uri: axum::http::Uri,
 ) -> Response {
-    let Some(name) = app.auth.login.get(&source).map(|s| s.name().to_string()) else {
+    let Some(name) = app
+        .auth
+        .login
+        .get(&source)
+        .filter(|s| s.kind() == crate::login::SourceKind::Redirect)
+        .map(|s| s.name().to_string())
+    else {
         return not_found_page();
     };
     let mut to = format!("{}/login/{name}/return", app.auth.browser_path());

@@ -533,15 +533,19 @@ async fn a_consent_sent_twice_issues_one_code() {
 /// A source that sends the browser elsewhere and takes it back at its callback, keeping a
 /// token for later (as an identity provider keeps its refresh token). The "provider" here is
 /// the test itself: it reads the `state` the gateway sent and comes back with it.
-struct Portal;
+struct Portal(&'static str);
 
 #[async_trait]
 impl LoginSource for Portal {
     fn name(&self) -> &str {
-        "portal"
+        self.0
     }
     fn label(&self) -> &str {
-        "Company portal"
+        if self.0 == "portal" {
+            "Company portal"
+        } else {
+            "Partner portal"
+        }
     }
     fn kind(&self) -> SourceKind {
         SourceKind::Redirect
@@ -629,7 +633,8 @@ async fn back_from_portal(
 
 #[tokio::test]
 async fn a_source_that_redirects_signs_in_through_its_callback_once_in_the_same_browser() {
-    let portal = Arc::new(Portal);
+    let portal = Arc::new(Portal("portal"));
+    let partner = Arc::new(Portal("partner"));
     let gw = TestGateway::start_with_sources(
         |c| {
             if !c.store.url.starts_with("sqlite:") {
@@ -638,7 +643,7 @@ async fn a_source_that_redirects_signs_in_through_its_callback_once_in_the_same_
                 c.keys.encryption = vec![entry.into()];
             }
         },
-        vec![portal],
+        vec![portal, partner],
     )
     .await;
     let browser = TestGateway::browser();
@@ -658,6 +663,27 @@ async fn a_source_that_redirects_signs_in_through_its_callback_once_in_the_same_
     let stranger = TestGateway::browser();
     let r = back_from_portal(&gw, &stranger, &format!("code=good&state={state}")).await;
     assert_eq!(r.status(), 400);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("not opened in this browser")
+    );
+    // The state at another source's callback finds nothing (and is not used up either).
+    let r = browser
+        .get(gw.url(&format!("/login/partner/callback?code=good&state={state}")))
+        .send()
+        .await
+        .unwrap();
+    let next = r.headers()["location"].to_str().unwrap().to_string();
+    let r = browser.get(gw.url(&next)).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("unknown, was used already")
+    );
     // A state the gateway never gave, and a callback of a source that does not exist.
     let r = back_from_portal(&gw, &browser, "code=good&state=made-up").await;
     assert_eq!(r.status(), 400);
