@@ -40,6 +40,9 @@ pub struct PageContext {
     pub name_mixes_scripts: bool,
     /// The login sources to choose from (a chooser when there is more than one).
     pub sources: Vec<SourceChoice>,
+    /// On a consent page shown before the person leaves for a redirecting source: that
+    /// source (the page says where they will sign in, and its form posts to the source).
+    pub via: Option<SourceChoice>,
 }
 
 #[derive(Debug)]
@@ -338,6 +341,8 @@ impl AuthorizationServer {
                     login_source: None,
                     login_context: None,
                     login_state: None,
+                    login_leg: None,
+                    consented: false,
                 };
                 // A browser session stands in for signing in again, unless its source keeps
                 // something per grant (which only a new sign-in can give) or is gone.
@@ -374,14 +379,30 @@ impl AuthorizationServer {
                 pending.user_id = user.as_ref().map(|u| u.id.clone());
                 self.store.put_pending(&pending).await?;
                 match user {
+                    // The only way to sign in is elsewhere: the consent page first (it names
+                    // the client and where the person will sign in), then off to the source.
+                    None if self.login.all().len() == 1
+                        && self.login.all()[0].kind() == SourceKind::Redirect =>
+                    {
+                        let mut ctx = self.page_context(&pending, &handle, &client, None);
+                        ctx.via = ctx.sources.first().cloned();
+                        Ok(AuthorizeStep::Consent { ctx })
+                    }
                     None => Ok(AuthorizeStep::Login {
                         ctx: self.page_context(&pending, &handle, &client, None),
                         error: None,
                         status: 200,
                     }),
                     Some(user) => {
-                        self.after_login(&pending, &handle, &client, &user.id, &user.username)
-                            .await
+                        self.after_login(
+                            &pending,
+                            &handle,
+                            &client,
+                            &user.id,
+                            &user.username,
+                            false,
+                        )
+                        .await
                     }
                 }
             }
@@ -487,6 +508,7 @@ impl AuthorizationServer {
                     kind: s.kind(),
                 })
                 .collect(),
+            via: None,
         }
     }
 
@@ -508,6 +530,9 @@ impl AuthorizationServer {
                 .await?)
     }
 
+    /// The person is signed in: on to the consent page, unless they approved this request
+    /// already (`consented`: before leaving for a redirecting source) or earlier requests
+    /// like it (remembered consent).
     async fn after_login(
         &self,
         p: &PendingAuthorization,
@@ -515,12 +540,25 @@ impl AuthorizationServer {
         client: &Client,
         user_id: &str,
         username: &str,
+        consented: bool,
     ) -> Result<AuthorizeStep, PageError> {
-        if self.consent_remembered(user_id, p).await? {
+        if consented || self.consent_remembered(user_id, p).await? {
             let mut p = p.clone();
             p.user_id = Some(user_id.to_string());
             if !self.store.delete_pending(&p.id).await? {
                 return Err(finished_already());
+            }
+            if consented && self.settings.remember_consent {
+                self.store
+                    .put_consent(
+                        user_id,
+                        &p.client_id,
+                        &p.redirect_uri,
+                        &p.resource,
+                        &p.scopes,
+                        self.clock.now(),
+                    )
+                    .await?;
             }
             return Ok(AuthorizeStep::Redirect(self.issue_code(&p).await?));
         }
@@ -627,6 +665,10 @@ impl AuthorizationServer {
                 };
                 Ok((login_again(why, 401), None))
             }
+            Attempt::Refused(message) => {
+                tracing::info!(source = name, reason = %message, "sign-in refused by the source");
+                Ok((login_again(&message, 403), None))
+            }
             Attempt::Unavailable(why) => {
                 tracing::warn!(source = name, reason = %why, "login source unavailable");
                 Ok((
@@ -693,8 +735,14 @@ impl AuthorizationServer {
                 p.login_source = Some(name.to_string());
                 p.login_context = sealed;
                 tracing::info!(user = ?user.username, source = name, client_id = ?client.client_id, "login");
+                // A redirecting source's leg began with the consent page (and only then).
+                let consented = p.consented
+                    && self
+                        .login
+                        .get(name)
+                        .is_some_and(|s| s.kind() == SourceKind::Redirect);
                 let step = self
-                    .after_login(&p, handle, client, &user.id, &user.username)
+                    .after_login(&p, handle, client, &user.id, &user.username, consented)
                     .await?;
                 Ok((step, Some(NewSession { secret, max_age })))
             }
@@ -713,32 +761,84 @@ impl AuthorizationServer {
         format!("{}/login/{source}/callback", self.settings.issuer)
     }
 
-    /// POST of a redirecting source's button: the request is marked with a fresh `state`,
-    /// and the browser goes to the source with it.
+    /// POST of a redirecting source's button, and of the consent page that follows it.
+    /// Without a `decision`, the consent page: it names the client and the source, so that
+    /// a provider which remembers the gateway cannot approve a new client unseen (the MCP
+    /// confused-deputy rule). Denied: back to the client. Allowed: the request is marked
+    /// consented with a fresh `state` and the source's sealed leg, and the browser goes to
+    /// the source.
     pub async fn start_redirect_login(
         &self,
         handle: &str,
         csrf: &str,
         name: &str,
+        decision: Option<bool>,
         binding: Option<&str>,
-    ) -> Result<String, PageError> {
-        let (p, _client) = self.pending_for_form(handle, csrf, binding).await?;
+    ) -> Result<AuthorizeStep, PageError> {
+        let (p, client) = self.pending_for_form(handle, csrf, binding).await?;
         let source = self.redirect_source(name)?;
-        let state = crypto::new_secret("");
-        self.store
-            .set_pending_login_state(&p.id, &login_state_hash(name, &state))
-            .await?;
-        source
-            .start(&state, &self.login_callback_url(name))
-            .await
-            .map_err(|why| {
-                tracing::warn!(source = name, reason = %why, "login source unavailable");
-                PageError {
-                    status: 503,
-                    message: "Signing in this way is unavailable right now. Try again shortly."
-                        .into(),
+        let unavailable = |why: &str| {
+            tracing::warn!(source = name, reason = %why, "login source unavailable");
+            PageError {
+                status: 503,
+                message: "Signing in this way is unavailable right now (the identity provider \
+                          could not be reached or is not set up correctly). Try again shortly; \
+                          if it goes on, tell the administrator of this server."
+                    .into(),
+            }
+        };
+        match decision {
+            None => {
+                let mut ctx = self.page_context(&p, handle, &client, None);
+                ctx.via = ctx.sources.iter().find(|s| s.name == name).cloned();
+                Ok(AuthorizeStep::Consent { ctx })
+            }
+            Some(false) => {
+                if !self.store.delete_pending(&p.id).await? {
+                    return Err(finished_already());
                 }
-            })
+                let e = OAuthError::new(ErrorCode::AccessDenied, "the user denied the request");
+                Ok(AuthorizeStep::Redirect(self.error_redirect(
+                    &p.redirect_uri,
+                    p.state.as_deref(),
+                    &e,
+                )))
+            }
+            Some(true) => {
+                let Some(grant_id) = &p.grant_id else {
+                    return Err(PageError::bad(
+                        "This sign-in request has expired. Start again from your application.",
+                    ));
+                };
+                let state = crypto::new_secret("");
+                let departure = source
+                    .start(&state, &self.login_callback_url(name))
+                    .await
+                    .map_err(|why| unavailable(&why))?;
+                // It becomes a Location header: a URL that cannot be one is the source's fault.
+                if departure.url.is_empty()
+                    || !departure
+                        .url
+                        .bytes()
+                        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+                {
+                    return Err(unavailable(
+                        "the source made a URL that cannot be a Location",
+                    ));
+                }
+                let leg = self
+                    .contexts
+                    .seal_leg(name, grant_id, &departure.leg)
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "cannot seal a sign-in leg");
+                        PageError::from(OAuthError::server_error())
+                    })?;
+                self.store
+                    .set_pending_login_state(&p.id, &login_state_hash(name, &state), Some(&leg))
+                    .await?;
+                Ok(AuthorizeStep::Redirect(departure.url))
+            }
+        }
     }
 
     /// The browser is back from a redirecting source with `params` (among them `state`),
@@ -790,8 +890,18 @@ impl AuthorizationServer {
         }
         p.id = new_id;
         p.login_state = None;
+        // Consent came before the leg, and the leg's secrets were sealed to this request.
+        let leg = match (p.consented, p.login_leg.take(), &p.grant_id) {
+            (true, Some(sealed), Some(grant_id)) => {
+                self.contexts.open_leg(name, grant_id, &sealed).ok()
+            }
+            _ => None,
+        };
+        let Some(leg) = leg else {
+            return Err(unknown());
+        };
         let attempt = source
-            .finish(params, &self.login_callback_url(name))
+            .finish(params, &self.login_callback_url(name), &leg)
             .await?;
         self.after_attempt(&p, &handle, &client, name, attempt, ip)
             .await

@@ -88,6 +88,9 @@ pub struct AuthorizationServer {
     /// A removed client's grants, tokens and codes go with it, and the removal empties this
     /// on every instance (it is a revocation); at worst it lingers `TOKEN_CACHE_SECS`.
     clients_seen: Arc<crate::cache::TtlCache<Client>>,
+    /// One renewal of a grant's provider session at a time on this instance (by stripe of
+    /// the grant id): a provider that rotates refresh tokens takes two uses of one as theft.
+    renewals: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl AuthorizationServer {
@@ -107,19 +110,31 @@ impl AuthorizationServer {
         sources: Vec<Arc<dyn LoginSource>>,
     ) -> Result<Arc<Self>, String> {
         let mut login = LoginSources::new(store.clone(), clock.clone(), config.login.first_sign_in);
-        login.add(Arc::new(LocalSource::new(LocalAccounts::new(
-            store.clone(),
-            clock.clone(),
-            &config.login,
-        ))))?;
+        if config.login.local_accounts {
+            login.add(Arc::new(LocalSource::new(LocalAccounts::new(
+                store.clone(),
+                clock.clone(),
+                &config.login,
+            ))))?;
+        }
+        for (i, o) in config.login.oidc.iter().enumerate() {
+            let settings = o
+                .resolve(i)
+                .map_err(|(key, message)| format!("{key}: {message}"))?;
+            login.add(Arc::new(crate::login::oidc::OidcSource::new(
+                settings,
+                clock.clone(),
+            )?))?;
+        }
         for s in sources {
             login.add(s)?;
         }
-        let needed_by = login
-            .all()
-            .iter()
-            .find(|s| s.keeps_context())
-            .map(|s| s.name().to_string());
+        if login.all().is_empty() {
+            return Err(
+                "login.local_accounts: local accounts are off and no other login source is configured, so nobody could sign in".into(),
+            );
+        }
+        let needed_by = login.needing_keys().map(str::to_string);
         let keys = crate::login::context::resolve_keys(
             config.keys.encryption_keys()?,
             &config.store.url,
@@ -251,6 +266,7 @@ impl AuthorizationServer {
             cimd: cimd::CimdResolver::new(fetcher, config.registration.cimd_default_cache_secs),
             tokens,
             clients_seen,
+            renewals: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
         }))
     }
 

@@ -38,6 +38,10 @@ fn row(source: &str, grant_id: &str) -> String {
     format!("login-context\n{source}\n{grant_id}")
 }
 
+fn leg_row(source: &str, grant_id: &str) -> String {
+    format!("login-leg\n{source}\n{grant_id}")
+}
+
 impl LoginContexts {
     pub fn new(keys: Option<Arc<EncryptionKeys>>) -> Self {
         Self { keys }
@@ -61,6 +65,29 @@ impl LoginContexts {
     ) -> Result<Vec<u8>, ContextError> {
         let keys = self.keys.as_ref().ok_or(ContextError::NoKeys)?;
         Ok(keys.open(&row(source, grant_id), sealed)?)
+    }
+
+    /// Seals what a redirecting source needs back on the way in (its PKCE verifier and
+    /// nonce) to the request that will create `grant_id`: readable by no other source and
+    /// for no other request.
+    pub fn seal_leg(
+        &self,
+        source: &str,
+        grant_id: &str,
+        plain: &[u8],
+    ) -> Result<Vec<u8>, ContextError> {
+        let keys = self.keys.as_ref().ok_or(ContextError::NoKeys)?;
+        Ok(keys.seal(&leg_row(source, grant_id), plain)?)
+    }
+
+    pub fn open_leg(
+        &self,
+        source: &str,
+        grant_id: &str,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, ContextError> {
+        let keys = self.keys.as_ref().ok_or(ContextError::NoKeys)?;
+        Ok(keys.open(&leg_row(source, grant_id), sealed)?)
     }
 
     /// What `source` kept for a live grant: `None` when the grant has ended (its context went
@@ -97,8 +124,8 @@ pub fn resolve_keys(
     };
     let Some(path) = sqlite_key_file(store_url) else {
         return Err(format!(
-            "keys.encryption: the login source `{source}` keeps a sealed login context, which \
-             needs encryption keys; every instance on a shared store must have the same ones \
+            "keys.encryption: the login source `{source}` seals what it keeps (or the secrets of \
+             its sign-in leg), which needs encryption keys; every instance on a shared store must have the same ones \
              (make one with `mcp-oauth-gateway keys new-encryption-key`)"
         ));
     };

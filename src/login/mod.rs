@@ -4,10 +4,12 @@
 
 pub mod context;
 mod local;
+pub mod oidc;
 pub mod source;
 
 pub use context::LoginContexts;
 pub use local::{LocalAccounts, LoginOutcome, validate_profile, validate_username};
 pub use source::{
-    Attempt, Authenticated, FirstSignIn, LOCAL, LocalSource, LoginSource, LoginSources, SourceKind,
+    Attempt, Authenticated, Departure, FirstSignIn, LOCAL, LocalSource, LoginSource, LoginSources,
+    Renewal, SourceKind,
 };

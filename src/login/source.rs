@@ -53,12 +53,57 @@ impl std::fmt::Debug for Authenticated {
     }
 }
 
+/// Where a redirecting source sends the browser, and what it needs back when the browser
+/// returns (a PKCE verifier, a nonce): the authorization server seals that to the request
+/// and hands it to [`LoginSource::finish`] once.
+pub struct Departure {
+    pub url: String,
+    pub leg: Vec<u8>,
+}
+
+// The leg holds the PKCE verifier: never print it.
+impl std::fmt::Debug for Departure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Departure")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a source says when what it kept for a grant is used again (a client refreshing the
+/// grant's tokens).
+pub enum Renewal {
+    /// Nothing to renew, or nothing changed.
+    Unchanged,
+    /// The kept value was renewed (a provider's refresh token rotated): seal this instead.
+    Renewed(Vec<u8>),
+    /// The source no longer accepts the person (the provider answered `invalid_grant`:
+    /// account disabled, session revoked): the user's grants from this source end.
+    Refused(String),
+    /// The source cannot answer now; the grant goes on.
+    Unavailable(String),
+}
+
+impl std::fmt::Debug for Renewal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unchanged => f.write_str("Unchanged"),
+            Self::Renewed(_) => f.write_str("Renewed(<redacted>)"),
+            Self::Refused(why) => f.debug_tuple("Refused").field(why).finish(),
+            Self::Unavailable(why) => f.debug_tuple("Unavailable").field(why).finish(),
+        }
+    }
+}
+
 /// The answer to one sign-in attempt.
 #[derive(Debug)]
 pub enum Attempt {
     Success(Authenticated),
     /// Wrong user or wrong password: deliberately indistinguishable.
     Invalid,
+    /// The source (or its allow-list) refused this person; the text tells them why and
+    /// what to do, and names nothing secret.
+    Refused(String),
     Throttled {
         retry_after: u64,
     },
@@ -92,20 +137,27 @@ pub trait LoginSource: Send + Sync {
         )))
     }
     /// A `Redirect` source: where to send the browser for the request whose callback
-    /// `state` is given (the source binds its own leg to it).
-    async fn start(&self, _state: &str, _callback: &str) -> Result<String, String> {
+    /// `state` is given, and what the source needs back on the way in.
+    async fn start(&self, _state: &str, _callback: &str) -> Result<Departure, String> {
         Err(format!("`{}` does not redirect", self.name()))
     }
-    /// A `Redirect` source: the person is back at the callback with these parameters.
+    /// A `Redirect` source: the person is back at the callback with these parameters;
+    /// `leg` is what [`Self::start`] gave for this request.
     async fn finish(
         &self,
         _params: &[(String, String)],
         _callback: &str,
+        _leg: &[u8],
     ) -> Result<Attempt, StoreError> {
         Ok(Attempt::Unavailable(format!(
             "`{}` does not redirect",
             self.name()
         )))
+    }
+    /// What the source kept for a grant (`kept`), when the client refreshes the grant's
+    /// tokens: a provider session is checked and its tokens renewed here.
+    async fn renew(&self, _kept: &[u8]) -> Renewal {
+        Renewal::Unchanged
     }
 }
 
@@ -180,9 +232,13 @@ impl LoginSources {
         self.sources.iter().find(|s| s.name() == name)
     }
 
-    /// Whether any source keeps a login context, so that sealing keys are needed.
-    pub fn any_keeps_context(&self) -> bool {
-        self.sources.iter().any(|s| s.keeps_context())
+    /// The first source that needs sealing keys: one that keeps a login context, or one
+    /// that redirects (its leg's secrets are sealed to the request).
+    pub fn needing_keys(&self) -> Option<&str> {
+        self.sources
+            .iter()
+            .find(|s| s.keeps_context() || s.kind() == SourceKind::Redirect)
+            .map(|s| s.name())
     }
 
     /// The gateway user a source's subject stands for: local accounts are users already;

@@ -193,6 +193,8 @@ pub const TABLES: &[Table] = &[
             ("login_source", Text),
             ("login_context", Bytes),
             ("login_state", Text),
+            ("login_leg", Bytes),
+            ("consented", Bool),
         ],
     },
     Table {

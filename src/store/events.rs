@@ -33,6 +33,9 @@ pub enum EndReason {
     Expired,
     /// It reached `authorization.grant_max_lifetime_secs`.
     MaxLifetime,
+    /// The identity provider the user signed in at refused to renew their session
+    /// (`invalid_grant` on a refresh: account disabled, session revoked there).
+    ProviderRefused,
 }
 
 impl EndReason {
@@ -48,6 +51,7 @@ impl EndReason {
             Self::UserDisabled => "user_disabled",
             Self::Expired => "expired",
             Self::MaxLifetime => "max_lifetime",
+            Self::ProviderRefused => "provider_refused",
         }
     }
 
@@ -56,7 +60,8 @@ impl EndReason {
     }
 }
 
-const ALL_REASONS: [EndReason; 10] = [
+const ALL_REASONS: [EndReason; 11] = [
+    EndReason::ProviderRefused,
     EndReason::Revoked,
     EndReason::CodeReplayed,
     EndReason::RefreshReplayed,

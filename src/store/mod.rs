@@ -141,6 +141,11 @@ pub struct PendingAuthorization {
     pub login_context: Option<Vec<u8>>,
     /// The hash of the `state` a redirecting login source will come back with.
     pub login_state: Option<String>,
+    /// What that source needs back on the way in (its PKCE verifier, nonce), sealed to the
+    /// request's grant id; used once.
+    pub login_leg: Option<Vec<u8>>,
+    /// The person approved the client before being sent to a redirecting source.
+    pub consented: bool,
 }
 
 #[derive(Clone)]
@@ -344,7 +349,15 @@ pub trait AuthorizationStore: Send + Sync {
     /// Whether it was still there: a request is finished once, by whoever deletes it.
     async fn delete_pending(&self, id: &str) -> StoreResult<bool>;
     /// Notes the hash of the `state` a redirecting login source will come back with.
-    async fn set_pending_login_state(&self, id: &str, state_hash: &str) -> StoreResult<()>;
+    /// The person approved the client and leaves for a redirecting source: the request is
+    /// marked consented, with the hash of the `state` it will come back with and the sealed
+    /// secrets of the source's leg.
+    async fn set_pending_login_state(
+        &self,
+        id: &str,
+        state_hash: &str,
+        leg: Option<&[u8]>,
+    ) -> StoreResult<()>;
     /// The live request a redirecting login source came back for.
     async fn pending_by_login_state(
         &self,
@@ -401,6 +414,9 @@ pub trait GrantStore: Send + Sync {
         retry_until: Timestamp,
     ) -> StoreResult<RotateOutcome>;
     async fn revoke_access_token(&self, token_hash: &str, now: Timestamp) -> StoreResult<bool>;
+    /// Replaces the sealed login context of a live grant (a provider's rotated refresh
+    /// token); false when the grant has ended meanwhile.
+    async fn set_login_context(&self, grant_id: &str, sealed: &[u8]) -> StoreResult<bool>;
     /// A live grant's login source and sealed login context, if it has one.
     async fn login_context(&self, grant_id: &str) -> StoreResult<Option<(String, Vec<u8>)>>;
     async fn grant(&self, grant_id: &str) -> StoreResult<Option<GrantRecord>>;

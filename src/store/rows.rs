@@ -56,6 +56,8 @@ macro_rules! row_mappers {
                 login_source: r.try_get("login_source")?,
                 login_context: r.try_get("login_context")?,
                 login_state: r.try_get("login_state")?,
+                login_leg: r.try_get("login_leg")?,
+                consented: r.try_get("consented")?,
             })
         }
 

@@ -601,9 +601,18 @@ impl AuthorizationStore for $store {
         Ok(())
     }
 
-    async fn set_pending_login_state(&self, id: &str, state_hash: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE pending_authorizations SET login_state = $1 WHERE id = $2")
+    async fn set_pending_login_state(
+        &self,
+        id: &str,
+        state_hash: &str,
+        leg: Option<&[u8]>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE pending_authorizations SET login_state = $1, login_leg = $2, consented = TRUE
+             WHERE id = $3",
+        )
             .bind(state_hash)
+            .bind(leg)
             .bind(id)
             .execute(self.writer())
             .await
@@ -621,7 +630,7 @@ impl AuthorizationStore for $store {
 
     async fn rekey_pending(&self, id: &str, state_hash: &str, new_id: &str) -> StoreResult<bool> {
         let r = sqlx::query(
-            "UPDATE pending_authorizations SET id = $1, login_state = NULL
+            "UPDATE pending_authorizations SET id = $1, login_state = NULL, login_leg = NULL
              WHERE id = $2 AND login_state = $3",
         )
         .bind(new_id)
@@ -887,6 +896,18 @@ impl GrantStore for $store {
             .await
             .map_err(backend)?;
         commit_and_publish(tx, self.bus(), [event]).await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn set_login_context(&self, grant_id: &str, sealed: &[u8]) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "UPDATE grants SET login_context = $1 WHERE id = $2 AND revoked_at IS NULL",
+        )
+        .bind(sealed)
+        .bind(grant_id)
+        .execute(self.writer())
+        .await
+        .map_err(backend)?;
         Ok(r.rows_affected() == 1)
     }
 

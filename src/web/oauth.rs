@@ -292,10 +292,14 @@ fn render_step(app: &App, step: AuthorizeStep, after_post: bool) -> Response {
             StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
             pages::login(&ctx, &format!("{base}/authorize/login"), error.as_deref()),
         ),
-        AuthorizeStep::Consent { ctx } => html(
-            StatusCode::OK,
-            pages::consent(&ctx, &format!("{base}/authorize/consent")),
-        ),
+        AuthorizeStep::Consent { ctx } => {
+            // Before a redirecting source's leg, the decision goes to that source's button.
+            let action = match &ctx.via {
+                Some(source) => format!("{base}/authorize/login/{}", source.name),
+                None => format!("{base}/authorize/consent"),
+            };
+            html(StatusCode::OK, pages::consent(&ctx, &action))
+        }
         AuthorizeStep::Stopped {
             message,
             redirect_host,
@@ -430,7 +434,8 @@ pub async fn login(
     signed_in_answer(&app, &headers, result, true)
 }
 
-/// POST of a redirecting source's button on the sign-in page: off to the source.
+/// POST of a redirecting source's button on the sign-in page (the consent page follows),
+/// and of that consent page (off to the source, or back to the client when denied).
 pub async fn login_redirect_start(
     State(app): State<App>,
     axum::extract::Path(source): axum::extract::Path<String>,
@@ -440,22 +445,25 @@ pub async fn login_redirect_start(
     let result = async {
         let p = read_form(&app, &headers, body).await.map_err(page_error)?;
         let (request, csrf) = (form_field(&p, "request")?, form_field(&p, "csrf")?);
+        let decision = match p.get("decision").map_err(page_error)? {
+            None => None,
+            Some("allow") => Some(true),
+            Some("deny") => Some(false),
+            Some(_) => {
+                return Err(PageError {
+                    status: 400,
+                    message: "The decision must be allow or deny.".into(),
+                });
+            }
+        };
         let binding = cookie(&app, &headers, BINDING_COOKIE);
         app.auth
-            .start_redirect_login(request, csrf, &source, binding.as_deref())
+            .start_redirect_login(request, csrf, &source, decision, binding.as_deref())
             .await
     }
     .await;
-    // The source made the URL: one that cannot be a header is its fault, told as such.
-    let resp = match result.and_then(|url| {
-        HeaderValue::from_str(&url).map_err(|_| PageError {
-            status: 503,
-            message: "Signing in this way is unavailable right now. Try again shortly.".into(),
-        })
-    }) {
-        Ok(location) => {
-            no_store((StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response())
-        }
+    let resp = match result {
+        Ok(step) => render_step(&app, step, true),
         Err(e) => e.into_response(),
     };
     forget_stale_cookies(&app, &headers, resp)

@@ -154,7 +154,7 @@ pub fn consent(ctx: &PageContext, action: &str) -> String {
             r#"<h1>Allow access?</h1>
 <p><strong>{client}</strong> asks to use <code>{resource}</code>{as_user}.</p>
 {warning}{verified}
-<p>After you decide, you will be sent to <strong>{host}</strong>.</p>
+{via}<p>After you decide, you will be sent to <strong>{host}</strong>.</p>
 <p>It asks for:</p><ul>{scopes}</ul>
 <form method="post" action="{action}">
 <input type="hidden" name="request" value="{handle}">
@@ -172,6 +172,14 @@ pub fn consent(ctx: &PageContext, action: &str) -> String {
                 .map(|u| format!(" as <strong>{}</strong>", escape(u)))
                 .unwrap_or_default(),
             host = escape(&ctx.redirect_host),
+            via = ctx
+                .via
+                .as_ref()
+                .map(|s| format!(
+                    "<p>If you allow it, you will sign in with <strong>{}</strong> next, and the access goes to whoever signs in there.</p>\n",
+                    escape(&s.label)
+                ))
+                .unwrap_or_default(),
             action = escape(action),
             handle = escape(&ctx.handle),
             csrf = escape(&ctx.csrf),

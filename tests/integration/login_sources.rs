@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use mcp_oauth_gateway::login::{
-    Attempt, Authenticated, LoginSource, SourceKind, context::ContextError,
+    Attempt, Authenticated, Departure, LoginSource, SourceKind, context::ContextError,
 };
 use mcp_oauth_gateway::store::{EndReason, GrantFilter, StoreError};
 
@@ -127,6 +127,24 @@ async fn post_login(
         .unwrap()
 }
 
+/// Redeems a code for `client_id`: the token response.
+async fn redeem(gw: &TestGateway, client_id: &str, code: &str, pkce: &Pkce) -> serde_json::Value {
+    let (s, tokens) = gw
+        .post_form(
+            "/token",
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", REDIRECT),
+                ("client_id", client_id),
+                ("code_verifier", &pkce.verifier),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200, "{tokens}");
+    tokens
+}
+
 /// Allows on the consent page and redeems the code: the token response.
 async fn allow_and_redeem(
     gw: &TestGateway,
@@ -147,20 +165,7 @@ async fn allow_and_redeem(
         .unwrap();
     assert_eq!(r.status(), 303);
     let code = query_of(r.headers()["location"].to_str().unwrap())["code"].clone();
-    let (s, tokens) = gw
-        .post_form(
-            "/token",
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", REDIRECT),
-                ("client_id", client_id),
-                ("code_verifier", &pkce.verifier),
-            ],
-        )
-        .await;
-    assert_eq!(s, 200, "{tokens}");
-    tokens
+    redeem(gw, client_id, &code, pkce).await
 }
 
 /// Signs dana in through the directory, consents, and redeems the code.
@@ -553,22 +558,33 @@ impl LoginSource for Portal {
     fn keeps_context(&self) -> bool {
         true
     }
-    async fn start(&self, state: &str, callback: &str) -> Result<String, String> {
+    async fn start(&self, state: &str, callback: &str) -> Result<Departure, String> {
         let mut u = url::Url::parse("https://portal.example/authorize").unwrap();
         u.query_pairs_mut()
             .append_pair("state", state)
             .append_pair("redirect_uri", callback);
-        Ok(u.to_string())
+        Ok(Departure {
+            url: u.to_string(),
+            leg: format!("verifier for {state}").into_bytes(),
+        })
     }
     async fn finish(
         &self,
         params: &[(String, String)],
         _callback: &str,
+        leg: &[u8],
     ) -> Result<Attempt, StoreError> {
         let code = params
             .iter()
             .find(|(k, _)| k == "code")
             .map(|(_, v)| v.as_str());
+        let state = params
+            .iter()
+            .find(|(k, _)| k == "state")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default();
+        // What `start` gave for this request comes back, and only for it.
+        assert_eq!(leg, format!("verifier for {state}").as_bytes());
         Ok(if code == Some("good") {
             Attempt::Success(Authenticated {
                 subject: "p-7".into(),
@@ -583,7 +599,8 @@ impl LoginSource for Portal {
     }
 }
 
-/// Presses the portal's button on a fresh sign-in page: (the provider URL, its state).
+/// Presses the portal's button on a fresh sign-in page, and allows on the consent page that
+/// follows (naming the client and the portal): (the provider URL, its state).
 async fn off_to_portal(
     gw: &TestGateway,
     browser: &reqwest::Client,
@@ -592,12 +609,33 @@ async fn off_to_portal(
 ) -> (url::Url, String) {
     let (_, page) = sign_in_page(gw, browser, client_id, pkce).await;
     assert!(page.contains("Continue with Company portal"), "{page}");
+    let fields = [
+        ("request", hidden(&page, "request").unwrap()),
+        ("csrf", hidden(&page, "csrf").unwrap()),
+    ];
+    let r = browser
+        .post(gw.url("/authorize/login/portal"))
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let consent = r.text().await.unwrap();
+    assert!(consent.contains("Allow access?"), "{consent}");
+    assert!(
+        consent.contains("sign in with <strong>Company portal</strong> next"),
+        "{consent}"
+    );
+    assert!(
+        consent.contains(r#"action="/authorize/login/portal""#),
+        "{consent}"
+    );
     let r = browser
         .post(gw.url("/authorize/login/portal"))
         .form(&[
-            ("request", hidden(&page, "request").unwrap().as_str()),
-            ("csrf", hidden(&page, "csrf").unwrap().as_str()),
-            ("source", "portal"),
+            ("request", hidden(&consent, "request").unwrap().as_str()),
+            ("csrf", hidden(&consent, "csrf").unwrap().as_str()),
+            ("decision", "allow"),
         ])
         .send()
         .await
@@ -694,17 +732,16 @@ async fn a_source_that_redirects_signs_in_through_its_callback_once_in_the_same_
         .unwrap();
     assert_eq!(r.status(), 404);
 
-    // Back in the right browser: signed in, on to consent.
+    // Back in the right browser: signed in, and since the consent came first, straight
+    // back to the client with a code.
     let query = format!("code=good&state={state}");
     let r = back_from_portal(&gw, &browser, &query).await;
-    assert_eq!(r.status(), 200);
-    let consent = r.text().await.unwrap();
-    assert!(consent.contains("Allow access?"), "{consent}");
+    assert_eq!(r.status(), 302);
+    let code = query_of(r.headers()["location"].to_str().unwrap())["code"].clone();
     // The same state again: used once.
     let r = back_from_portal(&gw, &browser, &query).await;
     assert_eq!(r.status(), 400);
-
-    allow_and_redeem(&gw, &browser, &consent, &client_id, &pkce).await;
+    redeem(&gw, &client_id, &code, &pkce).await;
     let grants = gw
         .store
         .list_grants(
