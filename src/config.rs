@@ -296,6 +296,11 @@ pub struct LoginConfig {
     /// user (without a password) linked to the source's subject, or `refuse` anyone not
     /// linked already.
     pub first_sign_in: crate::login::FirstSignIn,
+    /// Whether the sign-in page offers the gateway's own accounts. Off when everyone signs
+    /// in at an identity provider (the accounts stay, for the command line).
+    pub local_accounts: bool,
+    /// Identity providers people sign in at (`[[login.oidc]]`).
+    pub oidc: Vec<crate::login::oidc::config::OidcConfig>,
 }
 
 impl Default for LoginConfig {
@@ -306,6 +311,8 @@ impl Default for LoginConfig {
             throttle_window_secs: 900,
             session_ttl_secs: 12 * 3600,
             first_sign_in: crate::login::FirstSignIn::Create,
+            local_accounts: true,
+            oidc: Vec::new(),
         }
     }
 }
@@ -1051,7 +1058,12 @@ impl LoginConfig {
         positive_secs(&[
             ("login.session_ttl_secs", self.session_ttl_secs),
             ("login.throttle_window_secs", self.throttle_window_secs),
-        ])
+        ])?;
+        for (i, o) in self.oidc.iter().enumerate() {
+            o.resolve(i)
+                .map_err(|(key, message)| Invalid::at(key, message))?;
+        }
+        Ok(())
     }
 }
 

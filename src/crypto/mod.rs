@@ -62,10 +62,17 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
+/// RFC 7636 S256: BASE64URL(SHA256(verifier)).
+pub fn pkce_s256_challenge(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
 /// RFC 7636 S256: BASE64URL(SHA256(verifier)) == challenge, compared in constant time.
 pub fn pkce_s256_matches(verifier: &str, challenge: &str) -> bool {
-    let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-    constant_time_eq(computed.as_bytes(), challenge.as_bytes())
+    constant_time_eq(
+        pkce_s256_challenge(verifier).as_bytes(),
+        challenge.as_bytes(),
+    )
 }
 
 /// RFC 7636 §4.1: 43..=128 characters of [A-Z a-z 0-9 - . _ ~].

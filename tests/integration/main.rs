@@ -16,6 +16,7 @@ pub mod js;
 mod lifecycle;
 mod login_sources;
 mod metadata;
+mod oidc_login;
 mod oidc_provider;
 mod protected;
 mod proxy;

@@ -22,11 +22,17 @@ impl OidcProvider {
     /// Starts the provider with one confidential client; `None` (with a message) when the
     /// JavaScript packages are not installed outside CI.
     pub async fn start(client_id: &str, secret: &str, redirect_uri: &str) -> Option<Self> {
+        Self::start_on(free_port(), client_id, secret, redirect_uri).await
+    }
+
+    /// On a port chosen before (the gateway must know the issuer before it starts).
+    pub async fn start_on(
+        port: u16,
+        client_id: &str,
+        secret: &str,
+        redirect_uri: &str,
+    ) -> Option<Self> {
         let node = node()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
         let mut child = Command::new(node)
             .arg(js_dir().join("oidc-provider.mjs"))
             .current_dir(js_dir())
@@ -57,6 +63,24 @@ impl OidcProvider {
             _child: child,
         })
     }
+
+    /// Asks the provider for what a correct one never does (see `oidc-provider.mjs`).
+    pub async fn control(&self, query: &str) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/_test/control?{query}", self.issuer))
+            .send()
+            .await
+            .expect("the provider's control");
+        assert_eq!(r.status(), 200);
+    }
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// Follows the provider's pages as a person would — signing in as `login` (any password)

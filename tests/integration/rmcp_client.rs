@@ -45,7 +45,7 @@ pub async fn authorize_at(
     state.into_authorization_manager().unwrap()
 }
 
-async fn whoami(gw: &TestGateway, manager: AuthorizationManager) -> Value {
+pub async fn whoami_with(gw: &TestGateway, manager: AuthorizationManager) -> Value {
     let client = AuthClient::new(reqwest::Client::new(), manager);
     let transport = StreamableHttpClientTransport::with_client(
         client,
@@ -68,7 +68,7 @@ async fn rmcp_client_with_dynamic_registration() {
     let gw = TestGateway::start().await;
     let request = AuthorizationRequest::new(REDIRECT).with_client_name("rmcp test client");
     let manager = authorize(&gw, request, InMemoryCredentialStore::new(), "alice").await;
-    let who = whoami(&gw, manager).await;
+    let who = whoami_with(&gw, manager).await;
     assert_eq!(who["user"], "alice");
     assert_eq!(who["resource"], gw.resource());
     assert!(who["client_id"].as_str().unwrap().starts_with("mog_ci_"));
@@ -82,7 +82,7 @@ async fn rmcp_client_with_a_client_id_metadata_document() {
     let request =
         AuthorizationRequest::new(REDIRECT).with_preregistered_client(fixture.client_id.clone());
     let manager = authorize(&gw, request, InMemoryCredentialStore::new(), "bob").await;
-    let who = whoami(&gw, manager).await;
+    let who = whoami_with(&gw, manager).await;
     assert_eq!(who["user"], "bob");
     assert_eq!(who["client_id"], fixture.client_id);
     assert!(
@@ -111,7 +111,7 @@ async fn rmcp_client_refreshes_after_the_access_token_expired() {
     aged.token_received_at = aged.token_received_at.map(|t| t - 3601);
     creds.save(aged).await.unwrap();
     assert_eq!(call_whoami(&gw, old_token.as_deref().unwrap()).await.0, 401);
-    let who = whoami(&gw, manager).await;
+    let who = whoami_with(&gw, manager).await;
     assert_eq!(who["user"], "alice");
     let after = creds.load().await.unwrap().unwrap();
     let new_token = after.token_response.as_ref().map(|t| {
