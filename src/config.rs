@@ -1770,4 +1770,33 @@ env = {{ API_KEY = "env-secret-4" }}
             assert!(e.contains(*message), "{toml}\n=> {e}");
         }
     }
+
+    /// Every TOML example in the documentation, and the example file, is a valid
+    /// configuration as it stands.
+    #[test]
+    fn every_example_in_the_docs_parses() {
+        let mut blocks = Vec::new();
+        for (doc, text) in [
+            ("README.md", include_str!("../README.md")),
+            ("docs/configuration.md", include_str!("../docs/configuration.md")),
+        ] {
+            let mut rest = text;
+            while let Some(start) = rest.find("```toml\n") {
+                let body = &rest[start + 8..];
+                let end = body.find("```").expect("a closed block");
+                blocks.push((doc, body[..end].to_string()));
+                rest = &body[end..];
+            }
+        }
+        assert!(blocks.len() >= 12, "found {}", blocks.len());
+        blocks.push((
+            "examples/gateway.toml",
+            include_str!("../examples/gateway.toml").to_string(),
+        ));
+        for (doc, block) in blocks {
+            if let Err(e) = load_str(&block, &[]) {
+                panic!("an example in {doc} does not load: {e}\n{block}");
+            }
+        }
+    }
 }

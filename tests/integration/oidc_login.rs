@@ -502,3 +502,109 @@ async fn kept(gw: &TestGateway, grant: &str) -> ProviderTokens {
         .expect("kept");
     serde_json::from_slice::<ProviderTokens>(&raw).unwrap()
 }
+
+/// GitHub: OAuth 2.0 without OpenID Connect, against a local fixture of its endpoints.
+#[tokio::test]
+async fn github_signs_in_by_its_api_with_org_and_team_allow_lists() {
+    use crate::github_fixture::{GitHubFixture, GitHubUser};
+    let gh = GitHubFixture::start("gh-client", "gh-secret").await;
+    let entry: OidcConfig = toml::from_str(&format!(
+        "name = \"github\"\nprovider = \"github\"\nweb_url = \"{}\"\nclient_id = \"gh-client\"\nclient_secret = \"gh-secret\"\nallowed_orgs = [\"Acme/Platform\", \"friends\"]",
+        gh.url
+    ))
+    .unwrap();
+    let gw = TestGateway::start_with(|c| {
+        c.login.oidc = vec![entry];
+        c.login.local_accounts = false;
+        if !c.store.url.starts_with("sqlite:") {
+            let key = mcp_oauth_gateway::crypto::EncryptionKeys::generate_entry("t1").unwrap();
+            c.keys.encryption = vec![key.into()];
+        }
+    })
+    .await;
+    let through_github = |user: GitHubUser| {
+        gh.next_user(user);
+        let gw = &gw;
+        async move {
+            let browser = TestGateway::browser();
+            let client_id = gw.register_public(REDIRECT).await;
+            let pkce = Pkce::new();
+            let r = browser
+                .get(authorize_url(gw, &client_id, &pkce))
+                .send()
+                .await
+                .unwrap();
+            let consent = r.text().await.unwrap();
+            assert!(consent.contains("Sign in with GitHub"), "{consent}");
+            let r = browser
+                .post(gw.url("/authorize/login/github"))
+                .form(&[
+                    ("request", hidden(&consent, "request").unwrap()),
+                    ("csrf", hidden(&consent, "csrf").unwrap()),
+                    ("decision", "allow".into()),
+                ])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 303);
+            let to = r.headers()["location"].to_str().unwrap().to_string();
+            assert!(
+                to.contains("scope=read%3Auser+user%3Aemail+read%3Aorg"),
+                "{to}"
+            );
+            let r = browser.get(&to).send().await.unwrap();
+            let callback = r.headers()["location"].to_str().unwrap().to_string();
+            let r = browser.get(&callback).send().await.unwrap();
+            let next = r.headers()["location"].to_str().unwrap().to_string();
+            let r = browser.get(gw.url(&next)).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let octo = GitHubUser {
+        id: 583231,
+        login: "octocat",
+        emails: vec![
+            ("old@example.com", false, true),
+            ("octo@example.com", true, true),
+        ],
+        orgs: vec!["acme"],
+        teams: vec![("acme", "platform")],
+    };
+    let (status, _) = through_github(octo).await;
+    assert_eq!(status, 302);
+    let user = gw
+        .store
+        .user_by_identity("github", "583231")
+        .await
+        .unwrap()
+        .expect("linked by GitHub's numeric id, not the login");
+    assert_eq!(user.username, "octocat.github");
+    assert_eq!(user.email.as_deref(), Some("octo@example.com"));
+
+    // In the org by another team only: refused. In an allowed org (without team): in.
+    let (status, page) = through_github(GitHubUser {
+        id: 2,
+        login: "mona",
+        emails: vec![("mona@example.com", true, false)],
+        orgs: vec!["acme"],
+        teams: vec![("acme", "sales")],
+    })
+    .await;
+    assert_eq!(status, 403, "{page}");
+    let (status, _) = through_github(GitHubUser {
+        id: 3,
+        login: "pal",
+        emails: vec![("pal@example.com", true, false)],
+        orgs: vec!["friends"],
+        teams: vec![],
+    })
+    .await;
+    assert_eq!(status, 302);
+    let pal = gw
+        .store
+        .user_by_identity("github", "3")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pal.email, None, "an unverified address is not taken");
+}

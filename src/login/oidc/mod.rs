@@ -410,7 +410,7 @@ impl OidcSource {
         let mut orgs = Vec::new();
         if !self.s.allow.orgs.is_empty() {
             for org in self
-                .github_get(&api, "user/orgs", token)
+                .github_get(&api, "user/orgs?per_page=100", token)
                 .await?
                 .as_array()
                 .into_iter()
@@ -421,7 +421,7 @@ impl OidcSource {
                 }
             }
             for team in self
-                .github_get(&api, "user/teams", token)
+                .github_get(&api, "user/teams?per_page=100", token)
                 .await?
                 .as_array()
                 .into_iter()
