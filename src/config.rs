@@ -492,6 +492,12 @@ pub enum UpstreamCredentials {
         #[serde(default)]
         ttl_secs: Option<i64>,
     },
+    /// The user's access token from the identity provider they signed in at (the
+    /// `[[login.oidc]]` named `source`, which must keep provider tokens) as
+    /// `Authorization: Bearer`; renewed before it expires. Opt-in per upstream: the one
+    /// exception to "no token passthrough", because the token is the provider's, never the
+    /// MCP client's.
+    ProviderToken { source: String },
 }
 
 /// Keys for secrets the gateway keeps in its store (today the signing keys' private halves).
@@ -790,6 +796,18 @@ impl Config {
             let key = |k: &str| format!("upstreams[{i}].{k}");
             if !names.insert(u.name.as_str()) {
                 return Err(Invalid::at(key("name"), "duplicated"));
+            }
+            if let UpstreamCredentials::ProviderToken { source } = &u.credentials
+                && !self
+                    .login
+                    .oidc
+                    .iter()
+                    .any(|o| &o.name == source && o.keep_provider_tokens)
+            {
+                return Err(Invalid::at(
+                    key("credentials.source"),
+                    format!("`{source}` is no [[login.oidc]] with keep_provider_tokens = true"),
+                ));
             }
             let path = Self::upstream_path(u);
             if !paths.insert(path.clone()) {
@@ -1249,7 +1267,7 @@ impl UpstreamCredentials {
                     return Err(Invalid::at(key("token"), "not a valid token"));
                 }
             }
-            Self::None | Self::Identity => {}
+            Self::None | Self::Identity | Self::ProviderToken { .. } => {}
         }
         Ok(())
     }
@@ -1778,7 +1796,10 @@ env = {{ API_KEY = "env-secret-4" }}
         let mut blocks = Vec::new();
         for (doc, text) in [
             ("README.md", include_str!("../README.md")),
-            ("docs/configuration.md", include_str!("../docs/configuration.md")),
+            (
+                "docs/configuration.md",
+                include_str!("../docs/configuration.md"),
+            ),
         ] {
             let mut rest = text;
             while let Some(start) = rest.find("```toml\n") {

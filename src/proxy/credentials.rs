@@ -67,6 +67,19 @@ impl CredentialSource for NoCredential {
     }
 }
 
+/// A source that must be built elsewhere and was not: every request fails, loudly.
+struct NotBuilt(String);
+
+#[async_trait]
+impl CredentialSource for NotBuilt {
+    async fn apply(&self, _: &Principal, _: &mut HeaderMap) -> Result<(), CredentialError> {
+        Err(CredentialError::Unavailable(format!(
+            "the credentials from login source `{}` are not set up",
+            self.0
+        )))
+    }
+}
+
 /// The same header on every request: `Authorization: Bearer …`, or an API key.
 pub struct StaticHeader {
     name: HeaderName,
@@ -184,6 +197,9 @@ pub fn from_config(
             })
         }
         UpstreamCredentials::Identity => Arc::new(IdentityHeaders),
+        // Built where the login sources are (`web::Gateway`), which replaces this; should
+        // that ever not happen, nothing is sent rather than something wrong.
+        UpstreamCredentials::ProviderToken { source } => Arc::new(NotBuilt(source.clone())),
         UpstreamCredentials::Assertion {
             header: name,
             audience,

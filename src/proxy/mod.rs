@@ -6,6 +6,7 @@
 mod assertion;
 pub mod credentials;
 mod policy;
+pub mod provider_token;
 mod relay;
 pub mod sse;
 mod stdio;

@@ -180,12 +180,32 @@ impl Gateway {
         )?;
         let encryption = config.keys.encryption_keys()?.map(Arc::new);
         let signer = Arc::new(crate::proxy::Signer::load(&store, clock.now(), encryption).await?);
+        // Upstreams that receive the user's identity provider token get it from the login
+        // source that keeps it.
+        let mut credential_sources = extensions.credential_sources;
+        for u in &config.upstreams {
+            if let crate::config::UpstreamCredentials::ProviderToken { source } = &u.credentials {
+                let login =
+                    auth.login.get(source).cloned().ok_or_else(|| {
+                        format!("upstream `{}`: no login source `{source}`", u.name)
+                    })?;
+                credential_sources.push((
+                    u.name.clone(),
+                    Arc::new(crate::proxy::provider_token::ProviderToken::new(
+                        login,
+                        auth.contexts.clone(),
+                        store.clone(),
+                        clock.clone(),
+                    )),
+                ));
+            }
+        }
         let proxy = Arc::new(Proxy::new(
             &config,
             store,
             clock,
             signer,
-            extensions.credential_sources,
+            credential_sources,
         )?);
         let trusted = config
             .server

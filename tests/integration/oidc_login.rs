@@ -121,8 +121,11 @@ async fn sign_in(
 }
 
 fn authorize_url(gw: &TestGateway, client_id: &str, pkce: &Pkce) -> String {
-    let resource = gw.resource();
-    let params = authorize_params(client_id, REDIRECT, pkce, &resource);
+    authorize_url_for(gw, client_id, pkce, &gw.resource())
+}
+
+fn authorize_url_for(gw: &TestGateway, client_id: &str, pkce: &Pkce, resource: &str) -> String {
+    let params = authorize_params(client_id, REDIRECT, pkce, resource);
     url::Url::parse_with_params(&gw.url("/authorize"), &params)
         .unwrap()
         .to_string()
@@ -134,10 +137,24 @@ async fn authorize_via_provider(
     gw: &TestGateway,
     login: &str,
 ) -> Result<(String, Value), (u16, String)> {
+    authorize_via_provider_for(gw, login, &gw.resource()).await
+}
+
+async fn authorize_via_provider_for(
+    gw: &TestGateway,
+    login: &str,
+    resource: &str,
+) -> Result<(String, Value), (u16, String)> {
     let browser = TestGateway::browser();
     let client_id = gw.register_public(REDIRECT).await;
     let pkce = Pkce::new();
-    let r = sign_in(gw, &browser, &authorize_url(gw, &client_id, &pkce), login).await;
+    let r = sign_in(
+        gw,
+        &browser,
+        &authorize_url_for(gw, &client_id, &pkce, resource),
+        login,
+    )
+    .await;
     if r.status() != 302 {
         let status = r.status().as_u16();
         return Err((status, r.text().await.unwrap()));
@@ -607,4 +624,71 @@ async fn github_signs_in_by_its_api_with_org_and_team_allow_lists() {
         .unwrap()
         .unwrap();
     assert_eq!(pal.email, None, "an unverified address is not taken");
+}
+
+/// An upstream that opts in gets the user's identity provider access token — never the MCP
+/// client's — renewed before it expires; a user signed in another way gets none.
+#[tokio::test]
+async fn an_upstream_that_opts_in_gets_the_providers_token_not_the_clients() {
+    let up = crate::upstream_fixture::Upstream::start(false).await;
+    let url = up.url.clone();
+    let Some(Setup { gw, op: _op }) = setup(
+        "keep_provider_tokens = true\nauthorization_params = { prompt = \"consent\" }",
+        move |c| {
+            let mut u: mcp_oauth_gateway::config::UpstreamConfig =
+                toml::from_str(&format!("name = \"api\"\nurl = \"{url}\"")).unwrap();
+            u.credentials = mcp_oauth_gateway::config::UpstreamCredentials::ProviderToken {
+                source: "corp".into(),
+            };
+            c.upstreams.push(u);
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let resource = format!("{}/mcp/api", gw.base);
+    let (_, tokens) = authorize_via_provider_for(&gw, "ivy", &resource)
+        .await
+        .expect("signed in");
+    let access = tokens["access_token"].as_str().unwrap().to_string();
+    let grant = gw
+        .store
+        .list_grants(&GrantFilter::default(), false)
+        .await
+        .unwrap()[0]
+        .id
+        .clone();
+    let first = kept(&gw, &grant).await;
+    let seen =
+        crate::proxy::rmcp_call(resource.clone(), &access, "headers", serde_json::json!({})).await;
+    assert_eq!(
+        seen["authorization"],
+        format!("Bearer {}", first.access_token).as_str()
+    );
+    assert_ne!(seen["authorization"], format!("Bearer {access}").as_str());
+
+    // Near its expiry it is renewed at the provider before it goes upstream.
+    gw.clock.advance(first.expires_at.unwrap() - gw.now() - 30);
+    let seen =
+        crate::proxy::rmcp_call(resource.clone(), &access, "headers", serde_json::json!({})).await;
+    let renewed = kept(&gw, &grant).await;
+    assert_ne!(renewed.access_token, first.access_token);
+    assert_eq!(
+        seen["authorization"],
+        format!("Bearer {}", renewed.access_token).as_str()
+    );
+
+    // Someone signed in with a local account has no provider token: nothing is sent, the
+    // call fails with a reason.
+    let alice = authorize_for(&gw, "alice", &resource).await;
+    let r = TestGateway::http()
+        .post(&resource)
+        .bearer_auth(&alice.access_token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
 }

@@ -47,7 +47,7 @@ async fn setup() -> Setup {
     Setup { gw, _a: a, _b: b }
 }
 
-async fn rmcp_call(url: String, token: &str, tool: &str, args: Value) -> Value {
+pub(crate) async fn rmcp_call(url: String, token: &str, tool: &str, args: Value) -> Value {
     let transport = StreamableHttpClientTransport::with_client(
         reqwest::Client::new(),
         StreamableHttpClientTransportConfig::with_uri(url).auth_header(token.to_string()),
