@@ -27,8 +27,7 @@ pub enum OutboundError {
     NotJson(u16),
 }
 
-/// A JSON answer with its status.
-#[derive(Debug)]
+/// A JSON answer with its status. No `Debug`: it holds tokens.
 pub struct Answer {
     pub status: u16,
     pub body: serde_json::Map<String, Value>,

@@ -88,9 +88,6 @@ pub struct AuthorizationServer {
     /// A removed client's grants, tokens and codes go with it, and the removal empties this
     /// on every instance (it is a revocation); at worst it lingers `TOKEN_CACHE_SECS`.
     clients_seen: Arc<crate::cache::TtlCache<Client>>,
-    /// One renewal of a grant's provider session at a time on this instance (by stripe of
-    /// the grant id): a provider that rotates refresh tokens takes two uses of one as theft.
-    renewals: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl AuthorizationServer {
@@ -266,7 +263,6 @@ impl AuthorizationServer {
             cimd: cimd::CimdResolver::new(fetcher, config.registration.cimd_default_cache_secs),
             tokens,
             clients_seen,
-            renewals: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
         }))
     }
 

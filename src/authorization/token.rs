@@ -9,7 +9,7 @@ use super::clients::Client;
 use super::error::{ErrorCode, OAuthError};
 use super::params::Params;
 use crate::crypto;
-use crate::login::Renewal;
+use crate::login::context::Renewed;
 use crate::store::{
     AccessTokenRecord, EndReason, GrantFilter, GrantRecord, RedeemOutcome, RefreshTokenRecord,
     RotateOutcome, StoreEvent, TokenInfo,
@@ -467,9 +467,11 @@ impl AuthorizationServer {
     }
 
     /// A grant whose login source keeps a session (an identity provider's refresh token)
-    /// has it renewed as its tokens are: a provider that refuses (`invalid_grant`: the
-    /// account disabled or its session revoked there) ends the user's grants here too. A
-    /// provider that cannot be reached does not end anything.
+    /// has it renewed as its tokens are. A provider that refuses (`invalid_grant`: the
+    /// account disabled or the session revoked there) ends this grant; the user's other
+    /// grants end as each is refreshed (a provider refuses one refresh token for reasons of
+    /// its own too — Google drops the oldest past a hundred — so one refusal is not taken to
+    /// speak for all of them). A provider that cannot be reached ends nothing.
     async fn renew_login_session(&self, grant: &GrantRecord) -> Result<(), OAuthError> {
         let Some(source) = self
             .login
@@ -479,60 +481,28 @@ impl AuthorizationServer {
         else {
             return Ok(());
         };
-        let stripe = grant
-            .id
-            .bytes()
-            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
-            % self.renewals.len().max(1);
-        let _one = match self.renewals.get(stripe) {
-            Some(m) => Some(m.lock().await),
-            None => None,
-        };
-        let kept = match self
+        match self
             .contexts
-            .read(&self.store, source.name(), &grant.id)
+            .renew(&self.store, source.as_ref(), &grant.id, false)
             .await
         {
-            Ok(Some(kept)) => kept,
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                tracing::warn!(grant_id = %grant.id, error = %e, "the login context cannot be read");
-                return Ok(());
-            }
-        };
-        match source.renew(&kept).await {
-            Renewal::Unchanged => Ok(()),
-            Renewal::Renewed(renewed) => {
-                let sealed = self
-                    .contexts
-                    .seal(source.name(), &grant.id, &renewed)
-                    .map_err(|e| {
-                        tracing::error!(error = %e, "cannot seal a login context");
-                        OAuthError::server_error()
-                    })?;
-                if !self.store.set_login_context(&grant.id, &sealed).await? {
-                    return Err(OAuthError::invalid_grant("the grant has been revoked"));
-                }
-                Ok(())
-            }
-            Renewal::Unavailable(why) => {
+            Renewed::Kept(_) | Renewed::Nothing => Ok(()),
+            Renewed::Unavailable(why) => {
                 tracing::warn!(source = source.name(), grant_id = %grant.id, reason = %why, "provider session not renewed; the grant goes on");
                 Ok(())
             }
-            Renewal::Refused(why) => {
-                let n = self
-                    .store
+            Renewed::Refused(why) => {
+                self.store
                     .revoke_grants(
                         &GrantFilter {
-                            user_id: grant.user_id.clone(),
-                            grant_id: grant.user_id.is_none().then(|| grant.id.clone()),
+                            grant_id: Some(grant.id.clone()),
                             ..Default::default()
                         },
                         EndReason::ProviderRefused,
                         self.clock.now(),
                     )
                     .await?;
-                tracing::warn!(source = source.name(), user_id = ?grant.user_id, reason = %why, grants_ended = n, "the identity provider refused the session; the user's grants ended");
+                tracing::warn!(source = source.name(), grant_id = %grant.id, user_id = ?grant.user_id, reason = %why, "the identity provider refused the session; the grant ended");
                 Err(OAuthError::invalid_grant(
                     "the identity provider no longer accepts this sign-in; authorize again",
                 ))

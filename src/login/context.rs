@@ -31,6 +31,21 @@ pub enum ContextError {
 #[derive(Clone, Default)]
 pub struct LoginContexts {
     keys: Option<Arc<EncryptionKeys>>,
+    /// One renewal per grant at a time in this process (by stripe of the grant id), for
+    /// every caller: the token endpoint and the upstreams that use what is kept.
+    renewals: Arc<Vec<tokio::sync::Mutex<()>>>,
+}
+
+/// What came of renewing a grant's context ([`LoginContexts::renew`]).
+pub enum Renewed {
+    /// What is kept now (renewed or not): opened.
+    Kept(Vec<u8>),
+    /// The grant has no context, or has ended.
+    Nothing,
+    /// The source refused: the grant must end.
+    Refused(String),
+    /// The source could not be asked, or what is kept cannot be read.
+    Unavailable(String),
 }
 
 /// The associated data: a context opens only for the source and the grant it was sealed to.
@@ -44,7 +59,76 @@ fn leg_row(source: &str, grant_id: &str) -> String {
 
 impl LoginContexts {
     pub fn new(keys: Option<Arc<EncryptionKeys>>) -> Self {
-        Self { keys }
+        Self {
+            keys,
+            renewals: Arc::new((0..64).map(|_| tokio::sync::Mutex::new(())).collect()),
+        }
+    }
+
+    /// Asks `source` to renew what it keeps for `grant` (`force`: even if not due), and
+    /// stores the result with a compare-and-set on what was read. A refusal that comes after
+    /// another renewal replaced the context (on another instance) was a lost race with
+    /// that renewal, not the provider's verdict: the newer context stands.
+    pub async fn renew(
+        &self,
+        store: &SharedStore,
+        source: &dyn super::LoginSource,
+        grant: &str,
+        force: bool,
+    ) -> Renewed {
+        let stripe = grant
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+            % self.renewals.len().max(1);
+        let _one = match self.renewals.get(stripe) {
+            Some(m) => Some(m.lock().await),
+            None => None,
+        };
+        let name = source.name();
+        let read = |r: Result<Option<(String, Vec<u8>)>, crate::store::StoreError>| match r {
+            Ok(Some((owner, sealed))) if owner == name => Ok(Some(sealed)),
+            Ok(_) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        };
+        let sealed = match read(store.login_context(grant).await) {
+            Ok(Some(sealed)) => sealed,
+            Ok(None) => return Renewed::Nothing,
+            Err(e) => return Renewed::Unavailable(e),
+        };
+        let Ok(kept) = self.open(name, grant, &sealed) else {
+            return Renewed::Unavailable("the login context cannot be opened".into());
+        };
+        match source.renew(&kept, force).await {
+            super::Renewal::Unchanged => Renewed::Kept(kept),
+            super::Renewal::Unavailable(why) => Renewed::Unavailable(why),
+            super::Renewal::Renewed(renewed) => {
+                let Ok(new) = self.seal(name, grant, &renewed) else {
+                    return Renewed::Unavailable("the renewed context cannot be sealed".into());
+                };
+                match store.set_login_context(grant, &new, &sealed).await {
+                    Ok(true) => Renewed::Kept(renewed),
+                    // Replaced or ended meanwhile: what is there now is what counts.
+                    Ok(false) => match read(store.login_context(grant).await) {
+                        Ok(Some(now)) => match self.open(name, grant, &now) {
+                            Ok(k) => Renewed::Kept(k),
+                            Err(_) => Renewed::Nothing,
+                        },
+                        Ok(None) => Renewed::Nothing,
+                        Err(e) => Renewed::Unavailable(e),
+                    },
+                    Err(e) => Renewed::Unavailable(e.to_string()),
+                }
+            }
+            super::Renewal::Refused(why) => match read(store.login_context(grant).await) {
+                Ok(Some(now)) if now != sealed => match self.open(name, grant, &now) {
+                    Ok(k) => Renewed::Kept(k),
+                    Err(_) => Renewed::Nothing,
+                },
+                Ok(Some(_)) => Renewed::Refused(why),
+                Ok(None) => Renewed::Nothing,
+                Err(e) => Renewed::Unavailable(e),
+            },
+        }
     }
 
     pub fn seal(

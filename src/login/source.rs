@@ -78,7 +78,7 @@ pub enum Renewal {
     /// The kept value was renewed (a provider's refresh token rotated): seal this instead.
     Renewed(Vec<u8>),
     /// The source no longer accepts the person (the provider answered `invalid_grant`:
-    /// account disabled, session revoked): the user's grants from this source end.
+    /// account disabled, session revoked): the grant ends.
     Refused(String),
     /// The source cannot answer now; the grant goes on.
     Unavailable(String),
@@ -155,8 +155,9 @@ pub trait LoginSource: Send + Sync {
         )))
     }
     /// What the source kept for a grant (`kept`), when the client refreshes the grant's
-    /// tokens: a provider session is checked and its tokens renewed here.
-    async fn renew(&self, _kept: &[u8]) -> Renewal {
+    /// tokens or an upstream needs it: a provider session is checked and its tokens renewed
+    /// here, when due by the source's own measure or when `force`d.
+    async fn renew(&self, _kept: &[u8], _force: bool) -> Renewal {
         Renewal::Unchanged
     }
 }
@@ -215,6 +216,13 @@ impl LoginSources {
         {
             return Err(format!(
                 "login source `{name}`: a name has 1 to 32 of a-z, 0-9, - and _"
+            ));
+        }
+        // `local` is the gateway's own accounts, whose subjects are user ids: no other
+        // source may answer under that name.
+        if name == LOCAL && source.kind() != SourceKind::Password {
+            return Err(format!(
+                "login source `{LOCAL}` is the gateway's own accounts"
             ));
         }
         if self.get(source.name()).is_some() {

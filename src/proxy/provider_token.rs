@@ -12,20 +12,16 @@ use http::header::{self, HeaderMap, HeaderValue};
 use super::credentials::{AfterUnauthorized, CredentialError, CredentialSource};
 use crate::authorization::token::Principal;
 use crate::clock::SharedClock;
+use crate::login::context::Renewed;
 use crate::login::oidc::ProviderTokens;
-use crate::login::{LoginContexts, LoginSource, Renewal};
+use crate::login::{LoginContexts, LoginSource};
 use crate::store::SharedStore;
-
-/// A token with less than this left is renewed before it goes upstream.
-const RENEW_WITHIN_SECS: i64 = 60;
 
 pub struct ProviderToken {
     source: Arc<dyn LoginSource>,
     contexts: LoginContexts,
     store: SharedStore,
     clock: SharedClock,
-    /// One renewal per grant at a time on this instance (by stripe of the grant id).
-    renewals: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl ProviderToken {
@@ -40,7 +36,6 @@ impl ProviderToken {
             contexts,
             store,
             clock,
-            renewals: (0..16).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
 
@@ -48,72 +43,37 @@ impl ProviderToken {
         CredentialError::Unavailable(why.to_string())
     }
 
-    /// The grant's provider tokens, renewed first when `force` or about to expire.
+    /// The grant's provider tokens, renewed first when due (or `force`d).
     async fn token_for(&self, grant: &str, force: bool) -> Result<ProviderTokens, CredentialError> {
         let name = self.source.name();
-        let stripe = grant
-            .bytes()
-            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
-            % self.renewals.len().max(1);
-        let _one = match self.renewals.get(stripe) {
-            Some(m) => Some(m.lock().await),
-            None => None,
-        };
-        let kept = self
+        let kept = match self
             .contexts
-            .read(&self.store, name, grant)
+            .renew(&self.store, self.source.as_ref(), grant, force)
             .await
-            .map_err(|e| {
-                tracing::warn!(source = name, error = %e, "provider tokens unreadable");
-                self.unavailable("the identity provider's token cannot be read")
-            })?
-            .ok_or_else(|| self.unavailable("this sign-in kept no identity provider token"))?;
+        {
+            Renewed::Kept(kept) => kept,
+            Renewed::Nothing => {
+                return Err(self.unavailable("this sign-in kept no identity provider token"));
+            }
+            Renewed::Refused(why) => {
+                tracing::warn!(source = name, reason = %why, "the identity provider refused to renew a token for an upstream");
+                return Err(self.unavailable(
+                    "the identity provider no longer accepts this sign-in; sign in again",
+                ));
+            }
+            Renewed::Unavailable(why) => {
+                tracing::warn!(source = name, reason = %why, "the identity provider's token could not be renewed");
+                return Err(self.unavailable("the identity provider cannot be reached"));
+            }
+        };
         let tokens: ProviderTokens = serde_json::from_slice(&kept)
             .map_err(|_| self.unavailable("the identity provider's token cannot be read"))?;
-        let due = tokens
-            .expires_at
-            .is_some_and(|e| e - self.clock.now() <= RENEW_WITHIN_SECS);
-        if !(due || force) {
-            return Ok(tokens);
+        if tokens.expires_at.is_some_and(|e| e <= self.clock.now()) {
+            return Err(self.unavailable(
+                "the identity provider's token expired and cannot be renewed; sign in again",
+            ));
         }
-        match self.source.renew(&kept).await {
-            Renewal::Renewed(renewed) => {
-                let sealed = self.contexts.seal(name, grant, &renewed).map_err(|e| {
-                    tracing::error!(error = %e, "cannot seal a login context");
-                    self.unavailable("the identity provider's token cannot be kept")
-                })?;
-                if !self
-                    .store
-                    .set_login_context(grant, &sealed)
-                    .await
-                    .unwrap_or(false)
-                {
-                    return Err(self.unavailable("the grant has ended"));
-                }
-                serde_json::from_slice(&renewed)
-                    .map_err(|_| self.unavailable("the identity provider's token cannot be read"))
-            }
-            // Nothing to renew with, or not due at the source's own measure.
-            Renewal::Unchanged => {
-                if tokens.expires_at.is_none_or(|e| e > self.clock.now()) {
-                    Ok(tokens)
-                } else {
-                    Err(self.unavailable(
-                        "the identity provider's token expired and cannot be renewed; sign in again",
-                    ))
-                }
-            }
-            Renewal::Refused(why) => {
-                tracing::warn!(source = name, reason = %why, "the identity provider refused to renew a token for an upstream");
-                Err(self.unavailable(
-                    "the identity provider no longer accepts this sign-in; sign in again",
-                ))
-            }
-            Renewal::Unavailable(why) => {
-                tracing::warn!(source = name, reason = %why, "the identity provider's token could not be renewed");
-                Err(self.unavailable("the identity provider cannot be reached"))
-            }
-        }
+        Ok(tokens)
     }
 }
 

@@ -415,8 +415,14 @@ pub trait GrantStore: Send + Sync {
     ) -> StoreResult<RotateOutcome>;
     async fn revoke_access_token(&self, token_hash: &str, now: Timestamp) -> StoreResult<bool>;
     /// Replaces the sealed login context of a live grant (a provider's rotated refresh
-    /// token); false when the grant has ended meanwhile.
-    async fn set_login_context(&self, grant_id: &str, sealed: &[u8]) -> StoreResult<bool>;
+    /// token) if it is still `was`; false when the grant has ended or another renewal
+    /// replaced it meanwhile.
+    async fn set_login_context(
+        &self,
+        grant_id: &str,
+        sealed: &[u8],
+        was: &[u8],
+    ) -> StoreResult<bool>;
     /// A live grant's login source and sealed login context, if it has one.
     async fn login_context(&self, grant_id: &str) -> StoreResult<Option<(String, Vec<u8>)>>;
     async fn grant(&self, grant_id: &str) -> StoreResult<Option<GrantRecord>>;

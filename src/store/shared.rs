@@ -899,12 +899,19 @@ impl GrantStore for $store {
         Ok(r.rows_affected() == 1)
     }
 
-    async fn set_login_context(&self, grant_id: &str, sealed: &[u8]) -> StoreResult<bool> {
+    async fn set_login_context(
+        &self,
+        grant_id: &str,
+        sealed: &[u8],
+        was: &[u8],
+    ) -> StoreResult<bool> {
         let r = sqlx::query(
-            "UPDATE grants SET login_context = $1 WHERE id = $2 AND revoked_at IS NULL",
+            "UPDATE grants SET login_context = $1
+             WHERE id = $2 AND revoked_at IS NULL AND login_context = $3",
         )
         .bind(sealed)
         .bind(grant_id)
+        .bind(was)
         .execute(self.writer())
         .await
         .map_err(backend)?;

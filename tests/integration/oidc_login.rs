@@ -209,8 +209,14 @@ async fn an_mcp_client_gets_tokens_for_a_person_who_signed_in_at_the_provider() 
         .unwrap()
         .expect("linked");
     assert_eq!(user.username, "carol.corp");
+    // A source may not answer as the gateway's own accounts.
+    let bad: Result<OidcConfig, _> = toml::from_str(
+        "name = \"local\"\nissuer = \"https://id.example.com\"\nclient_id = \"c\"\nclient_secret = \"s\"",
+    );
+    assert_eq!(bad.unwrap().resolve(0).unwrap_err().0, "login.oidc[0].name");
     assert_eq!(user.email.as_deref(), Some("carol@example.com"));
-    assert_eq!(user.groups, vec!["staff".to_string()]);
+    // The provider's groups, kept apart from the gateway's own.
+    assert_eq!(user.groups, vec!["staff@corp".to_string()]);
     assert!(user.password_hash.is_empty(), "no local password");
     let grants = gw
         .store

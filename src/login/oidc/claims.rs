@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::config::{AllowList, Settings};
+use super::config::{Profile, Settings};
 
 /// The person as the provider described them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +14,8 @@ pub struct Person {
     /// Only an address the provider says it verified.
     pub email: Option<String>,
     pub groups: Vec<String>,
+    /// Google: the Workspace domain the account belongs to (`hd`), if any.
+    pub hosted_domain: Option<String>,
 }
 
 /// Why the claims do not make a person who may sign in. The text is shown to them.
@@ -67,13 +69,11 @@ pub fn person(settings: &Settings, claims: &Map<String, Value>) -> Result<Person
     let email = text(claims, "email")
         .filter(|_| verified(claims))
         .map(str::to_ascii_lowercase);
+    // Whole, even when it is an address: two people's local parts at different domains
+    // must not make one name (a tool rule written for one would apply to the other).
     let username = text(claims, &settings.username_claim)
-        .map(|u| match u.split_once('@') {
-            // An address as username: its local part names the user here.
-            Some((local, _)) => local.to_string(),
-            None => u.to_string(),
-        })
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .to_string();
     let groups = settings
         .groups_claim
         .as_deref()
@@ -91,19 +91,26 @@ pub fn person(settings: &Settings, claims: &Map<String, Value>) -> Result<Person
         username,
         email,
         groups,
+        hosted_domain: text(claims, "hd").map(str::to_ascii_lowercase),
     })
 }
 
 /// Whether the allow-list lets this person in. `orgs` are GitHub memberships
 /// (`org` and `org/team`, lower-cased).
-pub fn allowed(allow: &AllowList, person: &Person, orgs: &[String]) -> Result<(), Refusal> {
+pub fn allowed(settings: &Settings, person: &Person, orgs: &[String]) -> Result<(), Refusal> {
+    let allow = &settings.allow;
     if allow.is_open() {
         return Ok(());
     }
     let by_email = person.email.as_deref().is_some_and(|e| {
         allow.emails.iter().any(|a| a == e)
-            || e.rsplit_once('@')
-                .is_some_and(|(_, d)| allow.domains.iter().any(|a| a == d))
+            || e.rsplit_once('@').is_some_and(|(_, d)| {
+                // Google verifies a non-Gmail address once, when the account is made: only
+                // the Workspace domain (`hd`) says the domain vouches for it today.
+                let vouched = settings.profile != Profile::Google
+                    || person.hosted_domain.as_deref() == Some(d);
+                vouched && allow.domains.iter().any(|a| a == d)
+            })
     });
     let by_group = person.groups.iter().any(|g| allow.groups.contains(g));
     let by_org = orgs.iter().any(|o| allow.orgs.contains(o));
@@ -147,7 +154,7 @@ mod tests {
         .expect("person");
         assert_eq!(p.subject, "u1");
         assert_eq!(p.email.as_deref(), Some("a@example.com"));
-        assert_eq!(p.username, "ann");
+        assert_eq!(p.username, "ann@example.com");
         assert_eq!(p.groups, vec!["staff".to_string()]);
         let unverified = person(
             &s,
@@ -182,10 +189,11 @@ mod tests {
             username: "x".into(),
             email: email.map(str::to_string),
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            hosted_domain: None,
         };
-        assert!(allowed(&s.allow, &who(Some("ann@example.com"), &[]), &[]).is_ok());
-        assert!(allowed(&s.allow, &who(Some("boss@other.org"), &[]), &[]).is_ok());
-        assert!(allowed(&s.allow, &who(None, &["admins"]), &[]).is_ok());
+        assert!(allowed(&s, &who(Some("ann@example.com"), &[]), &[]).is_ok());
+        assert!(allowed(&s, &who(Some("boss@other.org"), &[]), &[]).is_ok());
+        assert!(allowed(&s, &who(None, &["admins"]), &[]).is_ok());
         for (email, groups) in [
             (Some("ann@example.com.evil.org"), vec![]),
             (Some("ann@sub.example.com"), vec![]),
@@ -193,13 +201,13 @@ mod tests {
             (None, vec!["staff"]),
         ] {
             assert_eq!(
-                allowed(&s.allow, &who(email, &groups), &[]),
+                allowed(&s, &who(email, &groups), &[]),
                 Err(Refusal::NotAllowed),
                 "{email:?} {groups:?}"
             );
         }
         let open = settings("");
-        assert!(allowed(&open.allow, &who(None, &[]), &[]).is_ok());
+        assert!(allowed(&open, &who(None, &[]), &[]).is_ok());
     }
 
     #[test]
@@ -225,6 +233,28 @@ mod tests {
     }
 
     #[test]
+    fn a_google_address_counts_for_a_domain_only_with_that_workspace_domain() {
+        let text = "name = \"g\"\nprovider = \"google\"\nclient_id = \"c\"\nclient_secret = \"s\"\nallowed_domains = [\"corp.com\"]";
+        let s = toml::from_str::<OidcConfig>(text)
+            .expect("config")
+            .resolve(0)
+            .expect("valid");
+        let verified = |hd: Option<&str>| {
+            let mut c = json!({"sub": "1", "email": "ex@corp.com", "email_verified": true});
+            if let Some(hd) = hd {
+                c["hd"] = json!(hd);
+            }
+            person(&s, &claims(c)).expect("person")
+        };
+        assert!(allowed(&s, &verified(Some("corp.com")), &[]).is_ok());
+        assert_eq!(
+            allowed(&s, &verified(None), &[]),
+            Err(Refusal::NotAllowed),
+            "a consumer account on a corp.com address"
+        );
+    }
+
+    #[test]
     fn profiles_fill_in_what_the_operator_leaves_out() {
         let resolve = |text: &str| {
             toml::from_str::<OidcConfig>(&format!(
@@ -233,11 +263,11 @@ mod tests {
             .expect("config")
             .resolve(0)
         };
-        let entra = resolve("provider = \"entra\"\ntenant = \"contoso.onmicrosoft.com\"\nkeep_provider_tokens = true")
+        let entra = resolve("provider = \"entra\"\ntenant = \"72f988bf-86f1-41af-91ab-2d7cd011db47\"\nkeep_provider_tokens = true")
             .expect("entra");
         assert_eq!(
             entra.issuer,
-            "https://login.microsoftonline.com/contoso.onmicrosoft.com/v2.0"
+            "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0"
         );
         assert!(entra.scopes.contains(&"offline_access".to_string()));
         assert!(!entra.extra_params.iter().any(|(k, _)| k == "resource"));
@@ -284,6 +314,14 @@ mod tests {
             ("provider = \"oidc\"", "login.oidc[0].issuer"),
             ("provider = \"keycloak\"", "login.oidc[0].issuer"),
             ("provider = \"entra\"", "login.oidc[0].tenant"),
+            (
+                "provider = \"entra\"\ntenant = \"contoso.onmicrosoft.com\"",
+                "login.oidc[0].tenant",
+            ),
+            (
+                "provider = \"entra\"\ntenant = \"organizations\"\nallowed_domains = [\"corp.com\"]",
+                "login.oidc[0].allowed_domains",
+            ),
             ("provider = \"auth0\"", "login.oidc[0].domain"),
             (
                 "provider = \"google\"\nallowed_groups = [\"x\"]",

@@ -169,6 +169,9 @@ impl OidcConfig {
     /// `login.oidc[i]`) and what is wrong.
     pub fn resolve(&self, i: usize) -> Result<Settings, Bad> {
         let at = |key: &str, msg: String| (format!("login.oidc[{i}].{key}"), msg);
+        if self.name == crate::login::LOCAL {
+            return Err(at("name", "`local` is the gateway's own accounts".into()));
+        }
         if self.client_id.trim().is_empty() {
             return Err(at("client_id", "must not be empty".into()));
         }
@@ -275,14 +278,25 @@ impl OidcConfig {
                         (None, Some(_)) => String::new(),
                         (None, None) => return Err(at("tenant", "is needed with provider = \"entra\" (the directory id, or `organizations`)".into())),
                     };
-                    if !tenant.is_empty()
-                        && !tenant
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-                    {
-                        return Err(at("tenant", "is a directory id or a domain name".into()));
-                    }
                     tenant_in_issuer = matches!(tenant.as_str(), "common" | "organizations" | "consumers");
+                    // A domain name's discovery document names the tenant by its id, which
+                    // the issuer check compares: only the id (or a multi-tenant name) works.
+                    let is_guid = tenant.len() == 36
+                        && tenant.bytes().enumerate().all(|(i, b)| {
+                            if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() }
+                        });
+                    if !tenant.is_empty() && !is_guid && !tenant_in_issuer {
+                        return Err(at(
+                            "tenant",
+                            "is the directory (tenant) id, a GUID (or `organizations`, `common`)".into(),
+                        ));
+                    }
+                    if !self.allowed_emails.is_empty() || !self.allowed_domains.is_empty() {
+                        return Err(at(
+                            if self.allowed_emails.is_empty() { "allowed_domains" } else { "allowed_emails" },
+                            "Entra ID does not say whether an address is verified, so addresses cannot decide who signs in; use allowed_groups (or the tenant)".into(),
+                        ));
+                    }
                     (
                         self.issuer.clone().unwrap_or_else(|| {
                             format!("https://login.microsoftonline.com/{tenant}/v2.0")

@@ -355,6 +355,10 @@ impl OidcSource {
                     if a.body.get("sub") != claims.get("sub") {
                         tracing::warn!(source = %self.s.name, "userinfo names another subject; ignored");
                     } else {
+                        // An address and whether it is verified come from one document.
+                        if !claims.contains_key("email") {
+                            claims.remove("email_verified");
+                        }
                         for (k, v) in a.body {
                             claims.entry(k).or_insert(v);
                         }
@@ -396,7 +400,11 @@ impl OidcSource {
         if let Some(login) = user.get("login") {
             claims.insert("login".into(), login.clone());
         }
-        let emails = self.github_get(&api, "user/emails", token).await?;
+        // Without the e-mail permission (a GitHub App), no address rather than no sign-in.
+        let emails = self
+            .github_get(&api, "user/emails", token)
+            .await
+            .unwrap_or(Value::Null);
         if let Some(primary) = emails.as_array().and_then(|list| {
             list.iter().find(|e| {
                 e.get("primary") == Some(&Value::Bool(true))
@@ -617,7 +625,7 @@ impl LoginSource for OidcSource {
                 )));
             }
         };
-        if let Err(refusal) = claims::allowed(&self.s.allow, &person, &orgs) {
+        if let Err(refusal) = claims::allowed(&self.s, &person, &orgs) {
             tracing::info!(source = %self.s.name, subject = ?person.subject, email = ?person.email, reason = %refusal, "sign-in refused");
             let who = person
                 .email
@@ -627,6 +635,22 @@ impl LoginSource for OidcSource {
                 "Your account {who:?} is not on this server's list of who may sign in. Ask the administrator of this server to add it, or sign in with another account."
             )));
         }
+        if self.s.keep_tokens && answer.body.get("refresh_token").is_none() {
+            tracing::error!(source = %self.s.name, "keep_provider_tokens is on, but the provider gave no refresh token: the session cannot be renewed (is offline access allowed for this client?)");
+        }
+        // The provider's groups are its own to name: kept apart from the gateway's (a
+        // group someone could create at the provider must not be taken for `admins`).
+        let groups = person
+            .groups
+            .iter()
+            .map(|g| {
+                format!(
+                    "{}@{}",
+                    g.trim_start_matches('/').replace('/', "."),
+                    self.s.name
+                )
+            })
+            .collect();
         let username = if person.username.is_empty() {
             format!("user-{}", &crypto::hash_secret(&person.subject)[..8])
         } else {
@@ -636,12 +660,12 @@ impl LoginSource for OidcSource {
             subject: person.subject,
             username,
             email: person.email,
-            groups: person.groups,
+            groups,
             keep: self.kept(&answer.body),
         }))
     }
 
-    async fn renew(&self, kept: &[u8]) -> Renewal {
+    async fn renew(&self, kept: &[u8], force: bool) -> Renewal {
         let Ok(tokens) = serde_json::from_slice::<ProviderTokens>(kept) else {
             return Renewal::Unavailable("the kept provider tokens are unreadable".into());
         };
@@ -651,9 +675,10 @@ impl LoginSource for OidcSource {
         // The provider is asked when its access token is about to expire (or never said
         // when): a session revoked there ends here within that token's lifetime, without a
         // call to the provider on every refresh of the gateway's tokens.
-        if tokens
-            .expires_at
-            .is_some_and(|e| e - self.clock.now() > RENEW_BEFORE_SECS)
+        if !force
+            && tokens
+                .expires_at
+                .is_some_and(|e| e - self.clock.now() > RENEW_BEFORE_SECS)
         {
             return Renewal::Unchanged;
         }
@@ -677,7 +702,7 @@ impl LoginSource for OidcSource {
             Err(e) => return Renewal::Unavailable(format!("its token endpoint: {e}")),
         };
         match (answer.ok(), answer.oauth_error()) {
-            (_, Some("invalid_grant")) => {
+            (_, Some("invalid_grant" | "bad_refresh_token")) => {
                 Renewal::Refused("the provider refused the refresh token (invalid_grant)".into())
             }
             (true, None) => {
