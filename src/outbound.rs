@@ -70,16 +70,9 @@ impl Outbound {
         Ok(Self { client, timeout })
     }
 
-    /// `GET` a JSON document, with a bearer token when given.
+    /// `GET` a JSON object, with a bearer token when given.
     pub async fn get_json(&self, url: &Url, bearer: Option<&str>) -> Result<Answer, OutboundError> {
-        let mut req = self
-            .client
-            .get(url.clone())
-            .header(reqwest::header::ACCEPT, "application/json");
-        if let Some(token) = bearer {
-            req = req.bearer_auth(token);
-        }
-        self.send(req).await
+        object(self.get_json_list(url, bearer).await?)
     }
 
     /// `GET` any JSON value (an API answering with a list).
@@ -121,10 +114,7 @@ impl Outbound {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Answer, OutboundError> {
-        match self.send_value(req).await? {
-            (status, Value::Object(body)) => Ok(Answer { status, body }),
-            (status, _) => Err(OutboundError::NotJson(status)),
-        }
+        object(self.send_value(req).await?)
     }
 
     async fn send_value(
@@ -155,6 +145,14 @@ impl Outbound {
         serde_json::from_slice::<Value>(&body)
             .map(|v| (status, v))
             .map_err(|_| OutboundError::NotJson(status))
+    }
+}
+
+/// An answer that must be a JSON object.
+fn object((status, value): (u16, Value)) -> Result<Answer, OutboundError> {
+    match value {
+        Value::Object(body) => Ok(Answer { status, body }),
+        _ => Err(OutboundError::NotJson(status)),
     }
 }
 

@@ -548,17 +548,8 @@ impl AuthorizationServer {
             if !self.store.delete_pending(&p.id).await? {
                 return Err(finished_already());
             }
-            if consented && self.settings.remember_consent {
-                self.store
-                    .put_consent(
-                        user_id,
-                        &p.client_id,
-                        &p.redirect_uri,
-                        &p.resource,
-                        &p.scopes,
-                        self.clock.now(),
-                    )
-                    .await?;
+            if consented {
+                return self.approved(&p, user_id).await;
             }
             return Ok(AuthorizeStep::Redirect(self.issue_code(&p).await?));
         }
@@ -797,12 +788,7 @@ impl AuthorizationServer {
                 if !self.store.delete_pending(&p.id).await? {
                     return Err(finished_already());
                 }
-                let e = OAuthError::new(ErrorCode::AccessDenied, "the user denied the request");
-                Ok(AuthorizeStep::Redirect(self.error_redirect(
-                    &p.redirect_uri,
-                    p.state.as_deref(),
-                    &e,
-                )))
+                Ok(self.denied(&p))
             }
             Some(true) => {
                 let Some(grant_id) = &p.grant_id else {
@@ -937,17 +923,28 @@ impl AuthorizationServer {
             return Err(finished_already());
         }
         if !allow {
-            let e = OAuthError::new(ErrorCode::AccessDenied, "the user denied the request");
-            return Ok(AuthorizeStep::Redirect(self.error_redirect(
-                &p.redirect_uri,
-                p.state.as_deref(),
-                &e,
-            )));
+            return Ok(self.denied(&p));
         }
+        self.approved(&p, &user).await
+    }
+
+    /// The person denied on the consent page: back to the client with `access_denied`.
+    fn denied(&self, p: &PendingAuthorization) -> AuthorizeStep {
+        let e = OAuthError::new(ErrorCode::AccessDenied, "the user denied the request");
+        AuthorizeStep::Redirect(self.error_redirect(&p.redirect_uri, p.state.as_deref(), &e))
+    }
+
+    /// The person approved (the request is used up already): the consent is remembered
+    /// when configured, and the client gets its code.
+    async fn approved(
+        &self,
+        p: &PendingAuthorization,
+        user_id: &str,
+    ) -> Result<AuthorizeStep, PageError> {
         if self.settings.remember_consent {
             self.store
                 .put_consent(
-                    &user,
+                    user_id,
                     &p.client_id,
                     &p.redirect_uri,
                     &p.resource,
@@ -956,7 +953,7 @@ impl AuthorizationServer {
                 )
                 .await?;
         }
-        Ok(AuthorizeStep::Redirect(self.issue_code(&p).await?))
+        Ok(AuthorizeStep::Redirect(self.issue_code(p).await?))
     }
 
     async fn issue_code(&self, p: &PendingAuthorization) -> Result<String, OAuthError> {

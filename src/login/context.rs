@@ -137,8 +137,7 @@ impl LoginContexts {
         grant_id: &str,
         plain: &[u8],
     ) -> Result<Vec<u8>, ContextError> {
-        let keys = self.keys.as_ref().ok_or(ContextError::NoKeys)?;
-        Ok(keys.seal(&row(source, grant_id), plain)?)
+        self.seal_as(&row(source, grant_id), plain)
     }
 
     pub fn open(
@@ -147,8 +146,7 @@ impl LoginContexts {
         grant_id: &str,
         sealed: &[u8],
     ) -> Result<Vec<u8>, ContextError> {
-        let keys = self.keys.as_ref().ok_or(ContextError::NoKeys)?;
-        Ok(keys.open(&row(source, grant_id), sealed)?)
+        self.open_as(&row(source, grant_id), sealed)
     }
 
     /// Seals what a redirecting source needs back on the way in (its PKCE verifier and
@@ -160,8 +158,7 @@ impl LoginContexts {
         grant_id: &str,
         plain: &[u8],
     ) -> Result<Vec<u8>, ContextError> {
-        let keys = self.keys.as_ref().ok_or(ContextError::NoKeys)?;
-        Ok(keys.seal(&leg_row(source, grant_id), plain)?)
+        self.seal_as(&leg_row(source, grant_id), plain)
     }
 
     pub fn open_leg(
@@ -170,8 +167,17 @@ impl LoginContexts {
         grant_id: &str,
         sealed: &[u8],
     ) -> Result<Vec<u8>, ContextError> {
+        self.open_as(&leg_row(source, grant_id), sealed)
+    }
+
+    fn seal_as(&self, row: &str, plain: &[u8]) -> Result<Vec<u8>, ContextError> {
         let keys = self.keys.as_ref().ok_or(ContextError::NoKeys)?;
-        Ok(keys.open(&leg_row(source, grant_id), sealed)?)
+        Ok(keys.seal(row, plain)?)
+    }
+
+    fn open_as(&self, row: &str, sealed: &[u8]) -> Result<Vec<u8>, ContextError> {
+        let keys = self.keys.as_ref().ok_or(ContextError::NoKeys)?;
+        Ok(keys.open(row, sealed)?)
     }
 
     /// What `source` kept for a live grant: `None` when the grant has ended (its context went

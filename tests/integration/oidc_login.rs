@@ -82,16 +82,7 @@ async fn sign_in(
         consent.contains("you will sign in with <strong>Sign in with corp</strong> next"),
         "{consent}"
     );
-    let r = browser
-        .post(gw.url("/authorize/login/corp"))
-        .form(&[
-            ("request", hidden(&consent, "request").unwrap()),
-            ("csrf", hidden(&consent, "csrf").unwrap()),
-            ("decision", "allow".into()),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let r = decide(gw, browser, "corp", &consent, "allow").await;
     if r.status() != 303 {
         return r;
     }
@@ -118,6 +109,26 @@ async fn sign_in(
     assert_eq!(r.status(), 303);
     let next = r.headers()["location"].to_str().unwrap().to_string();
     browser.get(gw.url(&next)).send().await.unwrap()
+}
+
+/// Posts the consent page's decision for a redirecting source (`allow` or `deny`).
+async fn decide(
+    gw: &TestGateway,
+    browser: &reqwest::Client,
+    source: &str,
+    consent: &str,
+    decision: &str,
+) -> reqwest::Response {
+    browser
+        .post(gw.url(&format!("/authorize/login/{source}")))
+        .form(&[
+            ("request", hidden(consent, "request").unwrap().as_str()),
+            ("csrf", hidden(consent, "csrf").unwrap().as_str()),
+            ("decision", decision),
+        ])
+        .send()
+        .await
+        .unwrap()
 }
 
 fn authorize_url(gw: &TestGateway, client_id: &str, pkce: &Pkce) -> String {
@@ -254,16 +265,7 @@ async fn denying_on_the_consent_page_never_visits_the_provider() {
         !consent.contains(r#"name="password""#),
         "no local form: {consent}"
     );
-    let r = browser
-        .post(gw.url("/authorize/login/corp"))
-        .form(&[
-            ("request", hidden(&consent, "request").unwrap()),
-            ("csrf", hidden(&consent, "csrf").unwrap()),
-            ("decision", "deny".into()),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let r = decide(&gw, &browser, "corp", &consent, "deny").await;
     assert_eq!(r.status(), 303);
     let location = r.headers()["location"].to_str().unwrap();
     assert!(location.starts_with(REDIRECT), "{location}");
@@ -286,16 +288,7 @@ async fn denying_on_the_consent_page_never_visits_the_provider() {
             .await
             .unwrap();
         let consent = r.text().await.unwrap();
-        let r = browser
-            .post(gw.url("/authorize/login/corp"))
-            .form(&[
-                ("request", hidden(&consent, "request").unwrap()),
-                ("csrf", hidden(&consent, "csrf").unwrap()),
-                ("decision", "allow".into()),
-            ])
-            .send()
-            .await
-            .unwrap();
+        let r = decide(&gw, &browser, "corp", &consent, "allow").await;
         let to = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
         let state = to
             .query_pairs()
@@ -559,16 +552,7 @@ async fn github_signs_in_by_its_api_with_org_and_team_allow_lists() {
                 .unwrap();
             let consent = r.text().await.unwrap();
             assert!(consent.contains("Sign in with GitHub"), "{consent}");
-            let r = browser
-                .post(gw.url("/authorize/login/github"))
-                .form(&[
-                    ("request", hidden(&consent, "request").unwrap()),
-                    ("csrf", hidden(&consent, "csrf").unwrap()),
-                    ("decision", "allow".into()),
-                ])
-                .send()
-                .await
-                .unwrap();
+            let r = decide(gw, &browser, "github", &consent, "allow").await;
             assert_eq!(r.status(), 303);
             let to = r.headers()["location"].to_str().unwrap().to_string();
             assert!(
