@@ -57,6 +57,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub proxy: ProxyConfig,
     pub keys: KeysConfig,
+    /// Issuers whose assertions the gateway accepts (`[[trust.id_jag]]`).
+    pub trust: TrustConfig,
     /// Where the configuration came from, for error messages.
     #[serde(skip)]
     pub origin: String,
@@ -75,6 +77,7 @@ impl Default for Config {
             upstreams: Vec::new(),
             proxy: ProxyConfig::default(),
             keys: KeysConfig::default(),
+            trust: TrustConfig::default(),
             origin: "defaults".into(),
         }
     }
@@ -314,6 +317,88 @@ impl Default for LoginConfig {
             local_accounts: true,
             oidc: Vec::new(),
         }
+    }
+}
+
+/// `[trust]`: who else's signed statements the gateway acts on.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustConfig {
+    /// Enterprise identity providers whose Identity Assertion JWT Authorization Grants
+    /// (ID-JAG, the MCP Enterprise-Managed Authorization extension) the token endpoint takes.
+    pub id_jag: Vec<IdJagIssuerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdJagIssuerConfig {
+    /// The name its users are linked under in the identities table: the same as a
+    /// `[[login.oidc]]` at the same provider, so that one person is one user either way.
+    pub name: String,
+    /// The `iss` of its assertions, exactly.
+    pub issuer: String,
+    /// Where its signing keys are published.
+    pub jwks_uri: String,
+    /// The signature algorithms accepted (RS256, ES256, EdDSA); never `none`.
+    #[serde(default = "default_id_jag_algorithms")]
+    pub algorithms: Vec<String>,
+}
+
+fn default_id_jag_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into()]
+}
+
+impl TrustConfig {
+    fn validate(&self) -> Checked {
+        let mut issuers = HashSet::new();
+        for (i, t) in self.id_jag.iter().enumerate() {
+            let key = |k: &str| format!("trust.id_jag[{i}].{k}");
+            if t.name.is_empty()
+                || t.name.len() > 32
+                || !t
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+                || t.name == crate::login::LOCAL
+            {
+                return Err(Invalid::at(
+                    key("name"),
+                    "1 to 32 of a-z, 0-9, - and _, and not `local`",
+                ));
+            }
+            for (k, v) in [("issuer", &t.issuer), ("jwks_uri", &t.jwks_uri)] {
+                let u =
+                    Url::parse(v).map_err(|e| Invalid::at(key(k), format!("not a URL: {e}")))?;
+                let ok = u.scheme() == "https"
+                    || (u.scheme() == "http" && crate::authorization::redirect::is_loopback(&u));
+                if !ok || u.fragment().is_some() {
+                    return Err(Invalid::at(
+                        key(k),
+                        "must be an https URL (http only on loopback)",
+                    ));
+                }
+            }
+            if !issuers.insert(t.issuer.as_str()) {
+                return Err(Invalid::at(key("issuer"), "duplicated"));
+            }
+            if t.algorithms.is_empty() {
+                return Err(Invalid::at(
+                    key("algorithms"),
+                    "must name at least one algorithm",
+                ));
+            }
+            if let Some(a) = t
+                .algorithms
+                .iter()
+                .find(|a| crate::jwt::Alg::parse(a).is_none())
+            {
+                return Err(Invalid::at(
+                    key("algorithms"),
+                    format!("{a:?} is not one of RS256, ES256, EdDSA"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -641,6 +726,9 @@ pub enum GrantType {
     RefreshToken,
     /// A confidential client acting for itself.
     ClientCredentials,
+    /// An identity assertion (ID-JAG) from a trusted issuer (RFC 7523 §2.1).
+    #[serde(rename = "urn:ietf:params:oauth:grant-type:jwt-bearer")]
+    JwtBearer,
 }
 
 impl GrantType {
@@ -650,6 +738,7 @@ impl GrantType {
             Self::AuthorizationCode => "authorization_code",
             Self::RefreshToken => "refresh_token",
             Self::ClientCredentials => "client_credentials",
+            Self::JwtBearer => crate::authorization::id_jag::JWT_BEARER,
         }
     }
 }
@@ -763,6 +852,7 @@ impl Config {
         self.store.validate()?;
         self.authorization.validate()?;
         self.login.validate()?;
+        self.trust.validate()?;
         self.registration.validate()?;
         self.whoami.validate()?;
         if self.whoami.enabled {

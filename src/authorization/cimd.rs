@@ -175,11 +175,31 @@ pub fn parse_document(doc: &Value, client_id: &str) -> Result<Client, String> {
         .map(|u| check_registered_redirect_uri(u, true))
         .collect::<Result<Vec<_>, _>>()?;
     if let Some(gt) = m.get("grant_types").and_then(Value::as_array)
-        && gt
-            .iter()
-            .any(|g| !matches!(g.as_str(), Some("authorization_code" | "refresh_token")))
+        && gt.iter().any(|g| {
+            !matches!(
+                g.as_str(),
+                Some("authorization_code" | "refresh_token" | super::id_jag::JWT_BEARER)
+            )
+        })
     {
-        return Err("only the authorization_code and refresh_token grant types are allowed".into());
+        return Err(
+            "only the authorization_code, refresh_token and jwt-bearer grant types are allowed"
+                .into(),
+        );
+    }
+    // The code and refresh grants always (as before); the ID-JAG grant when it is listed.
+    let mut grant_types = vec![
+        "authorization_code".to_string(),
+        "refresh_token".to_string(),
+    ];
+    if m.get("grant_types")
+        .and_then(Value::as_array)
+        .is_some_and(|gt| {
+            gt.iter()
+                .any(|g| g.as_str() == Some(super::id_jag::JWT_BEARER))
+        })
+    {
+        grant_types.push(super::id_jag::JWT_BEARER.into());
     }
     let name = match m.get("client_name") {
         None | Some(Value::Null) => None,
@@ -196,7 +216,7 @@ pub fn parse_document(doc: &Value, client_id: &str) -> Result<Client, String> {
         redirect_uris,
         auth_method: AuthMethod::None,
         secret_hash: None,
-        grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+        grant_types,
         scopes: None,
         introspection: false,
         introspection_audiences: Vec::new(),

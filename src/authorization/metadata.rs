@@ -39,6 +39,18 @@ impl AuthorizationServer {
                 json!(self.endpoint("/register")),
             );
         }
+        // Enterprise-managed authorization, when an identity provider is trusted for it.
+        if !self.id_jag.is_empty()
+            && let Value::Object(o) = &mut m
+        {
+            if let Some(Value::Array(g)) = o.get_mut("grant_types_supported") {
+                g.push(json!(super::id_jag::JWT_BEARER));
+            }
+            o.insert(
+                "authorization_grant_profiles_supported".into(),
+                json!([super::id_jag::ID_JAG_PROFILE]),
+            );
+        }
         m
     }
 

@@ -7,6 +7,7 @@ pub mod authorize;
 pub mod cimd;
 pub mod clients;
 pub mod error;
+pub mod id_jag;
 pub mod metadata;
 pub mod params;
 pub mod redirect;
@@ -80,6 +81,8 @@ pub struct AuthorizationServer {
     /// Seals what a login source keeps to the grant it is for.
     pub contexts: LoginContexts,
     pub resources: Vec<Resource>,
+    /// Identity providers whose ID-JAGs the token endpoint takes.
+    pub id_jag: Vec<Arc<id_jag::TrustedIssuer>>,
     session_ttl: i64,
     static_clients: Vec<Client>,
     cimd: cimd::CimdResolver,
@@ -250,6 +253,12 @@ impl AuthorizationServer {
                 }
             }));
         }
+        let id_jag = config
+            .trust
+            .id_jag
+            .iter()
+            .map(|t| id_jag::TrustedIssuer::from_config(t, clock.clone()))
+            .collect::<Result<_, _>>()?;
         Ok(Arc::new(Self {
             accounts: LocalAccounts::new(store.clone(), clock.clone(), &config.login),
             login,
@@ -258,6 +267,7 @@ impl AuthorizationServer {
             store,
             clock,
             resources,
+            id_jag,
             session_ttl: config.login.session_ttl_secs,
             static_clients,
             cimd: cimd::CimdResolver::new(fetcher, config.registration.cimd_default_cache_secs),

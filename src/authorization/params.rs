@@ -97,6 +97,7 @@ impl Params {
             "client_secret",
             "token",
             "token_type_hint",
+            "assertion",
         ];
         match self.first_repeated(allowed) {
             None => Ok(()),

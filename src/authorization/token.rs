@@ -140,7 +140,10 @@ impl AuthorizationServer {
         };
         let client = self.authenticate_client(params, basic, lookup).await?;
         match grant_type {
-            "authorization_code" | "refresh_token" | "client_credentials"
+            "authorization_code"
+            | "refresh_token"
+            | "client_credentials"
+            | super::id_jag::JWT_BEARER
                 if !client.allows_grant(grant_type) =>
             {
                 Err(OAuthError::new(
@@ -151,6 +154,9 @@ impl AuthorizationServer {
             "authorization_code" => self.exchange_code(params, &client).await,
             "refresh_token" => self.refresh(params, &client).await,
             "client_credentials" => self.client_credentials(params, &client).await,
+            super::id_jag::JWT_BEARER if !self.id_jag.is_empty() => {
+                self.jwt_bearer(params, &client).await
+            }
             _ => Err(OAuthError::new(
                 ErrorCode::UnsupportedGrantType,
                 "this grant_type is not supported",
@@ -160,7 +166,7 @@ impl AuthorizationServer {
 
     /// An access token, expiring after its lifetime or when its grant must end, whichever
     /// comes first.
-    fn mint_access(
+    pub(super) fn mint_access(
         &self,
         grant_ends: Option<i64>,
         grant_id: Option<&str>,

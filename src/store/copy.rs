@@ -198,6 +198,10 @@ pub const TABLES: &[Table] = &[
         ],
     },
     Table {
+        name: "used_assertions",
+        columns: &[("id", Text), ("expires_at", Int)],
+    },
+    Table {
         name: "browser_sessions",
         columns: &[
             ("id_hash", Text),

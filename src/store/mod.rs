@@ -375,6 +375,16 @@ pub trait AuthorizationStore: Send + Sync {
 /// published as one [`GrantEnded`].
 #[async_trait]
 pub trait GrantStore: Send + Sync {
+    /// An identity assertion exchanged: its id (a hash of issuer and `jti`) is recorded
+    /// until it expires, and the grant and its access token are created, in one
+    /// transaction; false, with nothing written, when the assertion was used already.
+    async fn grant_from_assertion(
+        &self,
+        assertion_id: &str,
+        assertion_expires_at: Timestamp,
+        grant: &GrantRecord,
+        access: &AccessTokenRecord,
+    ) -> StoreResult<bool>;
     /// Atomically: mark the code used (only if unused and unexpired), create the grant and its
     /// first tokens, and link the code to the grant.
     async fn redeem_code(

@@ -683,6 +683,48 @@ impl AuthorizationStore for $store {
 
 #[async_trait]
 impl GrantStore for $store {
+    async fn grant_from_assertion(
+        &self,
+        assertion_id: &str,
+        assertion_expires_at: Timestamp,
+        grant: &GrantRecord,
+        access: &AccessTokenRecord,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        let fresh = sqlx::query(
+            "INSERT INTO used_assertions (id, expires_at) VALUES ($1, $2)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(assertion_id)
+        .bind(assertion_expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            tx.rollback().await.map_err(backend)?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO grants (id, user_id, client_id, resource, scopes, created_at, login_source)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&grant.id)
+        .bind(&grant.user_id)
+        .bind(&grant.client_id)
+        .bind(&grant.resource)
+        .bind(join_scopes(&grant.scopes))
+        .bind(grant.created_at)
+        .bind(&grant.login_source)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        insert_access(&mut *tx, access).await.map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+
     async fn redeem_code(
         &self,
         code_hash: &str,
@@ -1369,6 +1411,8 @@ impl MaintenanceStore for $store {
         // Counter windows are at most a day long.
         let counters = run("DELETE FROM counters WHERE window_start < $1", now - 86_400).await?;
         let mcp_sessions = run("DELETE FROM mcp_sessions WHERE expires_at <= $1", now).await?;
+        // An expired assertion is refused for its expiry: its `jti` need not be kept.
+        run("DELETE FROM used_assertions WHERE expires_at <= $1", now).await?;
         let clients = run(
             "DELETE FROM clients WHERE last_used_at IS NULL AND created_at < $1
                AND NOT EXISTS (SELECT 1 FROM grants g WHERE g.client_id = clients.client_id)",

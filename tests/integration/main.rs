@@ -13,6 +13,7 @@ mod everything;
 mod github_fixture;
 pub mod hardening;
 mod hardening_auth;
+mod id_jag;
 pub mod js;
 mod lifecycle;
 mod login_sources;
