@@ -212,6 +212,110 @@ pub struct AuthorizationConfig {
     pub remember_consent: bool,
     /// How long an unfinished authorization request (login, consent) stays valid.
     pub request_ttl_secs: i64,
+    /// `gateway`: the gateway is the authorization server. `external`: another
+    /// authorization server issues the tokens (`external`), the gateway only checks them.
+    pub mode: AuthorizationMode,
+    /// The authorization servers whose tokens are accepted in `external` mode.
+    pub external: Vec<ExternalIssuerConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthorizationMode {
+    #[default]
+    Gateway,
+    External,
+}
+
+/// An authorization server whose access tokens the gateway validates (external mode).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalIssuerConfig {
+    /// Its issuer identifier, as in its metadata and its tokens' `iss`.
+    pub issuer: String,
+    /// Its keys, for access tokens that are JWTs.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// The JWT signature algorithms accepted (RS256, ES256, EdDSA).
+    #[serde(default = "default_external_algorithms")]
+    pub algorithms: Vec<String>,
+    /// RFC 7662 introspection, for opaque tokens (and JWTs of an issuer without `jwks_uri`).
+    #[serde(default)]
+    pub introspection_endpoint: Option<String>,
+    /// The gateway's credentials at the introspection endpoint.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// How long an introspection answer is reused (a token revoked at the server is still
+    /// accepted this long); at most 300.
+    #[serde(default = "default_introspection_cache")]
+    pub introspection_cache_secs: i64,
+}
+
+fn default_external_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into()]
+}
+
+fn default_introspection_cache() -> i64 {
+    30
+}
+
+impl ExternalIssuerConfig {
+    fn validate(&self, i: usize) -> Checked {
+        let key = |k: &str| format!("authorization.external[{i}].{k}");
+        let urls = [
+            ("issuer", Some(&self.issuer)),
+            ("jwks_uri", self.jwks_uri.as_ref()),
+            (
+                "introspection_endpoint",
+                self.introspection_endpoint.as_ref(),
+            ),
+        ];
+        for (k, v) in urls {
+            let Some(v) = v else { continue };
+            let u = Url::parse(v).map_err(|e| Invalid::at(key(k), format!("not a URL: {e}")))?;
+            let ok = u.scheme() == "https"
+                || (u.scheme() == "http" && crate::authorization::redirect::is_loopback(&u));
+            if !ok || u.fragment().is_some() {
+                return Err(Invalid::at(
+                    key(k),
+                    "must be an https URL (http only on loopback)",
+                ));
+            }
+        }
+        if self.jwks_uri.is_none() && self.introspection_endpoint.is_none() {
+            return Err(Invalid::at(
+                key("jwks_uri"),
+                "needs jwks_uri (JWT access tokens) or introspection_endpoint (opaque ones)",
+            ));
+        }
+        if self.introspection_endpoint.is_some()
+            && (self.client_id.is_none() || self.client_secret.is_none())
+        {
+            return Err(Invalid::at(
+                key("client_id"),
+                "introspection needs client_id and client_secret",
+            ));
+        }
+        if let Some(a) = self
+            .algorithms
+            .iter()
+            .find(|a| crate::jwt::Alg::parse(a).is_none())
+        {
+            return Err(Invalid::at(
+                key("algorithms"),
+                format!("{a:?} is not one of RS256, ES256, EdDSA"),
+            ));
+        }
+        if self.algorithms.is_empty() {
+            return Err(Invalid::at(key("algorithms"), "must name at least one"));
+        }
+        if !(0..=300).contains(&self.introspection_cache_secs) {
+            return Err(Invalid::at(key("introspection_cache_secs"), "0 to 300"));
+        }
+        Ok(())
+    }
 }
 
 const TEN_YEARS: i64 = 10 * 365 * 24 * 3600;
@@ -228,6 +332,8 @@ impl Default for AuthorizationConfig {
             refresh_retry_window_secs: 10,
             remember_consent: true,
             request_ttl_secs: 600,
+            mode: AuthorizationMode::Gateway,
+            external: Vec::new(),
         }
     }
 }
@@ -1090,6 +1196,24 @@ impl StoreConfig {
 
 impl AuthorizationConfig {
     fn validate(&self) -> Checked {
+        for (i, e) in self.external.iter().enumerate() {
+            e.validate(i)?;
+        }
+        match (self.mode, self.external.is_empty()) {
+            (AuthorizationMode::External, true) => {
+                return Err(Invalid::at(
+                    "authorization.external",
+                    "mode = \"external\" needs at least one authorization server",
+                ));
+            }
+            (AuthorizationMode::Gateway, false) => {
+                return Err(Invalid::at(
+                    "authorization.external",
+                    "is used only with mode = \"external\"",
+                ));
+            }
+            _ => {}
+        }
         if self.scopes.is_empty() {
             return Err(Invalid::at(
                 "authorization.scopes",

@@ -57,7 +57,10 @@ impl AuthorizationServer {
     pub fn resource_metadata(&self, r: &Resource) -> Value {
         json!({
             "resource": r.url,
-            "authorization_servers": [self.settings.issuer],
+            "authorization_servers": match &self.external {
+                Some((_, issuers)) => json!(issuers),
+                None => json!([self.settings.issuer]),
+            },
             "scopes_supported": r.scopes,
             "bearer_methods_supported": ["header"],
             "resource_name": r.name,

@@ -7,6 +7,7 @@ pub mod authorize;
 pub mod cimd;
 pub mod clients;
 pub mod error;
+pub mod external;
 pub mod id_jag;
 pub mod metadata;
 pub mod params;
@@ -83,6 +84,9 @@ pub struct AuthorizationServer {
     pub resources: Vec<Resource>,
     /// Identity providers whose ID-JAGs the token endpoint takes.
     pub id_jag: Vec<Arc<id_jag::TrustedIssuer>>,
+    /// In the resource-server-only mode: who checks the bearer tokens (another
+    /// authorization server's), and that server's issuers for the resource metadata.
+    pub external: Option<(Arc<dyn external::TokenValidator>, Vec<String>)>,
     session_ttl: i64,
     static_clients: Vec<Client>,
     cimd: cimd::CimdResolver,
@@ -259,7 +263,19 @@ impl AuthorizationServer {
             .iter()
             .map(|t| id_jag::TrustedIssuer::from_config(t, clock.clone()))
             .collect::<Result<_, _>>()?;
+        let external = match config.authorization.mode {
+            crate::config::AuthorizationMode::Gateway => None,
+            crate::config::AuthorizationMode::External => {
+                let v = external::ExternalValidator::new(
+                    &config.authorization.external,
+                    clock.clone(),
+                )?;
+                let issuers = v.issuers();
+                Some((v as Arc<dyn external::TokenValidator>, issuers))
+            }
+        };
         Ok(Arc::new(Self {
+            external,
             accounts: LocalAccounts::new(store.clone(), clock.clone(), &config.login),
             login,
             contexts,

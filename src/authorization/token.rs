@@ -695,6 +695,18 @@ impl AuthorizationServer {
         required: &[String],
     ) -> Result<Principal, BearerError> {
         let token = token.ok_or(BearerError::Missing)?;
+        if let Some((validator, _)) = &self.external {
+            let principal = validator.validate(token, resource_url).await?;
+            if principal.resource != resource_url {
+                return Err(BearerError::Invalid(
+                    "the access token is for another resource",
+                ));
+            }
+            if !required.iter().all(|s| principal.scopes.contains(s)) {
+                return Err(BearerError::InsufficientScope);
+            }
+            return Ok(principal);
+        }
         if !token.starts_with(crypto::ACCESS_TOKEN_PREFIX) || token.len() > 200 {
             return Err(BearerError::Invalid("the access token is not valid"));
         }

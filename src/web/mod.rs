@@ -238,7 +238,10 @@ impl Gateway {
                 HeaderName::from_static("mcp-protocol-version"),
             ])
             .max_age(Duration::from_secs(3600));
-        let mut metadata = Router::new()
+        // In the resource-server-only mode the gateway's own authorization server is off:
+        // only the protected resources, their metadata and the assertion keys are served.
+        let external = app.auth.external.is_some();
+        let mut server_metadata = Router::new()
             .route(
                 "/.well-known/oauth-authorization-server",
                 get(oauth::server_metadata),
@@ -248,7 +251,7 @@ impl Gateway {
                 get(oauth::server_metadata),
             );
         if !base.is_empty() {
-            metadata = metadata
+            server_metadata = server_metadata
                 .route(
                     &format!("/.well-known/oauth-authorization-server{base}"),
                     get(oauth::server_metadata),
@@ -266,6 +269,7 @@ impl Gateway {
                     get(oauth::server_metadata),
                 );
         }
+        let mut metadata = Router::new();
         for r in &app.auth.resources {
             metadata = metadata.route(
                 &format!("/.well-known/oauth-protected-resource{}", r.path),
@@ -278,14 +282,18 @@ impl Gateway {
                 get(oauth::resource_metadata),
             );
         }
-        let api = Router::new()
-            .route(&format!("{base}/token"), post(oauth::token))
+        let mut api = Router::new()
             .route(&format!("{base}/.well-known/jwks.json"), get(oauth::jwks))
-            .route(&format!("{base}/register"), post(oauth::register))
-            .route(&format!("{base}/revoke"), post(oauth::revoke))
-            .route(&format!("{base}/introspect"), post(oauth::introspect))
-            .merge(metadata)
-            .layer(api_cors);
+            .merge(metadata);
+        if !external {
+            api = api
+                .route(&format!("{base}/token"), post(oauth::token))
+                .route(&format!("{base}/register"), post(oauth::register))
+                .route(&format!("{base}/revoke"), post(oauth::revoke))
+                .route(&format!("{base}/introspect"), post(oauth::introspect))
+                .merge(server_metadata);
+        }
+        let api = api.layer(api_cors);
         let browser = Router::new()
             .route(
                 &format!("{base}/authorize"),
@@ -312,6 +320,7 @@ impl Gateway {
                 get(oauth::logout_page).post(oauth::logout),
             )
             .route(&format!("{base}/logout"), get(oauth::logout_redirect));
+        let browser = if external { Router::new() } else { browser };
         let mut protected = Router::new();
         for r in &app.auth.resources {
             protected = protected.route(&r.path, axum::routing::any(mcp::protected));

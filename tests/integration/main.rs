@@ -10,6 +10,7 @@ mod cli;
 mod cluster;
 mod conformance;
 mod everything;
+mod external_mode;
 mod github_fixture;
 pub mod hardening;
 mod hardening_auth;

@@ -75,6 +75,56 @@ impl OidcProvider {
     }
 }
 
+impl OidcProvider {
+    /// The provider's token response for `login`, signed in through its pages, asking for
+    /// an access token for `resource` (RFC 8707) with the `mcp` scope.
+    pub async fn tokens_for_resource(
+        &self,
+        client: (&str, &str),
+        redirect: &str,
+        login: &str,
+        resource: &str,
+    ) -> Value {
+        let http = reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let mut auth = url::Url::parse(&format!("{}/auth", self.issuer)).unwrap();
+        auth.query_pairs_mut()
+            .append_pair("client_id", client.0)
+            .append_pair("redirect_uri", redirect)
+            .append_pair("response_type", "code")
+            .append_pair("scope", "openid mcp")
+            .append_pair("resource", resource)
+            .append_pair("state", "the-state")
+            .append_pair("code_challenge", CHALLENGE)
+            .append_pair("code_challenge_method", "S256");
+        let back = walk_through(&http, auth.as_str(), login, redirect).await;
+        let code = back
+            .query_pairs()
+            .find(|(k, _)| k == "code")
+            .expect("a code")
+            .1
+            .into_owned();
+        http.post(format!("{}/token", self.issuer))
+            .basic_auth(client.0, Some(client.1))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", redirect),
+                ("code_verifier", VERIFIER),
+                ("resource", resource),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
 /// A port nothing listens on now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

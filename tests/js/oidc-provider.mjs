@@ -11,7 +11,8 @@
 //   ?tamper=                                         back to correct ID tokens
 //   ?rotate=1                                        a new signing key: ID tokens are signed
 //                                                    with it, and the JWKS lists it first
-// Everything else is the provider's own behaviour (refresh tokens, revocation, errors).
+// Everything else is the provider's own behaviour (refresh tokens, revocation, errors,
+// resource-bound access tokens, introspection at /token/introspection).
 
 import Provider from "oidc-provider";
 import * as jose from "jose";
@@ -71,6 +72,21 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: true },
     revocation: { enabled: true },
+    introspection: { enabled: true },
+    // Access tokens for a resource (RFC 8707) carry it as their audience: JWTs (RFC 9068),
+    // or opaque ones (for introspection) when the resource's path ends in /opaque.
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => undefined,
+      useGrantedResource: () => true,
+      getResourceServerInfo: (_ctx, resource) => ({
+        scope: "mcp",
+        audience: resource,
+        accessTokenTTL: 600,
+        accessTokenFormat: resource.endsWith("/opaque") ? "opaque" : "jwt",
+        jwt: { sign: { alg: "RS256" } },
+      }),
+    },
   },
 });
 // Development warnings (generated keys, plain http) are expected here.
