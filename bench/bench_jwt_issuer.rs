@@ -22,8 +22,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let audience = args.next().ok_or("usage: bench_jwt_issuer PORT AUDIENCE")?;
     let issuer = format!("http://127.0.0.1:{port}");
     let rng = SystemRandom::new();
-    let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-        .map_err(|_| "key")?;
+    let doc =
+        EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).map_err(|_| "key")?;
     let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref())
         .map_err(|_| "key")?;
     let point = key.public_key().as_ref().to_vec();

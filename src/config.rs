@@ -487,6 +487,12 @@ impl TrustConfig {
             if !issuers.insert(t.issuer.as_str()) {
                 return Err(Invalid::at(key("issuer"), "duplicated"));
             }
+            if self.id_jag[..i].iter().any(|o| o.name == t.name) {
+                return Err(Invalid::at(
+                    key("name"),
+                    "duplicated: two issuers would share users",
+                ));
+            }
             if t.algorithms.is_empty() {
                 return Err(Invalid::at(
                     key("algorithms"),
@@ -959,6 +965,37 @@ impl Config {
         self.authorization.validate()?;
         self.login.validate()?;
         self.trust.validate()?;
+        // A name shared with a sign-in source links the same users: only for the same
+        // provider, or one provider's subjects would become another's users.
+        for (i, t) in self.trust.id_jag.iter().enumerate() {
+            if let Some(o) = self.login.oidc.iter().find(|o| o.name == t.name)
+                && o.issuer.as_deref().map(|x| x.trim_end_matches('/'))
+                    != Some(t.issuer.trim_end_matches('/'))
+            {
+                return Err(Invalid::at(
+                    format!("trust.id_jag[{i}].name"),
+                    format!(
+                        "is the [[login.oidc]] `{}`, whose issuer is another",
+                        o.name
+                    ),
+                ));
+            }
+        }
+        // Opaque tokens are sent for introspection: to one server only, never to another
+        // server than the one that issued them.
+        if self
+            .authorization
+            .external
+            .iter()
+            .filter(|e| e.introspection_endpoint.is_some())
+            .count()
+            > 1
+        {
+            return Err(Invalid::at(
+                "authorization.external",
+                "at most one server may have an introspection_endpoint (an opaque token does not say whose it is)",
+            ));
+        }
         self.registration.validate()?;
         self.whoami.validate()?;
         if self.whoami.enabled {

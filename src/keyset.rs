@@ -23,9 +23,14 @@ pub struct RemoteKeySet {
     http: Outbound,
     clock: SharedClock,
     keys: RwLock<Option<KeySet>>,
-    /// One fetch at a time; the others wait for it and use what it got.
-    fetching: Mutex<()>,
+    /// One fetch at a time; the others wait for it and use what it got. Holds when the
+    /// last fetch failed, so that a key set that is down is not asked again at once by
+    /// every request that arrives.
+    fetching: Mutex<Option<i64>>,
 }
+
+/// After a failed fetch, the key set is not asked again for this long.
+const RETRY_AFTER_FAILURE_SECS: i64 = 5;
 
 impl std::fmt::Debug for RemoteKeySet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -42,7 +47,7 @@ impl RemoteKeySet {
             http,
             clock,
             keys: RwLock::new(None),
-            fetching: Mutex::new(()),
+            fetching: Mutex::new(None),
         }
     }
 
@@ -73,22 +78,33 @@ impl RemoteKeySet {
         let set = match current {
             Some(set) if !set.needs_refetch(&d, now) => set,
             stale => {
-                let _one = self.fetching.lock().await;
+                let mut failed_at = self.fetching.lock().await;
                 // Another caller may have fetched while this one waited.
                 let latest = self.keys.read().await.clone();
+                let recently_failed = failed_at.is_some_and(|t| now - t < RETRY_AFTER_FAILURE_SECS);
                 match latest {
                     Some(set) if !set.needs_refetch(&d, now) => set,
+                    Some(set) if recently_failed => set,
+                    None if recently_failed => {
+                        return Err(KeyError::Unavailable(
+                            "the key set could not be fetched a moment ago".into(),
+                        ));
+                    }
                     _ => match self.fetch().await {
                         Ok(set) => {
+                            *failed_at = None;
                             *self.keys.write().await = Some(set.clone());
                             set
                         }
                         // A failed refetch keeps what there was (a token naming an unknown
                         // key is then refused, the others still verify).
-                        Err(e) => match latest.or(stale) {
-                            Some(set) => set,
-                            None => return Err(e),
-                        },
+                        Err(e) => {
+                            *failed_at = Some(now);
+                            match latest.or(stale) {
+                                Some(set) => set,
+                                None => return Err(e),
+                            }
+                        }
                     },
                 }
             }

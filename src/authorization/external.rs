@@ -94,24 +94,38 @@ impl ExternalValidator {
         self.issuers.iter().map(|i| i.issuer.clone()).collect()
     }
 
+    /// A JWT of a known issuer with keys is checked here (`Ok(Ok(…))`); otherwise the answer
+    /// says where to introspect it: the issuer it names, or for an opaque token the one
+    /// server that introspects (`Ok(Err(…))`).
     async fn jwt(
         &self,
         token: &str,
         resource: &str,
-    ) -> Result<Option<(Principal, i64)>, BearerError> {
+    ) -> Result<Result<(Principal, i64), Option<usize>>, BearerError> {
         let invalid = BearerError::Invalid("the access token is not valid");
         let Ok(peek) = jwt::decode(token, &[Alg::RS256, Alg::ES256, Alg::EdDSA]) else {
-            return Ok(None);
+            return Ok(Err(None));
         };
         let iss = peek.claims.get("iss").and_then(Value::as_str).unwrap_or("");
-        let Some(issuer) = self.issuers.iter().find(|i| i.issuer == iss) else {
+        let Some(at) = self.issuers.iter().position(|i| i.issuer == iss) else {
             return Err(BearerError::Invalid(
                 "the access token is from an unknown issuer",
             ));
         };
+        let issuer = &self.issuers[at];
         let Some(keys) = &issuer.keys else {
-            return Ok(None);
+            return Ok(Err(Some(at)));
         };
+        // RFC 9068's `at+jwt`, or a plain JWT (as many servers send); never another kind of
+        // token (an ID token, an ID-JAG, a logout token).
+        if peek.typ.as_deref().is_some_and(|t| {
+            !matches!(
+                t.to_ascii_lowercase().as_str(),
+                "at+jwt" | "application/at+jwt" | "jwt"
+            )
+        }) {
+            return Err(BearerError::Invalid("the token is not an access token"));
+        }
         let d = keys.verify(token, &issuer.algs).await.map_err(|e| match e {
             KeyError::Unavailable(why) => {
                 tracing::warn!(issuer = %issuer.issuer, reason = %why, "the issuer's keys cannot be fetched");
@@ -145,88 +159,100 @@ impl ExternalValidator {
         let until = now
             .saturating_add(JWT_CACHE_SECS)
             .min(p.expires_at.saturating_add(SKEW_SECS));
-        Ok(Some((p, until)))
+        Ok(Ok((p, until)))
     }
 
+    /// Asks the issuer at `at` (the token's own), or for an opaque token the one server
+    /// that introspects: a token is never shown to a server other than its issuer.
     async fn introspect(
         &self,
         token: &str,
         resource: &str,
+        at: Option<usize>,
     ) -> Result<(Principal, i64), BearerError> {
         let invalid = BearerError::Invalid("the access token is not valid or has expired");
-        let mut last = invalid;
-        for issuer in &self.issuers {
-            let Some(i) = &issuer.introspection else {
-                continue;
-            };
-            let answer = match self
-                .http
-                .post_form(
-                    &i.endpoint,
-                    &[("token", token), ("token_type_hint", "access_token")],
-                    ClientAuth::Basic {
-                        id: &i.client_id,
-                        secret: i.client_secret.expose(),
-                    },
-                )
-                .await
-            {
-                Ok(a) if a.ok() => a,
-                Ok(a) => {
-                    tracing::warn!(issuer = %issuer.issuer, status = a.status, "introspection refused");
-                    last = BearerError::Unavailable;
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(issuer = %issuer.issuer, reason = %e, "introspection unreachable");
-                    last = BearerError::Unavailable;
-                    continue;
-                }
-            };
-            let c = &answer.body;
-            if c.get("active") != Some(&Value::Bool(true)) {
-                continue;
+        let issuer = match at {
+            Some(i) => self.issuers.get(i),
+            None => self.issuers.iter().find(|i| i.introspection.is_some()),
+        };
+        let Some((issuer, i)) = issuer.and_then(|x| x.introspection.as_ref().map(|i| (x, i)))
+        else {
+            return Err(invalid);
+        };
+        let answer = match self
+            .http
+            .post_form(
+                &i.endpoint,
+                &[("token", token), ("token_type_hint", "access_token")],
+                ClientAuth::Basic {
+                    id: &i.client_id,
+                    secret: i.client_secret.expose(),
+                },
+            )
+            .await
+        {
+            Ok(a) if a.ok() => a,
+            Ok(a) => {
+                tracing::warn!(issuer = %issuer.issuer, status = a.status, "introspection refused");
+                return Err(BearerError::Unavailable);
             }
-            // An answer that names another issuer is not this one's token.
-            if c.get("iss")
-                .is_some_and(|v| v.as_str() != Some(issuer.issuer.as_str()))
-            {
-                continue;
+            Err(e) => {
+                tracing::warn!(issuer = %issuer.issuer, reason = %e, "introspection unreachable");
+                return Err(BearerError::Unavailable);
             }
-            let audiences: Vec<&str> = match c.get("aud") {
-                Some(Value::String(a)) => vec![a.as_str()],
-                Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
-                _ => Vec::new(),
-            };
-            if !audiences.contains(&resource) {
-                return Err(BearerError::Invalid(
-                    "the access token is for another resource",
-                ));
-            }
-            let now = self.clock.now();
-            let Some(p) = principal(&issuer.issuer, c, resource) else {
-                return Err(BearerError::Invalid("the access token is not valid"));
-            };
-            if p.expires_at <= now {
-                return Err(BearerError::Invalid("the access token has expired"));
-            }
-            return Ok((
-                p.clone(),
-                now.saturating_add(i.cache_secs).min(p.expires_at),
+        };
+        let c = &answer.body;
+        if c.get("active") != Some(&Value::Bool(true)) {
+            return Err(invalid);
+        }
+        // An answer naming another issuer is not this one's token; a refresh token is no
+        // access token.
+        if c.get("iss")
+            .is_some_and(|v| v.as_str() != Some(issuer.issuer.as_str()))
+            || c.get("token_type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| {
+                    !t.eq_ignore_ascii_case("access_token") && !t.eq_ignore_ascii_case("bearer")
+                })
+        {
+            return Err(BearerError::Invalid(
+                "the token is not a bearer access token",
             ));
         }
-        Err(last)
+        let audiences: Vec<&str> = match c.get("aud") {
+            Some(Value::String(a)) => vec![a.as_str()],
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        if !audiences.contains(&resource) {
+            return Err(BearerError::Invalid(
+                "the access token is for another resource",
+            ));
+        }
+        let now = self.clock.now();
+        let Some(p) = principal(&issuer.issuer, c, resource) else {
+            return Err(BearerError::Invalid("the access token is not valid"));
+        };
+        if p.expires_at <= now {
+            return Err(BearerError::Invalid("the access token has expired"));
+        }
+        let until = now.saturating_add(i.cache_secs).min(p.expires_at);
+        Ok((p, until))
     }
 }
 
 /// The principal a token's claims (or an introspection answer) describe; `None` without a
-/// subject or an expiry.
+/// subject or an expiry, or for a sender-constrained token.
 fn principal(issuer: &str, c: &Map<String, Value>, resource: &str) -> Option<Principal> {
     let text = |n: &str| c.get(n).and_then(Value::as_str).filter(|s| !s.is_empty());
     let sub = text("sub").filter(|s| s.len() <= 255 && !s.chars().any(char::is_control))?;
     let expires_at = c.get("exp").and_then(Value::as_f64).map(|e| e as i64)?;
+    // DPoP- or certificate-bound: it needs a proof of possession this gateway does not check.
+    if c.contains_key("cnf") {
+        return None;
+    }
     let scopes = match (c.get("scope"), c.get("scp")) {
-        (Some(Value::String(s)), _) => crate::store::split_scopes(s),
+        (Some(Value::String(s)), _) | (_, Some(Value::String(s))) => crate::store::split_scopes(s),
         (_, Some(Value::Array(a))) => a
             .iter()
             .filter_map(Value::as_str)
@@ -234,21 +260,38 @@ fn principal(issuer: &str, c: &Map<String, Value>, resource: &str) -> Option<Pri
             .collect(),
         _ => Vec::new(),
     };
+    // What reaches tool rules, identity headers and assertions is held to the rules of the
+    // gateway's own users: a name that would not pass is replaced by the subject, groups
+    // that would not pass are dropped, and an address counts only when verified.
+    let username = text("preferred_username")
+        .or_else(|| text("username"))
+        .filter(|u| crate::login::validate_username(u).is_ok())
+        .unwrap_or(sub);
+    let email = text("email")
+        .filter(|_| c.get("email_verified") == Some(&Value::Bool(true)))
+        .filter(|e| crate::login::validate_profile(Some(e), &[]).is_ok());
+    let groups = crate::login::oidc::claims::groups_of(c.get("groups"))
+        .into_iter()
+        .filter(|g| crate::login::validate_profile(None, std::slice::from_ref(g)).is_ok())
+        .take(100)
+        .collect();
+    // Okta names the client `cid`, Entra v1 `appid`; without any, the issuer stands in (so
+    // that per-client limits never pool every such token under an empty name).
+    let client_id = text("client_id")
+        .or_else(|| text("azp"))
+        .or_else(|| text("cid"))
+        .or_else(|| text("appid"))
+        .unwrap_or(issuer)
+        .to_string();
     Some(Principal {
         grant_id: None,
         login_source: None,
         // One user per (issuer, subject): sessions and rate limits are bound to it.
         user_id: Some(format!("{issuer}#{sub}")),
-        username: text("preferred_username")
-            .or_else(|| text("username"))
-            .or(Some(sub))
-            .map(str::to_string),
-        email: text("email").map(str::to_string),
-        groups: crate::login::oidc::claims::groups_of(c.get("groups")),
-        client_id: text("client_id")
-            .or_else(|| text("azp"))
-            .unwrap_or("")
-            .to_string(),
+        username: Some(username.to_string()),
+        email: email.map(str::to_string),
+        groups,
+        client_id,
         scopes,
         resource: resource.to_string(),
         expires_at,
@@ -269,8 +312,8 @@ impl TokenValidator for ExternalValidator {
             return Ok(p);
         }
         let (p, until) = match self.jwt(token, resource).await? {
-            Some(found) => found,
-            None => self.introspect(token, resource).await?,
+            Ok(found) => found,
+            Err(at) => self.introspect(token, resource, at).await?,
         };
         self.seen.put(key, (p.clone(), until), now);
         Ok(p)

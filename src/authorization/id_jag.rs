@@ -213,7 +213,8 @@ impl AuthorizationServer {
             &scopes,
         );
         let assertion_id = crypto::hash_secret(&format!("id-jag\n{}\n{jti}", trusted.issuer));
-        let keep_until = expires_at.saturating_add(SKEW_SECS);
+        // Kept past the last second it could be accepted (and past other instances' clocks).
+        let keep_until = expires_at.saturating_add(2 * SKEW_SECS + 60);
         if !self
             .store
             .grant_from_assertion(&assertion_id, keep_until, &grant, &record)

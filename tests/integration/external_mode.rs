@@ -151,3 +151,109 @@ async fn opaque_tokens_are_checked_by_introspection() {
     let (s, _) = call(&resource, &opaque).await;
     assert_eq!(s, 401);
 }
+
+/// Tokens a stranger's server could shape: each refused, or its identity held to the rules
+/// of the gateway's own users. The external server here is a test key set (no real server
+/// issues a DPoP-bound or wrongly typed token on request).
+#[tokio::test]
+async fn what_an_external_token_says_is_checked_before_it_is_believed() {
+    let idp = crate::id_jag::Idp::start().await;
+    let iss = idp.issuer.clone();
+    let gw = TestGateway::start_with(move |c| {
+        c.authorization.mode = AuthorizationMode::External;
+        c.authorization.external = vec![ExternalIssuerConfig {
+            issuer: iss.clone(),
+            jwks_uri: Some(format!("{iss}/jwks")),
+            algorithms: vec!["ES256".into()],
+            introspection_endpoint: None,
+            client_id: None,
+            client_secret: None,
+            introspection_cache_secs: 30,
+        }];
+        c.whoami.scopes = vec!["mcp".into()];
+    })
+    .await;
+    let resource = gw.resource();
+    let claims = |extra: serde_json::Value| {
+        let mut c = serde_json::json!({"iss": idp.issuer, "sub": "s-1", "aud": resource,
+            "exp": gw.now() + 600, "iat": gw.now(), "scope": "mcp", "client_id": "ext-client"});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let es = |typ: &str, c: &serde_json::Value| {
+        idp.sign(
+            serde_json::json!({"alg": "ES256", "kid": "es-1", "typ": typ}),
+            c,
+        )
+    };
+    // A good one, whose name, address and groups are checked: an unverified address is
+    // dropped, a name that is no username becomes the subject, a group that would split a
+    // header is dropped.
+    let tricky = claims(serde_json::json!({"preferred_username": "../alice",
+        "email": "ceo@corp.example", "groups": ["staff", "x,admins"]}));
+    let (s, who) = call(&resource, &es("at+jwt", &tricky)).await;
+    assert_eq!(s, 200, "{who}");
+    let who = &who["result"]["structuredContent"];
+    assert_eq!(who["user"], "s-1");
+    assert!(who["email"].is_null(), "{who}");
+    assert_eq!(who["groups"], serde_json::json!(["staff"]));
+    assert_eq!(who["client_id"], "ext-client");
+
+    for (what, token) in [
+        (
+            "sender-constrained",
+            es("at+jwt", &claims(serde_json::json!({"cnf": {"jkt": "x"}}))),
+        ),
+        (
+            "an ID-JAG, not an access token",
+            es("oauth-id-jag+jwt", &claims(serde_json::json!({}))),
+        ),
+        (
+            "alg none",
+            idp.sign(
+                serde_json::json!({"alg": "none"}),
+                &claims(serde_json::json!({})),
+            ),
+        ),
+        (
+            "EdDSA off the list",
+            idp.sign(
+                serde_json::json!({"alg": "EdDSA", "kid": "ed-1"}),
+                &claims(serde_json::json!({})),
+            ),
+        ),
+        (
+            "another audience",
+            es(
+                "at+jwt",
+                &claims(serde_json::json!({"aud": "https://elsewhere.example/mcp"})),
+            ),
+        ),
+        (
+            "expired",
+            es(
+                "at+jwt",
+                &claims(serde_json::json!({"exp": gw.now() - 3600})),
+            ),
+        ),
+        (
+            "unknown issuer",
+            es(
+                "at+jwt",
+                &claims(serde_json::json!({"iss": "https://stranger.example"})),
+            ),
+        ),
+    ] {
+        let (s, body) = call(&resource, &token).await;
+        assert_eq!(s, 401, "{what}: {body}");
+    }
+    // Too few scopes: 403, so that the client can ask for more.
+    let (s, _) = call(
+        &resource,
+        &es("at+jwt", &claims(serde_json::json!({"scope": "other"}))),
+    )
+    .await;
+    assert_eq!(s, 403);
+}

@@ -16,8 +16,8 @@ use mcp_oauth_gateway::config::{IdJagIssuerConfig, StaticClientConfig};
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
-struct Idp {
-    issuer: String,
+pub(crate) struct Idp {
+    pub(crate) issuer: String,
     es: EcdsaKeyPair,
     ed: Ed25519KeyPair,
     _task: tokio::task::JoinHandle<()>,
@@ -36,7 +36,7 @@ fn b64(b: &[u8]) -> String {
 impl Idp {
     /// An identity provider with an ES256 key (`es-1`) and an Ed25519 key (`ed-1`), both
     /// published at `<issuer>/jwks`.
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let rng = SystemRandom::new();
         let es_doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
         let es =
@@ -70,7 +70,7 @@ impl Idp {
         }
     }
 
-    fn sign(&self, header: Value, claims: &Value) -> String {
+    pub(crate) fn sign(&self, header: Value, claims: &Value) -> String {
         let input = format!(
             "{}.{}",
             b64(&serde_json::to_vec(&header).unwrap()),
@@ -355,6 +355,72 @@ async fn each_thing_wrong_in_an_assertion_is_refused() {
         exchange(&gw, "agent", &forged, &[]).await,
         "invalid_grant",
         "signature",
+    );
+
+    let mut no_jti = good();
+    no_jti.as_object_mut().unwrap().remove("jti");
+    refused(
+        exchange(&gw, "agent", &idp.es256(&no_jti), &[]).await,
+        "invalid_grant",
+        "no jti",
+    );
+    let mut later = good();
+    later["nbf"] = json!(gw.now() + 3600);
+    refused(
+        exchange(&gw, "agent", &idp.es256(&later), &[]).await,
+        "invalid_grant",
+        "not valid yet",
+    );
+    let mut old = good();
+    old["iat"] = json!(gw.now() - 3600);
+    refused(
+        exchange(&gw, "agent", &idp.es256(&old), &[]).await,
+        "invalid_grant",
+        "expired",
+    );
+    let elsewhere = format!("{}/mcp/elsewhere", gw.base);
+    refused(
+        exchange(
+            &gw,
+            "agent",
+            &idp.es256(&good()),
+            &[("resource", &elsewhere)],
+        )
+        .await,
+        "invalid_target",
+        "resource",
+    );
+    // Issuers that would share users with another provider's are refused at start.
+    let mut config = mcp_oauth_gateway::config::Config::default();
+    let entry = |name: &str, issuer: &str| IdJagIssuerConfig {
+        name: name.into(),
+        issuer: issuer.into(),
+        jwks_uri: format!("{issuer}/jwks"),
+        algorithms: vec!["ES256".into()],
+    };
+    config.trust.id_jag = vec![
+        entry("corp", "https://a.example"),
+        entry("corp", "https://b.example"),
+    ];
+    assert!(
+        config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("trust.id_jag[1].name")
+    );
+    config.trust.id_jag = vec![entry("github", "https://a.example")];
+    config.login.oidc =
+        vec![toml::from_str(
+        "name = \"github\"\nprovider = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"",
+    )
+    .unwrap()];
+    assert!(
+        config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("trust.id_jag[0].name")
     );
 
     // Duplicated parameters are refused before anything is judged.

@@ -941,6 +941,39 @@ async fn store_copy_moves_a_sqlite_installation_to_postgres_losing_nothing() {
         .create_user_with_identity(&linked, "directory", "dn-1")
         .await
         .unwrap();
+    // An exchanged identity assertion (ID-JAG): its id is kept, and used once.
+    let alice = source.user_by_name("alice").await.unwrap().unwrap();
+    let mut jag_grant = grant("g-jag");
+    jag_grant.user_id = Some(alice.id.clone());
+    jag_grant.client_id = before.client_id.clone();
+    jag_grant.resource = a.resource();
+    jag_grant.created_at = a.now();
+    let mut jag_access = access("h-jag", "g-jag");
+    jag_access.user_id = Some(alice.id.clone());
+    jag_access.client_id = before.client_id.clone();
+    jag_access.resource = a.resource();
+    jag_access.created_at = a.now();
+    jag_access.expires_at = a.now() + 3600;
+    assert!(
+        source
+            .grant_from_assertion("jag-1", a.now() + 600, &jag_grant, &jag_access)
+            .await
+            .unwrap()
+    );
+    let mut again = jag_grant.clone();
+    again.id = "g-jag-2".into();
+    assert!(
+        !source
+            .grant_from_assertion(
+                "jag-1",
+                a.now() + 600,
+                &again,
+                &access("h-jag-2", "g-jag-2")
+            )
+            .await
+            .unwrap(),
+        "an assertion is used once"
+    );
     let mut counts = Vec::new();
     for t in copy::TABLES {
         counts.push((t.name, source.count_rows(t).await.unwrap()));
