@@ -91,6 +91,23 @@ impl Outbound {
         self.send_value(req).await
     }
 
+    /// `POST` a JSON body with a bearer token (an API call).
+    pub async fn post_json(
+        &self,
+        url: &Url,
+        bearer: &str,
+        body: &Value,
+    ) -> Result<Answer, OutboundError> {
+        let req = self
+            .client
+            .post(url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .bearer_auth(bearer)
+            .body(body.to_string());
+        self.send(req).await
+    }
+
     /// `POST` a form (a token request), authenticating the client as asked.
     pub async fn post_form(
         &self,

@@ -682,3 +682,82 @@ async fn an_upstream_that_opts_in_gets_the_providers_token_not_the_clients() {
         .unwrap();
     assert_eq!(r.status(), 503);
 }
+
+/// Entra ID's groups overage: the ID token points elsewhere instead of listing the groups,
+/// and the gateway asks Microsoft Graph (here a local stand-in) with the sign-in's access
+/// token. A Graph that refuses leaves the person without groups, so a group allow-list
+/// refuses them.
+#[tokio::test]
+async fn entras_groups_overage_is_resolved_through_graph() {
+    use std::sync::{Arc, Mutex};
+    let refuse = Arc::new(Mutex::new(false));
+    let seen_bearer = Arc::new(Mutex::new(None::<String>));
+    let (r2, s2) = (refuse.clone(), seen_bearer.clone());
+    let graph = axum::Router::new().route(
+        "/v1.0/me/getMemberObjects",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let (refuse, seen) = (r2.clone(), s2.clone());
+            async move {
+                *seen.lock().unwrap() = headers
+                    .get("authorization")
+                    .map(|v| v.to_str().unwrap().to_string());
+                if *refuse.lock().unwrap() {
+                    return (
+                        axum::http::StatusCode::FORBIDDEN,
+                        axum::Json(
+                            serde_json::json!({"error": {"code": "Authorization_RequestDenied"}}),
+                        ),
+                    );
+                }
+                (
+                    axum::http::StatusCode::OK,
+                    axum::Json(serde_json::json!({"value": ["g-1", "g-admins"]})),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let graph_url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, graph).await;
+    });
+    let Some(Setup { gw, op }) = setup(
+        &format!(
+            "provider = \"entra\"\nlabel = \"Sign in with corp\"\ngraph_url = \"{graph_url}\"\nallowed_groups = [\"g-admins\"]"
+        ),
+        |_| {},
+    )
+    .await
+    else {
+        task.abort();
+        return;
+    };
+    op.control("tamper=overage").await;
+    if let Err((status, page)) = authorize_via_provider(&gw, "quinn").await {
+        panic!("{status}: {page}");
+    }
+    let user = gw
+        .store
+        .user_by_identity("corp", "quinn")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        user.groups,
+        vec!["g-1@corp".to_string(), "g-admins@corp".to_string()]
+    );
+    assert!(
+        seen_bearer
+            .lock()
+            .unwrap()
+            .as_deref()
+            .is_some_and(|b| b.starts_with("Bearer ")),
+        "Graph is asked with the sign-in's access token"
+    );
+    *refuse.lock().unwrap() = true;
+    let (status, _) = authorize_via_provider(&gw, "rhea")
+        .await
+        .expect_err("no groups");
+    assert_eq!(status, 403);
+    task.abort();
+}

@@ -8,6 +8,7 @@
 // What a test cannot make a correct provider do, it asks for at POST /_test/control:
 //   ?tamper=iss|aud|nonce|expired|unsigned|foreign   the next ID tokens are re-signed (or
 //                                                    not) with that one thing wrong
+//   ?tamper=overage                                  …or with Entra's groups overage
 //   ?tamper=                                         back to correct ID tokens
 //   ?rotate=1                                        a new signing key: ID tokens are signed
 //                                                    with it, and the JWKS lists it first
@@ -113,6 +114,12 @@ provider.use(async (ctx, next) => {
       case "nonce": claims.nonce = "not-the-gateways"; break;
       case "expired": claims.iat = now - 7200; claims.exp = now - 3600; break;
       case "foreign": signer = stranger; break;
+      // Entra's groups "overage": too many groups for the token, which points elsewhere.
+      case "overage":
+        delete claims.groups;
+        claims._claim_names = { groups: "src1" };
+        claims._claim_sources = { src1: { endpoint: "https://graph.windows.net/t/users/x/getMemberObjects" } };
+        break;
       default: break;
     }
     ctx.body.id_token = tamper === "unsigned"

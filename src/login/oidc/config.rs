@@ -85,6 +85,10 @@ pub struct OidcConfig {
     pub web_url: Option<String>,
     #[serde(default)]
     pub api_url: Option<String>,
+    /// Entra ID: Microsoft Graph, asked for a user's groups when the ID token has too many
+    /// to hold ("overage").
+    #[serde(default)]
+    pub graph_url: Option<String>,
     /// More parameters for the provider's authorization request (`prompt`, `acr_values`,
     /// `login_hint`…); the ones the gateway sets itself cannot be replaced.
     #[serde(default)]
@@ -160,6 +164,8 @@ pub struct Settings {
     /// `http` is accepted only for a provider on this machine (tests, a local Keycloak).
     pub allow_http_loopback: bool,
     pub github: Option<GitHubUrls>,
+    /// Entra ID: Microsoft Graph's base, for the groups overage.
+    pub graph: Option<Url>,
 }
 
 type Bad = (String, String);
@@ -229,6 +235,10 @@ impl OidcConfig {
         refuse(
             "api_url",
             self.api_url.is_some() && self.provider != Profile::Github,
+        )?;
+        refuse(
+            "graph_url",
+            self.graph_url.is_some() && self.provider != Profile::Entra,
         )?;
         if self.provider == Profile::Google && !self.allowed_groups.is_empty() {
             return Err(at(
@@ -461,6 +471,18 @@ impl OidcConfig {
         } else {
             None
         };
+        let graph = if self.provider == Profile::Entra {
+            let raw = self
+                .graph_url
+                .clone()
+                .unwrap_or_else(|| "https://graph.microsoft.com".into());
+            let u = Url::parse(&format!("{}/", raw.trim_end_matches('/')))
+                .map_err(|e| at("graph_url", format!("not a URL: {e}")))?;
+            check_url("graph_url", &u)?;
+            Some(u)
+        } else {
+            None
+        };
         let lower = |v: &[String]| {
             v.iter()
                 .map(|s| s.trim().to_ascii_lowercase())
@@ -533,6 +555,7 @@ impl OidcConfig {
             tenant_in_issuer,
             allow_http_loopback,
             github,
+            graph,
         })
     }
 

@@ -338,6 +338,20 @@ impl OidcSource {
                 ));
             }
         };
+        // Entra's overage first: the groups are at Graph, and nowhere else.
+        if let (Some(graph), Some(at)) = (
+            &self.s.graph,
+            tokens.get("access_token").and_then(Value::as_str),
+        ) && claims
+            .get("_claim_names")
+            .and_then(|n| n.get("groups"))
+            .is_some()
+            && !claims.contains_key("groups")
+        {
+            if let Some(groups) = self.entra_groups(graph, at).await {
+                claims.insert("groups".into(), groups);
+            }
+        }
         // Userinfo when the ID token leaves out what is needed (OpenID Connect Core §5.3:
         // its `sub` must be the ID token's).
         let lacks_groups = self
@@ -373,6 +387,31 @@ impl OidcSource {
             }
         }
         Ok((claims, Vec::new()))
+    }
+
+    /// Entra ID's groups "overage": with more groups than a token holds, the ID token says
+    /// where to ask instead (`_claim_names`), and Microsoft Graph lists them (the ids, as
+    /// the `groups` claim would have). `None` (no groups) when Graph cannot be asked.
+    async fn entra_groups(&self, graph: &Url, access_token: &str) -> Option<Value> {
+        let url = graph.join("v1.0/me/getMemberObjects").ok()?;
+        let body = serde_json::json!({"securityEnabledOnly": false});
+        match self.http.post_json(&url, access_token, &body).await {
+            Ok(a) if a.ok() => match a.body.get("value") {
+                Some(Value::Array(ids)) => Some(Value::Array(ids.clone())),
+                _ => {
+                    tracing::warn!(source = %self.s.name, "Microsoft Graph answered without `value`");
+                    None
+                }
+            },
+            Ok(a) => {
+                tracing::warn!(source = %self.s.name, status = a.status, "Microsoft Graph refused the groups (does the app have GroupMember.Read.All?)");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(source = %self.s.name, reason = %e, "Microsoft Graph unreachable");
+                None
+            }
+        }
     }
 
     /// GitHub: the user, a verified primary address, and (for an allow-list of orgs)
