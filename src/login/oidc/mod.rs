@@ -347,10 +347,9 @@ impl OidcSource {
             .and_then(|n| n.get("groups"))
             .is_some()
             && !claims.contains_key("groups")
+            && let Some(groups) = self.entra_groups(graph, at).await
         {
-            if let Some(groups) = self.entra_groups(graph, at).await {
-                claims.insert("groups".into(), groups);
-            }
+            claims.insert("groups".into(), groups);
         }
         // Userinfo when the ID token leaves out what is needed (OpenID Connect Core §5.3:
         // its `sub` must be the ID token's).
