@@ -26,26 +26,33 @@ struct Setup {
 
 /// A gateway whose `[[login.oidc]]` named `corp` is the provider (with `extra` TOML lines
 /// added to its entry), and the provider, registered with the gateway's callback.
-async fn setup(extra: &str, configure: impl FnOnce(&mut Config)) -> Option<Setup> {
+async fn setup(extra: &str, configure: impl Fn(&mut Config)) -> Option<Setup> {
     crate::js::node()?;
-    let port = free_port();
-    let issuer = format!("http://127.0.0.1:{port}");
-    let entry: OidcConfig = toml::from_str(&format!(
-        "name = \"corp\"\nissuer = \"{issuer}\"\nclient_id = \"gateway\"\nclient_secret = \"{SECRET}\"\nscopes = [\"openid\", \"email\", \"profile\", \"groups\"]\n{extra}"
-    ))
-    .expect("the entry parses");
-    let gw = TestGateway::start_with(|c| {
-        c.login.oidc = vec![entry];
-        if !c.store.url.starts_with("sqlite:") {
-            let key = mcp_oauth_gateway::crypto::EncryptionKeys::generate_entry("t1").unwrap();
-            c.keys.encryption = vec![key.into()];
+    // The provider's port is chosen before the gateway starts (its issuer is in the
+    // gateway's configuration); another test may take it meanwhile: then all again.
+    for _ in 0..3 {
+        let port = free_port();
+        let issuer = format!("http://127.0.0.1:{port}");
+        let entry: OidcConfig = toml::from_str(&format!(
+            "name = \"corp\"\nissuer = \"{issuer}\"\nclient_id = \"gateway\"\nclient_secret = \"{SECRET}\"\nscopes = [\"openid\", \"email\", \"profile\", \"groups\"]\n{extra}"
+        ))
+        .expect("the entry parses");
+        let gw = TestGateway::start_with(|c| {
+            c.login.oidc = vec![entry];
+            if !c.store.url.starts_with("sqlite:") {
+                let key = mcp_oauth_gateway::crypto::EncryptionKeys::generate_entry("t1").unwrap();
+                c.keys.encryption = vec![key.into()];
+            }
+            configure(c);
+        })
+        .await;
+        let callback = format!("{}/login/corp/callback", gw.base);
+        match OidcProvider::start_on(port, "gateway", SECRET, &callback).await? {
+            Ok(op) => return Some(Setup { gw, op }),
+            Err(why) => eprintln!("oidc-provider did not start ({why}); again"),
         }
-        configure(c);
-    })
-    .await;
-    let callback = format!("{}/login/corp/callback", gw.base);
-    let op = OidcProvider::start_on(port, "gateway", SECRET, &callback).await?;
-    Some(Setup { gw, op })
+    }
+    panic!("oidc-provider did not start on three ports");
 }
 
 /// The person's side of an authorization: the gateway's sign-in page (a chooser), the

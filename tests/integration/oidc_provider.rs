@@ -22,16 +22,24 @@ impl OidcProvider {
     /// Starts the provider with one confidential client; `None` (with a message) when the
     /// JavaScript packages are not installed outside CI.
     pub async fn start(client_id: &str, secret: &str, redirect_uri: &str) -> Option<Self> {
-        Self::start_on(free_port(), client_id, secret, redirect_uri).await
+        // A port found free can be taken by another test before node binds it: try again.
+        for _ in 0..3 {
+            match Self::start_on(free_port(), client_id, secret, redirect_uri).await? {
+                Ok(op) => return Some(op),
+                Err(why) => eprintln!("oidc-provider did not start ({why}); another port"),
+            }
+        }
+        panic!("oidc-provider did not start on three ports");
     }
 
-    /// On a port chosen before (the gateway must know the issuer before it starts).
+    /// On a port chosen before (the gateway must know the issuer before it starts):
+    /// `None` without the packages, `Some(Err)` when it could not listen there.
     pub async fn start_on(
         port: u16,
         client_id: &str,
         secret: &str,
         redirect_uri: &str,
-    ) -> Option<Self> {
+    ) -> Option<Result<Self, String>> {
         let node = node()?;
         let mut child = Command::new(node)
             .arg(js_dir().join("oidc-provider.mjs"))
@@ -47,21 +55,24 @@ impl OidcProvider {
             .spawn()
             .expect("node runs");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let line = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+        let line = match tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
             .await
             .expect("the provider starts in time")
-            .expect("its output")
-            .expect("a line");
+        {
+            Ok(Some(line)) => line,
+            // It exited without listening (the port was taken meanwhile).
+            _ => return Some(Err(format!("nothing listens on {port}"))),
+        };
         // The rest of what it prints is read and dropped: a closed pipe would end it.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let issuer = serde_json::from_str::<Value>(&line).expect("json")["issuer"]
             .as_str()
             .expect("issuer")
             .to_string();
-        Some(Self {
+        Some(Ok(Self {
             issuer,
             _child: child,
-        })
+        }))
     }
 
     /// Asks the provider for what a correct one never does (see `oidc-provider.mjs`).
