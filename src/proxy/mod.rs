@@ -287,7 +287,7 @@ impl Proxy {
         if config.whoami.enabled {
             upstreams.push(Upstream {
                 name: "whoami".into(),
-                backend: Backend::BuiltIn(std::sync::Arc::new(crate::mcp::whoami::Whoami)),
+                backend: Backend::BuiltIn(std::sync::Arc::new(crate::mcp::whoami::Whoami::server())),
                 sse_endpoint: Default::default(),
                 credential: std::sync::Arc::new(credentials::NoCredential),
                 tools: Vec::new(),

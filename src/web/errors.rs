@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::pages;
 use crate::authorization::authorize::PageError;
 use crate::authorization::{ErrorCode, OAuthError};
-use crate::mcp::whoami::error_response;
+use crate::mcp::server::error_response;
 use crate::proxy::{CredentialError, ProxyError};
 
 pub fn no_store(mut resp: Response) -> Response {
