@@ -410,6 +410,8 @@ pub struct LoginConfig {
     pub local_accounts: bool,
     /// Identity providers people sign in at (`[[login.oidc]]`).
     pub oidc: Vec<crate::login::oidc::config::OidcConfig>,
+    /// Databases people sign in to with their own accounts (`[[login.database]]`).
+    pub database: Vec<crate::dbtools::DatabaseLoginConfig>,
 }
 
 impl Default for LoginConfig {
@@ -422,6 +424,7 @@ impl Default for LoginConfig {
             first_sign_in: crate::login::FirstSignIn::Create,
             local_accounts: true,
             oidc: Vec::new(),
+            database: Vec::new(),
         }
     }
 }
@@ -626,6 +629,36 @@ pub struct UpstreamConfig {
     /// call no rule matches is allowed.
     #[serde(default)]
     pub tools: Vec<ToolRule>,
+    /// … or the built-in database tools, run as each person through the
+    /// `[[login.database]]` of this name.
+    #[serde(default)]
+    pub dbtools: Option<String>,
+    /// `dbtools`: whether `query` may change data (read-only by default).
+    #[serde(default)]
+    pub writable: bool,
+    /// `dbtools`: rows one `query` returns at most (default 1000).
+    #[serde(default)]
+    pub row_limit: Option<usize>,
+    /// `dbtools`: seconds one statement may run (default 30).
+    #[serde(default)]
+    pub statement_timeout_secs: Option<u64>,
+    /// `dbtools`: bytes of cells one result carries at most (default 1 MiB).
+    #[serde(default)]
+    pub max_result_bytes: Option<usize>,
+}
+
+impl UpstreamConfig {
+    /// What a `dbtools` upstream allows.
+    pub fn tool_limits(&self) -> crate::dbtools::config::ToolLimits {
+        crate::dbtools::config::ToolLimits {
+            writable: self.writable,
+            row_limit: self.row_limit.unwrap_or(1000),
+            statement_timeout: std::time::Duration::from_secs(
+                self.statement_timeout_secs.unwrap_or(30),
+            ),
+            max_result_bytes: self.max_result_bytes.unwrap_or(1 << 20),
+        }
+    }
 }
 
 /// Who may call which tools of an upstream.
@@ -695,6 +728,15 @@ pub enum UpstreamCredentials {
     /// exception to "no token passthrough", because the token is the provider's, never the
     /// MCP client's.
     ProviderToken { source: String },
+    /// The user's own database username and password, from the `[[login.database]]` named
+    /// `source` they signed in with, in two headers (for an operator's own database MCP
+    /// server run per user). Opt-in per upstream; the password travels only to this
+    /// upstream, so it should be reached over TLS or on the same host.
+    DatabaseLogin {
+        source: String,
+        username_header: String,
+        password_header: String,
+    },
 }
 
 /// Keys for secrets the gateway keeps in its store (today the signing keys' private halves).
@@ -1030,6 +1072,56 @@ impl Config {
             if !names.insert(u.name.as_str()) {
                 return Err(Invalid::at(key("name"), "duplicated"));
             }
+            if let Some(source) = &u.dbtools
+                && !self.login.database.iter().any(|d| &d.name == source)
+            {
+                return Err(Invalid::at(
+                    key("dbtools"),
+                    format!("`{source}` is no [[login.database]]"),
+                ));
+            }
+            if let UpstreamCredentials::DatabaseLogin {
+                source,
+                username_header,
+                password_header,
+            } = &u.credentials
+            {
+                if !self.login.database.iter().any(|d| &d.name == source) {
+                    return Err(Invalid::at(
+                        key("credentials.source"),
+                        format!("`{source}` is no [[login.database]]"),
+                    ));
+                }
+                if u.url.is_none() {
+                    return Err(Invalid::at(
+                        key("credentials"),
+                        "database_login credentials go to `url` upstreams, as headers",
+                    ));
+                }
+                for (k, h) in [
+                    ("username_header", username_header),
+                    ("password_header", password_header),
+                ] {
+                    if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                        return Err(Invalid::at(
+                            key(&format!("credentials.{k}")),
+                            "not a header name",
+                        ));
+                    }
+                    if GATEWAY_HEADERS.contains(&h.to_ascii_lowercase().as_str()) {
+                        return Err(Invalid::at(
+                            key(&format!("credentials.{k}")),
+                            "is a header the gateway sets or removes itself",
+                        ));
+                    }
+                }
+                if username_header.eq_ignore_ascii_case(password_header) {
+                    return Err(Invalid::at(
+                        key("credentials.password_header"),
+                        "must differ from username_header",
+                    ));
+                }
+            }
             if let UpstreamCredentials::ProviderToken { source } = &u.credentials
                 && !self
                     .login
@@ -1332,6 +1424,17 @@ impl LoginConfig {
             o.resolve(i)
                 .map_err(|(key, message)| Invalid::at(key, message))?;
         }
+        let mut names: HashSet<&str> = self.oidc.iter().map(|o| o.name.as_str()).collect();
+        for (i, d) in self.database.iter().enumerate() {
+            d.validate(i)
+                .map_err(|(key, message)| Invalid::at(key, message))?;
+            if !names.insert(d.name.as_str()) {
+                return Err(Invalid::at(
+                    format!("login.database[{i}].name"),
+                    "another login source has this name",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -1405,7 +1508,58 @@ impl UpstreamConfig {
         {
             return Err(Invalid::at(key("name"), "1 to 64 letters, digits, - or _"));
         }
+        let dbtools_only = self.writable
+            || self.row_limit.is_some()
+            || self.statement_timeout_secs.is_some()
+            || self.max_result_bytes.is_some();
+        if self.dbtools.is_some() {
+            if self.url.is_some() || self.command.is_some() {
+                return Err(Invalid::at(
+                    key("dbtools"),
+                    "give exactly one of `url`, `command` and `dbtools`",
+                ));
+            }
+            if !matches!(self.credentials, UpstreamCredentials::None) {
+                return Err(Invalid::at(
+                    key("credentials"),
+                    "the database tools run with each person's own database account",
+                ));
+            }
+            if self.per_user || !self.env.is_empty() || !self.per_user_env.is_empty() {
+                return Err(Invalid::at(
+                    key("per_user"),
+                    "env, per_user and per_user_env are for stdio (`command`) upstreams",
+                ));
+            }
+            if self.row_limit.is_some_and(|n| !(1..=100_000).contains(&n)) {
+                return Err(Invalid::at(key("row_limit"), "must be 1 to 100000"));
+            }
+            if self
+                .statement_timeout_secs
+                .is_some_and(|n| !(1..=3600).contains(&n))
+            {
+                return Err(Invalid::at(
+                    key("statement_timeout_secs"),
+                    "must be 1 to 3600",
+                ));
+            }
+            if self
+                .max_result_bytes
+                .is_some_and(|n| !(1024..=(64 << 20)).contains(&n))
+            {
+                return Err(Invalid::at(
+                    key("max_result_bytes"),
+                    "must be 1024 to 67108864",
+                ));
+            }
+        } else if dbtools_only {
+            return Err(Invalid::at(
+                key("writable"),
+                "writable, row_limit, statement_timeout_secs and max_result_bytes are for `dbtools` upstreams",
+            ));
+        }
         match (&self.url, &self.command) {
+            (None, None) if self.dbtools.is_some() => {}
             (Some(url), None) => {
                 let url = Url::parse(url)
                     .map_err(|e| Invalid::at(key("url"), format!("not a URL: {e}")))?;
@@ -1445,7 +1599,7 @@ impl UpstreamConfig {
             _ => {
                 return Err(Invalid::at(
                     key("url"),
-                    "give exactly one of `url` and `command`",
+                    "give exactly one of `url`, `command` and `dbtools`",
                 ));
             }
         }
@@ -1477,6 +1631,23 @@ impl UpstreamConfig {
         self.credentials.validate(i)
     }
 }
+
+/// Headers the gateway sets or removes itself on the way upstream: no credential may use
+/// their names.
+const GATEWAY_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "authorization",
+    "cookie",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-client",
+];
 
 impl UpstreamCredentials {
     /// `i` is the upstream's place in `upstreams`, for the keys in messages. Messages never
@@ -1518,7 +1689,10 @@ impl UpstreamCredentials {
                     return Err(Invalid::at(key("token"), "not a valid token"));
                 }
             }
-            Self::None | Self::Identity | Self::ProviderToken { .. } => {}
+            Self::None
+            | Self::Identity
+            | Self::ProviderToken { .. }
+            | Self::DatabaseLogin { .. } => {}
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod dbtools;
 pub mod jwt;
 pub mod keyset;
 pub mod login;

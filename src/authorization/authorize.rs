@@ -662,13 +662,12 @@ impl AuthorizationServer {
             }
             Attempt::Unavailable(why) => {
                 tracing::warn!(source = name, reason = %why, "login source unavailable");
-                Ok((
-                    login_again(
-                        "Signing in this way is unavailable right now. Try again shortly.",
-                        503,
-                    ),
-                    None,
-                ))
+                let text = self
+                    .login
+                    .get(name)
+                    .map(|s| s.unavailable_text())
+                    .unwrap_or_default();
+                Ok((login_again(&text, 503), None))
             }
             Attempt::Throttled { retry_after } => {
                 tracing::warn!(ip, "login throttled");

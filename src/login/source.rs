@@ -124,6 +124,10 @@ pub trait LoginSource: Send + Sync {
     fn keeps_context(&self) -> bool {
         false
     }
+    /// What the sign-in page says when [`Attempt::Unavailable`] came back.
+    fn unavailable_text(&self) -> String {
+        "Signing in this way is unavailable right now. Try again shortly.".into()
+    }
     /// A `Password` source checks a username and password; `ip` is for throttling.
     async fn check_password(
         &self,

@@ -347,12 +347,12 @@ impl<T: Tools> ToolServer<T> {
     /// Revision 2026-07-28: one request per POST, nothing remembered between them, and errors
     /// with HTTP statuses of their own (400 for a malformed request, 404 for an unknown method).
     async fn stateless(
-            &self,
-            principal: &Principal,
-            headers: &HeaderMap,
-            body: &Body,
-            value: &Value,
-        ) -> Answer {
+        &self,
+        principal: &Principal,
+        headers: &HeaderMap,
+        body: &Body,
+        value: &Value,
+    ) -> Answer {
         let bad = |id: Value, code: i64, message: &str| {
             Answer::error(StatusCode::BAD_REQUEST, id, code, message)
         };
@@ -443,11 +443,11 @@ impl<T: Tools> ToolServer<T> {
     }
 
     async fn stateless_call(
-            &self,
-            principal: &Principal,
-            method: &str,
-            params: Option<&Map<String, Value>>,
-        ) -> Result<Value, StatelessError> {
+        &self,
+        principal: &Principal,
+        method: &str,
+        params: Option<&Map<String, Value>>,
+    ) -> Result<Value, StatelessError> {
         let param = |key: &str| params.and_then(|p| p.get(key)).filter(|v| !v.is_null());
         // Protocol errors about what a valid request names (a tool, a resource) are not
         // malformed requests: `200`, as on the older wire.
@@ -470,20 +470,20 @@ impl<T: Tools> ToolServer<T> {
             "resources/list" => one_page(json!({"resources": []})),
             "resources/templates/list" => one_page(json!({"resourceTemplates": []})),
             "tools/call" => {
-                    let name = param("name").and_then(Value::as_str).unwrap_or_default();
-                    // A wrong input is the tool's error (so that a model can correct itself),
-                    // not a protocol error.
-                    let arguments = match param("arguments") {
-                        None => Map::new(),
-                        Some(Value::Object(a)) => a.clone(),
-                        Some(_) => return Ok(tool_error("arguments must be an object")),
-                    };
-                    match self.tools.call(principal, name, &arguments).await {
-                        Ok(result) => Ok(result),
-                        Err(UnknownTool(name)) => invalid(format!("Unknown tool: {name}")),
-                    }
+                let name = param("name").and_then(Value::as_str).unwrap_or_default();
+                // A wrong input is the tool's error (so that a model can correct itself),
+                // not a protocol error.
+                let arguments = match param("arguments") {
+                    None => Map::new(),
+                    Some(Value::Object(a)) => a.clone(),
+                    Some(_) => return Ok(tool_error("arguments must be an object")),
+                };
+                match self.tools.call(principal, name, &arguments).await {
+                    Ok(result) => Ok(result),
+                    Err(UnknownTool(name)) => invalid(format!("Unknown tool: {name}")),
                 }
-                "resources/read" => {
+            }
+            "resources/read" => {
                 let uri = param("uri").and_then(Value::as_str).unwrap_or_default();
                 invalid(format!("Resource not found: {uri}"))
             }

@@ -199,7 +199,8 @@ pub fn from_config(
         UpstreamCredentials::Identity => Arc::new(IdentityHeaders),
         // Built where the login sources are (`web::Gateway`), which replaces this; should
         // that ever not happen, nothing is sent rather than something wrong.
-        UpstreamCredentials::ProviderToken { source } => Arc::new(NotBuilt(source.clone())),
+        UpstreamCredentials::ProviderToken { source }
+        | UpstreamCredentials::DatabaseLogin { source, .. } => Arc::new(NotBuilt(source.clone())),
         UpstreamCredentials::Assertion {
             header: name,
             audience,

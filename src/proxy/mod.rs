@@ -214,6 +214,7 @@ impl Proxy {
         clock: SharedClock,
         signer: std::sync::Arc<Signer>,
         credential_sources: Vec<(String, std::sync::Arc<dyn CredentialSource>)>,
+        built_ins: Vec<(String, std::sync::Arc<dyn crate::mcp::server::McpServer>)>,
     ) -> Result<Self, String> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(config.proxy.connect_timeout_secs)));
@@ -232,7 +233,14 @@ impl Proxy {
             .upstreams
             .iter()
             .map(|u| {
+                let built_in = built_ins
+                    .iter()
+                    .find(|(name, _)| *name == u.name)
+                    .map(|(_, server)| server.clone());
                 let backend = match (&u.command, &u.url) {
+                    _ if u.dbtools.is_some() => Backend::BuiltIn(built_in.ok_or_else(|| {
+                        format!("upstreams `{}`: its database tools are not set up", u.name)
+                    })?),
                     (Some(cmd), _) => Backend::Stdio(std::sync::Arc::new(StdioServer::new(
                         u.name.clone(),
                         cmd.clone(),
@@ -287,7 +295,9 @@ impl Proxy {
         if config.whoami.enabled {
             upstreams.push(Upstream {
                 name: "whoami".into(),
-                backend: Backend::BuiltIn(std::sync::Arc::new(crate::mcp::whoami::Whoami::server())),
+                backend: Backend::BuiltIn(
+                    std::sync::Arc::new(crate::mcp::whoami::Whoami::server()),
+                ),
                 sse_endpoint: Default::default(),
                 credential: std::sync::Arc::new(credentials::NoCredential),
                 tools: Vec::new(),

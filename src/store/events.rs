@@ -36,6 +36,9 @@ pub enum EndReason {
     /// The identity provider the user signed in at refused to renew their session
     /// (`invalid_grant` on a refresh: account disabled, session revoked there).
     ProviderRefused,
+    /// The database the user signed in to no longer accepts the credential kept for them
+    /// (password changed, account locked or removed there).
+    CredentialRefused,
 }
 
 impl EndReason {
@@ -52,6 +55,7 @@ impl EndReason {
             Self::Expired => "expired",
             Self::MaxLifetime => "max_lifetime",
             Self::ProviderRefused => "provider_refused",
+            Self::CredentialRefused => "credential_refused",
         }
     }
 
@@ -60,8 +64,9 @@ impl EndReason {
     }
 }
 
-const ALL_REASONS: [EndReason; 11] = [
+const ALL_REASONS: [EndReason; 12] = [
     EndReason::ProviderRefused,
+    EndReason::CredentialRefused,
     EndReason::Revoked,
     EndReason::CodeReplayed,
     EndReason::RefreshReplayed,

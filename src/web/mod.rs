@@ -172,11 +172,24 @@ impl Gateway {
         clock: SharedClock,
         extensions: Extensions,
     ) -> Result<Self, String> {
+        // Databases people sign in to: login sources, and the pools their tools run in.
+        let mut login_sources = extensions.login_sources;
+        let mut databases = std::collections::HashMap::new();
+        for d in &config.login.database {
+            let source = crate::dbtools::DatabaseSource::new(
+                d,
+                &config.login,
+                store.clone(),
+                clock.clone(),
+            )?;
+            login_sources.push(source.clone());
+            databases.insert(d.name.clone(), source);
+        }
         let auth = AuthorizationServer::with_login_sources(
             &config,
             store.clone(),
             clock.clone(),
-            extensions.login_sources,
+            login_sources,
         )?;
         let encryption = config.keys.encryption_keys()?.map(Arc::new);
         let signer = Arc::new(crate::proxy::Signer::load(&store, clock.now(), encryption).await?);
@@ -200,12 +213,55 @@ impl Gateway {
                 ));
             }
         }
+        let mut built_ins: Vec<(String, Arc<dyn crate::mcp::server::McpServer>)> = Vec::new();
+        for u in &config.upstreams {
+            let database = |source: &str| {
+                databases
+                    .get(source)
+                    .cloned()
+                    .ok_or_else(|| format!("upstream `{}`: no login.database `{source}`", u.name))
+            };
+            if let Some(source) = &u.dbtools {
+                built_ins.push((
+                    u.name.clone(),
+                    Arc::new(crate::dbtools::tools::DbTools::server(
+                        &u.name,
+                        database(source)?,
+                        auth.contexts.clone(),
+                        store.clone(),
+                        clock.clone(),
+                        u.tool_limits(),
+                    )),
+                ));
+            }
+            if let crate::config::UpstreamCredentials::DatabaseLogin {
+                source,
+                username_header,
+                password_header,
+            } = &u.credentials
+            {
+                credential_sources.push((
+                    u.name.clone(),
+                    Arc::new(
+                        crate::dbtools::forward::DatabaseLoginHeaders::new(
+                            database(source)?,
+                            auth.contexts.clone(),
+                            store.clone(),
+                            username_header,
+                            password_header,
+                        )
+                        .map_err(|e| format!("upstream `{}`: {e}", u.name))?,
+                    ),
+                ));
+            }
+        }
         let proxy = Arc::new(Proxy::new(
             &config,
             store,
             clock,
             signer,
             credential_sources,
+            built_ins,
         )?);
         let trusted = config
             .server

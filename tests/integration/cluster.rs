@@ -504,10 +504,10 @@ async fn an_instance_killed_mid_burst_leaves_nothing_half_issued() {
 
 /// A PostgreSQL server of the test's own (initdb in a temporary directory), so that it can be
 /// stopped and started without disturbing the tests that share the machine's server.
-struct PrivatePostgres {
+pub(crate) struct PrivatePostgres {
     bin: std::path::PathBuf,
     dir: tempfile::TempDir,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl PrivatePostgres {
@@ -535,7 +535,17 @@ impl PrivatePostgres {
         cmd.args(args).stdin(Stdio::null()).output().unwrap()
     }
 
-    fn start() -> Option<Self> {
+    pub(crate) fn start() -> Option<Self> {
+        Self::start_with(None)
+    }
+
+    /// A server that checks passwords on TCP (SCRAM), as a real deployment does; the
+    /// superuser `postgres` has `superuser_password`.
+    pub(crate) fn start_with_password(superuser_password: &str) -> Option<Self> {
+        Self::start_with(Some(superuser_password))
+    }
+
+    fn start_with(superuser_password: Option<&str>) -> Option<Self> {
         let Some(bin) = Self::bin_dir() else {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -560,10 +570,26 @@ impl PrivatePostgres {
             port: free_port(),
         };
         let data = pg.data();
-        let out = pg.run(
-            "initdb",
-            &["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-        );
+        let pwfile = pg.dir.path().join("pw").display().to_string();
+        let mut args = vec!["-D", data.as_str(), "-U", "postgres", "-E", "UTF8"];
+        match superuser_password {
+            None => args.push("--auth=trust"),
+            Some(pw) => {
+                std::fs::write(&pwfile, pw).unwrap();
+                if is_root() {
+                    let _ = std::process::Command::new("chown")
+                        .args(["postgres:postgres", &pwfile])
+                        .status();
+                }
+                args.extend([
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "--pwfile",
+                    pwfile.as_str(),
+                ]);
+            }
+        }
+        let out = pg.run("initdb", &args);
         assert!(
             out.status.success(),
             "initdb: {}",

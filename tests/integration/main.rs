@@ -9,6 +9,7 @@ mod cimd_fixture;
 mod cli;
 mod cluster;
 mod conformance;
+mod dbtools;
 mod everything;
 mod external_mode;
 mod github_fixture;

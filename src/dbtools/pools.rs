@@ -1,0 +1,286 @@
+//! Per-person pools: one per grant, opened on first use from the grant's sealed credential,
+//! bounded in size, closed when idle, when the grant ends (on any instance), or when the
+//! instance's connection budget needs room (least recently used first). Any instance can
+//! open one: all it needs is the grant's sealed context in the shared store.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::connect::{ConnectError, Connector, Credential, Pool};
+use crate::cache::TtlCache;
+use crate::clock::SharedClock;
+use crate::store::StoreEvent;
+
+/// Metadata answers kept per person.
+const METADATA_ENTRIES: usize = 256;
+
+/// One person's pool (for one grant), with what their own metadata calls answered.
+pub struct UserPool {
+    pub pool: Pool,
+    fingerprint: [u8; 32],
+    size: u32,
+    last_used: AtomicI64,
+    /// Database, table and column lists this person saw: never anyone else's.
+    pub metadata: TtlCache<Value>,
+}
+
+/// Why no pool could be had.
+#[derive(Debug)]
+pub enum PoolError {
+    /// The grant has no credential (it ended, or was not made by this source).
+    NoCredential,
+    /// The database refused the credential: the grant must end.
+    Refused(String),
+    Unavailable(String),
+}
+
+pub struct PoolSettings {
+    pub size: u32,
+    pub idle_secs: i64,
+    pub budget: u32,
+    pub metadata_secs: i64,
+}
+
+pub struct UserPools {
+    connector: Arc<Connector>,
+    settings: PoolSettings,
+    clock: SharedClock,
+    state: Mutex<State>,
+    /// One build per grant at a time (by stripe of the grant id), so that a burst of first
+    /// calls opens one pool, not one each.
+    building: Vec<tokio::sync::Mutex<()>>,
+    /// Keys the fingerprints: a fingerprint says whether two credentials are the same,
+    /// never what they are, even to someone reading this process's memory for old ones.
+    salt: [u8; 32],
+}
+
+#[derive(Default)]
+struct State {
+    pools: HashMap<String, Arc<UserPool>>,
+    /// Connections the open pools (and those being opened) may hold together.
+    reserved: u32,
+}
+
+impl UserPools {
+    pub fn new(connector: Arc<Connector>, settings: PoolSettings, clock: SharedClock) -> Arc<Self> {
+        Arc::new(Self {
+            connector,
+            settings,
+            clock,
+            state: Mutex::new(State::default()),
+            building: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            salt: crate::crypto::random_bytes::<32>(),
+        })
+    }
+
+    pub fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
+    /// Closes pools when their grants end (here or on another instance), and every pool
+    /// when events may have been missed; and, every second, pools idle too long. Holds
+    /// only a weak reference: the pools go when the gateway does.
+    pub fn watch(self: &Arc<Self>, store: &crate::store::SharedStore) {
+        let weak = Arc::downgrade(self);
+        store.on_event(Arc::new(move |event| {
+            let Some(pools) = weak.upgrade() else { return };
+            match event {
+                StoreEvent::GrantEnded(g) => pools.close(&g.grant),
+                StoreEvent::Resync => pools.close_all(),
+                _ => {}
+            }
+        }));
+        let weak: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(pools) = weak.upgrade() else { return };
+                pools.close_idle();
+            }
+        });
+    }
+
+    fn fingerprint(&self, who: &Credential) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.salt);
+        h.update((who.username.len() as u64).to_be_bytes());
+        h.update(who.username.as_bytes());
+        h.update(who.password.as_bytes());
+        h.finalize().into()
+    }
+
+    fn touch(&self, p: &UserPool) {
+        p.last_used.store(self.clock.now(), Ordering::Relaxed);
+    }
+
+    /// The open pool of `grant`, if this instance has one.
+    pub fn get(&self, grant: &str) -> Option<Arc<UserPool>> {
+        let p = self.state.lock().ok()?.pools.get(grant).cloned()?;
+        self.touch(&p);
+        Some(p)
+    }
+
+    /// The pool of `grant`: the open one, or one opened now with the credential `load`
+    /// gives (the grant's sealed context). A pool opened with another credential than the
+    /// one `load` gives now is replaced.
+    pub async fn get_or_open<F, Fut>(
+        &self,
+        grant: &str,
+        load: F,
+    ) -> Result<Arc<UserPool>, PoolError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<Credential>, PoolError>>,
+    {
+        if let Some(p) = self.get(grant) {
+            return Ok(p);
+        }
+        let stripe = grant
+            .bytes()
+            .fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(b as usize))
+            % self.building.len();
+        let _building = self.building[stripe].lock().await;
+        let who = load().await?.ok_or(PoolError::NoCredential)?;
+        let fingerprint = self.fingerprint(&who);
+        if let Some(p) = self.get(grant) {
+            if p.fingerprint == fingerprint {
+                return Ok(p);
+            }
+            self.close(grant);
+        }
+        self.reserve()?;
+        let opened = self.connector.pool(&who, self.settings.size).await;
+        let pool = match opened {
+            Ok(pool) => pool,
+            Err(e) => {
+                self.release(self.settings.size);
+                return Err(match e {
+                    ConnectError::Refused(m) => PoolError::Refused(m),
+                    ConnectError::Unavailable(m) => PoolError::Unavailable(m),
+                });
+            }
+        };
+        let entry = Arc::new(UserPool {
+            pool,
+            fingerprint,
+            size: self.settings.size,
+            last_used: AtomicI64::new(self.clock.now()),
+            metadata: TtlCache::new(self.settings.metadata_secs, METADATA_ENTRIES),
+        });
+        let replaced = match self.state.lock() {
+            Ok(mut s) => s.pools.insert(grant.to_string(), entry.clone()),
+            Err(_) => None,
+        };
+        if let Some(old) = replaced {
+            self.retire(old);
+        }
+        Ok(entry)
+    }
+
+    /// Makes room for one more pool in the budget, closing the least recently used pools.
+    fn reserve(&self) -> Result<(), PoolError> {
+        let size = self.settings.size;
+        let mut evicted = Vec::new();
+        {
+            let mut s = self
+                .state
+                .lock()
+                .map_err(|_| PoolError::Unavailable("the pool table is unusable".into()))?;
+            while s.reserved + size > self.settings.budget {
+                let Some(oldest) = s
+                    .pools
+                    .iter()
+                    .min_by_key(|(_, p)| p.last_used.load(Ordering::Relaxed))
+                    .map(|(g, _)| g.clone())
+                else {
+                    return Err(PoolError::Unavailable(
+                        "every connection this gateway may open to the database is being opened for someone else; try again".into(),
+                    ));
+                };
+                if let Some(p) = s.pools.remove(&oldest) {
+                    s.reserved = s.reserved.saturating_sub(p.size);
+                    evicted.push(p);
+                }
+            }
+            s.reserved += size;
+        }
+        for p in evicted {
+            tracing::debug!("database pool closed to stay within the connection budget");
+            Self::close_pool(p);
+        }
+        Ok(())
+    }
+
+    fn release(&self, size: u32) {
+        if let Ok(mut s) = self.state.lock() {
+            s.reserved = s.reserved.saturating_sub(size);
+        }
+    }
+
+    /// A replaced pool: its reservation goes with it.
+    fn retire(&self, p: Arc<UserPool>) {
+        self.release(p.size);
+        Self::close_pool(p);
+    }
+
+    fn close_pool(p: Arc<UserPool>) {
+        // Connections in use close as they come back; the caller does not wait.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { p.pool.close().await });
+        }
+    }
+
+    /// Closes the pool of `grant` (its grant ended, or the database refused it).
+    pub fn close(&self, grant: &str) {
+        let removed = match self.state.lock() {
+            Ok(mut s) => s.pools.remove(grant),
+            Err(_) => None,
+        };
+        if let Some(p) = removed {
+            self.retire(p);
+        }
+    }
+
+    pub fn close_all(&self) {
+        let all: Vec<_> = match self.state.lock() {
+            Ok(mut s) => s.pools.drain().map(|(_, p)| p).collect(),
+            Err(_) => Vec::new(),
+        };
+        for p in all {
+            self.retire(p);
+        }
+    }
+
+    fn close_idle(&self) {
+        let before = self.clock.now() - self.settings.idle_secs;
+        let idle: Vec<_> = match self.state.lock() {
+            Ok(mut s) => {
+                let grants: Vec<String> = s
+                    .pools
+                    .iter()
+                    .filter(|(_, p)| p.last_used.load(Ordering::Relaxed) <= before)
+                    .map(|(g, _)| g.clone())
+                    .collect();
+                grants.iter().filter_map(|g| s.pools.remove(g)).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        for p in idle {
+            tracing::debug!("idle database pool closed");
+            self.retire(p);
+        }
+    }
+
+    /// Pools open on this instance, and the connections they hold now.
+    pub fn stats(&self) -> (usize, u32) {
+        match self.state.lock() {
+            Ok(s) => (s.pools.len(), s.pools.values().map(|p| p.pool.size()).sum()),
+            Err(_) => (0, 0),
+        }
+    }
+}

@@ -1,0 +1,563 @@
+//! Signing in with one's own database account, and the built-in database tools that run as
+//! that person: against a real PostgreSQL that checks passwords (a server of the test's own,
+//! since the machine's allows everyone in) and the machine's real MariaDB.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::cluster::PrivatePostgres;
+use crate::support::*;
+
+const REDIRECT: &str = "http://127.0.0.1:9999/callback";
+const SUPERUSER_PASSWORD: &str = "superuser-secret-1";
+pub const MYSQL_ENV: &str = "MCP_GATEWAY_TEST_MYSQL_URL";
+
+/// The machine's MariaDB (root, no password), when the environment names it.
+pub fn mysql_url() -> Option<String> {
+    match std::env::var(MYSQL_ENV) {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{MYSQL_ENV} must be set in CI"
+            );
+            eprintln!("SKIPPED (MariaDB): set {MYSQL_ENV} to run it");
+            None
+        }
+    }
+}
+
+/// The whole browser flow through the database source `source`: (status of the sign-in
+/// answer, its page; and on success the token response).
+pub async fn sign_in(
+    gw: &TestGateway,
+    source: &str,
+    user: &str,
+    password: &str,
+    resource: &str,
+) -> (u16, String, Option<Value>) {
+    let browser = TestGateway::browser();
+    let client_id = gw.register_public(REDIRECT).await;
+    let pkce = Pkce::new();
+    let params = authorize_params(&client_id, REDIRECT, &pkce, resource);
+    let url = url::Url::parse_with_params(&gw.url("/authorize"), &params).unwrap();
+    let page = browser.get(url).send().await.unwrap().text().await.unwrap();
+    let request = hidden(&page, "request").expect("request field");
+    let csrf = hidden(&page, "csrf").expect("csrf field");
+    let r = browser
+        .post(gw.url("/authorize/login"))
+        .form(&[
+            ("request", request.as_str()),
+            ("csrf", csrf.as_str()),
+            ("source", source),
+            ("username", user),
+            ("password", password),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let page = r.text().await.unwrap();
+    if status != 200 || !page.contains("Allow access?") {
+        return (status, page, None);
+    }
+    let r = browser
+        .post(gw.url("/authorize/consent"))
+        .form(&[
+            ("request", hidden(&page, "request").unwrap().as_str()),
+            ("csrf", hidden(&page, "csrf").unwrap().as_str()),
+            ("decision", "allow"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let code = query_of(r.headers()["location"].to_str().unwrap())["code"].clone();
+    let (s, tokens) = gw
+        .post_form(
+            "/token",
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("client_id", &client_id),
+                ("code_verifier", &pkce.verifier),
+                ("resource", resource),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200, "{tokens}");
+    let mut tokens = tokens;
+    tokens["client_id"] = json!(client_id);
+    (status, page, Some(tokens))
+}
+
+/// `tools/call` on the upstream at `path`: (HTTP status, the JSON-RPC result or error).
+pub async fn call(
+    gw: &TestGateway,
+    path: &str,
+    token: &str,
+    tool: &str,
+    args: Value,
+) -> (u16, Value) {
+    let r = TestGateway::http()
+        .post(gw.url(path))
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": args}}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    (status, body.get("result").cloned().unwrap_or(body))
+}
+
+/// A successful tool result's structured content.
+async fn ok(gw: &TestGateway, token: &str, tool: &str, args: Value) -> Value {
+    let (s, r) = call(gw, "/mcp/db", token, tool, args.clone()).await;
+    assert_eq!(s, 200, "{tool} {args}: {r}");
+    assert_eq!(r["isError"], false, "{tool} {args}: {r}");
+    r["structuredContent"].clone()
+}
+
+/// A tool's failure: its text.
+async fn tool_error(gw: &TestGateway, token: &str, tool: &str, args: Value) -> String {
+    let (s, r) = call(gw, "/mcp/db", token, tool, args.clone()).await;
+    assert_eq!(s, 200, "{tool} {args}: {r}");
+    assert_eq!(r["isError"], true, "{tool} {args} should fail: {r}");
+    r["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn table_names(listing: &Value) -> Vec<String> {
+    listing["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Connections a role holds now (the gateway's pools name themselves).
+async fn pg_connections(admin: &sqlx::PgPool, role: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND application_name = 'mcp-oauth-gateway dbtools'",
+    )
+    .bind(role)
+    .fetch_one(admin)
+    .await
+    .unwrap()
+}
+
+/// Waits up to `secs` for `check` to hold.
+async fn within<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A PostgreSQL that checks passwords, with a database `shop`, two people with different
+/// rights (alice_db, bob_db) and an `orders` table under row-level security.
+async fn postgres_with_people() -> Option<(PrivatePostgres, sqlx::PgPool)> {
+    crate::store_suite::postgres_url()?;
+    let pg = PrivatePostgres::start_with_password(SUPERUSER_PASSWORD)?;
+    let root = format!(
+        "postgres://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{}/postgres",
+        pg.port
+    );
+    let server = sqlx::PgPool::connect(&root).await.unwrap();
+    sqlx::query("CREATE DATABASE shop")
+        .execute(&server)
+        .await
+        .unwrap();
+    server.close().await;
+    let admin = sqlx::PgPool::connect(&format!(
+        "postgres://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{}/shop",
+        pg.port
+    ))
+    .await
+    .unwrap();
+    for stmt in [
+        "CREATE ROLE alice_db LOGIN PASSWORD 'alice-pass-1'",
+        "CREATE ROLE bob_db LOGIN PASSWORD 'bob-pass-1'",
+        "CREATE ROLE carol_db LOGIN PASSWORD 'carol-pass-1'",
+        "CREATE TABLE alice_notes (note text)",
+        "CREATE TABLE bob_notes (note text)",
+        "INSERT INTO alice_notes VALUES ('for alice')",
+        "INSERT INTO bob_notes VALUES ('for bob')",
+        "GRANT SELECT, INSERT ON alice_notes TO alice_db",
+        "GRANT SELECT ON bob_notes TO bob_db",
+        "CREATE TABLE orders (owner name NOT NULL, item text, price numeric, paid boolean, meta jsonb)",
+        "INSERT INTO orders VALUES ('alice_db', 'apple', 1.50, true, '{\"n\": 1}'), ('alice_db', 'avocado', 2, false, null), ('bob_db', 'banana', 0.25, true, null)",
+        "ALTER TABLE orders ENABLE ROW LEVEL SECURITY",
+        "CREATE POLICY own_orders ON orders USING (owner = current_user)",
+        "GRANT SELECT ON orders TO alice_db, bob_db, carol_db",
+    ] {
+        sqlx::query(stmt).execute(&admin).await.unwrap();
+    }
+    Some((pg, admin))
+}
+
+fn pg_source(port: u16) -> mcp_oauth_gateway::dbtools::DatabaseLoginConfig {
+    serde_json::from_value(json!({
+        "name": "pg",
+        "kind": "postgres",
+        "url": format!("postgres://127.0.0.1:{port}/shop"),
+        "tls": "disable",
+        "label": "Shop database"
+    }))
+    .unwrap()
+}
+
+fn dbtools_upstream(source: &str) -> mcp_oauth_gateway::config::UpstreamConfig {
+    serde_json::from_value(json!({"name": "db", "dbtools": source})).unwrap()
+}
+
+#[tokio::test]
+async fn postgres_people_sign_in_with_their_own_accounts_and_see_only_their_own() {
+    let Some((pg, admin)) = postgres_with_people().await else {
+        return;
+    };
+    let port = pg.port;
+    let gw = TestGateway::start_with(move |c| {
+        c.login.max_failures_per_account = 3;
+        c.login.database.push(pg_source(port));
+        let mut down = pg_source(1);
+        down.name = "down".into();
+        down.url = "postgres://127.0.0.1:1/shop".into();
+        c.login.database.push(down);
+        let mut u = dbtools_upstream("pg");
+        u.row_limit = Some(5);
+        u.statement_timeout_secs = Some(1);
+        u.max_result_bytes = Some(2048);
+        c.upstreams.push(u);
+    })
+    .await;
+    let resource = format!("{}/mcp/db", gw.base);
+
+    // The sign-in page offers the database beside local accounts.
+    let (_, alice_page, alice) = sign_in(&gw, "pg", "alice_db", "alice-pass-1", &resource).await;
+    let alice = alice.unwrap_or_else(|| panic!("alice signs in: {alice_page}"));
+    let alice_token = alice["access_token"].as_str().unwrap().to_string();
+    let (_, _, bob) = sign_in(&gw, "pg", "bob_db", "bob-pass-1", &resource).await;
+    let bob = bob.expect("bob signs in");
+    let bob_token = bob["access_token"].as_str().unwrap().to_string();
+
+    // Wrong password and unknown user: the same failed login, counted by the throttle.
+    for (user, password) in [("alice_db", "wrong"), ("nobody", "whatever")] {
+        let (s, page, tokens) = sign_in(&gw, "pg", user, password, &resource).await;
+        assert_eq!(s, 401, "{page}");
+        assert!(page.contains("Wrong username or password"), "{page}");
+        assert!(tokens.is_none());
+    }
+    // An empty password is never tried, even for an account without one.
+    let (s, _, _) = sign_in(&gw, "pg", "bob_db", "", &resource).await;
+    assert_eq!(s, 401);
+    for _ in 0..2 {
+        sign_in(&gw, "pg", "alice_db", "wrong", &resource).await;
+    }
+    let (s, page, _) = sign_in(&gw, "pg", "alice_db", "alice-pass-1", &resource).await;
+    assert_eq!(s, 429, "the account is throttled after 3 failures: {page}");
+    // A database that cannot be reached: its own page, and no count against anyone.
+    for _ in 0..5 {
+        let (s, page, _) = sign_in(&gw, "down", "bob_db", "bob-pass-1", &resource).await;
+        assert_eq!(s, 503, "{page}");
+        assert!(page.contains("cannot be reached right now"), "{page}");
+    }
+
+    // Each sees the tables their grants allow, and no more (and the lists are not shared).
+    let tables = table_names(&ok(&gw, &alice_token, "list_tables", json!({})).await);
+    assert!(
+        tables.contains(&"alice_notes".into()) && tables.contains(&"orders".into()),
+        "{tables:?}"
+    );
+    assert!(!tables.contains(&"bob_notes".into()), "{tables:?}");
+    let tables = table_names(&ok(&gw, &bob_token, "list_tables", json!({})).await);
+    assert!(tables.contains(&"bob_notes".into()), "{tables:?}");
+    assert!(
+        !tables.contains(&"alice_notes".into()),
+        "bob was served alice's list: {tables:?}"
+    );
+    let schemas = ok(&gw, &alice_token, "list_databases", json!({})).await;
+    assert!(
+        schemas["databases"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("public")),
+        "{schemas}"
+    );
+    let described = ok(
+        &gw,
+        &alice_token,
+        "describe_table",
+        json!({"table": "orders"}),
+    )
+    .await;
+    assert_eq!(described["columns"][0]["name"], "owner");
+    assert_eq!(described["columns"][2]["type"], "numeric");
+    let e = tool_error(
+        &gw,
+        &bob_token,
+        "describe_table",
+        json!({"table": "alice_notes"}),
+    )
+    .await;
+    assert!(e.contains("No table or view `alice_notes`"), "{e}");
+
+    // The same statement, each their own rows (row-level security), with typed values.
+    let q = json!({"sql": "SELECT item, price, paid, meta FROM orders ORDER BY item"});
+    let a = ok(&gw, &alice_token, "query", q.clone()).await;
+    assert_eq!(
+        a["rows"],
+        json!([["apple", "1.50", true, {"n": 1}], ["avocado", "2", false, null]])
+    );
+    assert_eq!(a["columns"][2], json!({"name": "paid", "type": "BOOL"}));
+    let b = ok(&gw, &bob_token, "query", q).await;
+    assert_eq!(b["rows"], json!([["banana", "0.25", true, null]]));
+    let (_, full) = call(
+        &gw,
+        "/mcp/db",
+        &bob_token,
+        "query",
+        json!({"sql": "SELECT 1 AS one"}),
+    )
+    .await;
+    assert!(
+        full["content"][0]["text"].as_str().unwrap().contains("one"),
+        "{full}"
+    );
+    // Another's table: the database's own refusal, as the tool's error.
+    let e = tool_error(
+        &gw,
+        &bob_token,
+        "query",
+        json!({"sql": "SELECT * FROM alice_notes"}),
+    )
+    .await;
+    assert!(e.contains("permission denied"), "{e}");
+    let e = tool_error(
+        &gw,
+        &alice_token,
+        "query",
+        json!({"sql": "SELECT * FROM nope"}),
+    )
+    .await;
+    assert!(e.contains("\"nope\" does not exist"), "{e}");
+
+    // Read-only: a write, DDL, a smuggled second statement, a plan that would run a write.
+    for sql in [
+        "INSERT INTO alice_notes VALUES ('written')",
+        "DROP TABLE alice_notes",
+        "SELECT 1; INSERT INTO alice_notes VALUES ('smuggled')",
+        "COMMIT; INSERT INTO alice_notes VALUES ('smuggled')",
+    ] {
+        let e = tool_error(&gw, &alice_token, "query", json!({"sql": sql})).await;
+        assert!(
+            e.contains("read-only transaction") || e.contains("multiple commands"),
+            "{sql}: {e}"
+        );
+    }
+    let e = tool_error(
+        &gw,
+        &alice_token,
+        "explain",
+        json!({"sql": "ANALYZE INSERT INTO alice_notes VALUES ('x')"}),
+    )
+    .await;
+    assert!(e.contains("read-only transaction"), "{e}");
+    let plan = ok(
+        &gw,
+        &alice_token,
+        "explain",
+        json!({"sql": "SELECT * FROM orders"}),
+    )
+    .await;
+    assert!(
+        plan["rows"][0][0].as_str().unwrap().contains("Scan"),
+        "{plan}"
+    );
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM alice_notes")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "nothing was written");
+
+    // Limits: rows, size, time; each says what happened.
+    let r = ok(
+        &gw,
+        &alice_token,
+        "query",
+        json!({"sql": "SELECT generate_series(1, 100) AS n"}),
+    )
+    .await;
+    assert_eq!(
+        (r["row_count"].as_u64(), r["truncated_by"].as_str()),
+        (Some(5), Some("row_limit"))
+    );
+    let (_, full) = call(
+        &gw,
+        "/mcp/db",
+        &alice_token,
+        "query",
+        json!({"sql": "SELECT generate_series(1, 100) AS n"}),
+    )
+    .await;
+    assert!(
+        full["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Truncated"),
+        "{full}"
+    );
+    let r = ok(
+        &gw,
+        &alice_token,
+        "query",
+        json!({"sql": "SELECT generate_series(1, 3) AS n", "max_rows": 2}),
+    )
+    .await;
+    assert_eq!(r["rows"], json!([[1], [2]]));
+    let r = ok(
+        &gw,
+        &alice_token,
+        "query",
+        json!({"sql": "SELECT repeat('x', 1000) FROM generate_series(1, 5)"}),
+    )
+    .await;
+    assert_eq!(r["truncated_by"], "max_result_bytes");
+    assert!(r["row_count"].as_u64().unwrap() < 3, "{r}");
+    let started = std::time::Instant::now();
+    let e = tool_error(
+        &gw,
+        &alice_token,
+        "query",
+        json!({"sql": "SELECT pg_sleep(5)"}),
+    )
+    .await;
+    assert!(e.contains("statement timeout"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // The connection is fine afterwards.
+    ok(&gw, &alice_token, "query", json!({"sql": "SELECT 1"})).await;
+    // Mistakes in the arguments, before any database work.
+    let e = tool_error(
+        &gw,
+        &alice_token,
+        "query",
+        json!({"sql": "SELECT 1", "limit": 3}),
+    )
+    .await;
+    assert!(e.contains("unknown argument `limit`"), "{e}");
+    let e = tool_error(&gw, &alice_token, "query", json!({})).await;
+    assert!(e.contains("`sql` is required"), "{e}");
+    let (s, r) = call(&gw, "/mcp/db", &alice_token, "drop_everything", json!({})).await;
+    assert_eq!((s, r["error"]["code"].as_i64()), (200, Some(-32602)), "{r}");
+
+    // A person signed in another way has no database credential: nothing runs, and there
+    // is no fallback to anyone else's account.
+    let local = authorize_for(&gw, "alice", &resource).await;
+    let e = tool_error(
+        &gw,
+        &local.access_token,
+        "query",
+        json!({"sql": "SELECT 1"}),
+    )
+    .await;
+    assert!(e.contains("your own account"), "{e}");
+
+    // The pools are the people's own: visible in pg_stat_activity under their roles.
+    assert!(pg_connections(&admin, "alice_db").await >= 1);
+    assert!(pg_connections(&admin, "bob_db").await >= 1);
+    // Revoking alice's grant closes her pool at once.
+    let (s, _) = gw
+        .post_form(
+            "/revoke",
+            &[
+                ("token", alice["refresh_token"].as_str().unwrap()),
+                ("client_id", alice["client_id"].as_str().unwrap()),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200);
+    within(1, "alice's connections closed after revocation", || async {
+        pg_connections(&admin, "alice_db").await == 0
+    })
+    .await;
+    let (s, _) = call(
+        &gw,
+        "/mcp/db",
+        &alice_token,
+        "query",
+        json!({"sql": "SELECT 1"}),
+    )
+    .await;
+    assert_eq!(s, 401, "the revoked grant's token is refused");
+    assert!(
+        pg_connections(&admin, "bob_db").await >= 1,
+        "bob's pool stays"
+    );
+
+    // An idle pool closes (the clock moved past pool_idle_secs).
+    gw.clock.advance(301);
+    within(3, "bob's idle pool closed", || async {
+        pg_connections(&admin, "bob_db").await == 0
+    })
+    .await;
+    // And opens again on the next call.
+    ok(&gw, &bob_token, "query", json!({"sql": "SELECT 1"})).await;
+    assert!(pg_connections(&admin, "bob_db").await >= 1);
+
+    // The database stops accepting bob's password: the next time a pool must be opened,
+    // his grant ends, and the client is told to sign in again.
+    sqlx::query("ALTER ROLE bob_db PASSWORD 'changed-elsewhere'")
+        .execute(&admin)
+        .await
+        .unwrap();
+    gw.clock.advance(301);
+    within(3, "bob's idle pool closed", || async {
+        pg_connections(&admin, "bob_db").await == 0
+    })
+    .await;
+    let e = tool_error(&gw, &bob_token, "query", json!({"sql": "SELECT 1"})).await;
+    assert!(e.contains("Sign in again"), "{e}");
+    let (s, _) = call(
+        &gw,
+        "/mcp/db",
+        &bob_token,
+        "query",
+        json!({"sql": "SELECT 1"}),
+    )
+    .await;
+    assert_eq!(s, 401, "the grant ended");
+    let reasons: Vec<_> = gw
+        .store
+        .list_grants(&Default::default(), true)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|g| g.login_source == "pg")
+        .filter_map(|g| g.ended_reason)
+        .collect();
+    assert!(
+        reasons.contains(&mcp_oauth_gateway::store::EndReason::CredentialRefused),
+        "{reasons:?}"
+    );
+    drop(gw);
+    admin.close().await;
+    drop(pg);
+}
