@@ -256,6 +256,11 @@ where
     };
     match tokio::time::timeout(timeout + GRACE, (&mut **conn).execute(sqlx::raw_sql(begin))).await {
         Ok(Ok(_)) => {}
+        // Without a transaction, the bracket only sets the engine's statement timeout: a
+        // server that does not know the setting still gets the gateway's own timer.
+        Ok(Err(sqlx::Error::Database(d))) if end.is_none() => {
+            tracing::warn!(error = %d.message(), "the database did not take the statement timeout; the gateway's own timer applies");
+        }
         Ok(Err(e)) => return fail(sql_error(e), true),
         Err(_) => return fail(RunError::Timeout(timeout), true),
     }

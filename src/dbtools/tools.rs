@@ -499,6 +499,7 @@ impl DbTools {
             }
             "describe_table" => {
                 let table_name = table_name.unwrap_or_default();
+                let mariadb = self.source.engine() == super::config::Engine::Mariadb;
                 let key = format!("columns\n{}\n{table_name}", database.unwrap_or("\u{0}"));
                 let rows = match self
                     .metadata(
@@ -527,7 +528,9 @@ impl DbTools {
                             "name": r.first().cloned().flatten(),
                             "type": r.get(1).cloned().flatten(),
                             "nullable": r.get(2).cloned().flatten().as_deref() == Some("YES"),
-                            "default": r.get(3).cloned().flatten(),
+                            // MariaDB writes "no default" as the expression NULL (a
+                            // string default is quoted there).
+                            "default": r.get(3).cloned().flatten().filter(|d| !(mariadb && d == "NULL")),
                         })
                     })
                     .collect();

@@ -15,7 +15,7 @@ use crate::support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_mcp-oauth-gateway");
 
 /// The URL of a schema of the test database.
-fn schema_url(pg: &str, schema: &str) -> String {
+pub(crate) fn schema_url(pg: &str, schema: &str) -> String {
     let sep = if pg.contains('?') { '&' } else { '?' };
     format!("{pg}{sep}options=-c%20search_path%3D{schema}")
 }

@@ -214,6 +214,17 @@ async fn postgres_with_people() -> Option<(PrivatePostgres, sqlx::PgPool)> {
     Some((pg, admin))
 }
 
+/// A store other than SQLite (the suite's PostgreSQL run) gets sealing keys from the
+/// configuration; SQLite makes a key file of its own.
+fn needs_keys(c: &mut mcp_oauth_gateway::config::Config) {
+    if !c.store.url.starts_with("sqlite:") {
+        c.keys.encryption = vec![SHARED_KEY.into()];
+    }
+}
+
+/// One key for every instance on a shared store (32 zero bytes, base64): a test's.
+const SHARED_KEY: &str = "dbt1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
 fn pg_source(port: u16) -> mcp_oauth_gateway::dbtools::DatabaseLoginConfig {
     serde_json::from_value(json!({
         "name": "pg",
@@ -236,6 +247,7 @@ async fn postgres_people_sign_in_with_their_own_accounts_and_see_only_their_own(
     };
     let port = pg.port;
     let gw = TestGateway::start_with(move |c| {
+        needs_keys(c);
         c.login.max_failures_per_account = 3;
         c.login.database.push(pg_source(port));
         let mut down = pg_source(1);
@@ -560,4 +572,394 @@ async fn postgres_people_sign_in_with_their_own_accounts_and_see_only_their_own(
     drop(gw);
     admin.close().await;
     drop(pg);
+}
+
+#[tokio::test]
+async fn a_second_instance_rebuilds_the_pool_and_the_budget_holds() {
+    let Some(store_pg) = crate::store_suite::postgres_url() else {
+        return;
+    };
+    let Some((pg, admin)) = postgres_with_people().await else {
+        return;
+    };
+    let port = pg.port;
+    let (_store, _store_admin, schema) = crate::store_suite::fresh_postgres(&store_pg).await;
+    let store_url = crate::cluster::schema_url(&store_pg, &schema);
+    let configure = move |store_url: String, public: Option<String>| {
+        move |c: &mut mcp_oauth_gateway::config::Config| {
+            c.store.url = store_url;
+            if let Some(p) = public {
+                c.server.public_url = Some(p);
+            }
+            c.keys.encryption = vec![SHARED_KEY.into()];
+            let mut source = pg_source(port);
+            // Room for two people's pools of one connection each.
+            source.pool_size = 1;
+            source.max_connections = 2;
+            c.login.database.push(source);
+            c.upstreams.push(dbtools_upstream("pg"));
+        }
+    };
+    let a = TestGateway::start_with(configure(store_url.clone(), None)).await;
+    let b = TestGateway::start_with(configure(store_url.clone(), Some(a.base.clone()))).await;
+    let resource = format!("{}/mcp/db", a.base);
+    let (_, _, alice) = sign_in(&a, "pg", "alice_db", "alice-pass-1", &resource).await;
+    let alice = alice.expect("alice signs in at A");
+    let token = alice["access_token"].as_str().unwrap().to_string();
+    let q = json!({"sql": "SELECT item FROM orders ORDER BY item"});
+    let rows = json!([["apple"], ["avocado"]]);
+    assert_eq!(ok(&a, &token, "query", q.clone()).await["rows"], rows);
+    // Instance B has never seen her: it opens her pool from the sealed credential.
+    assert_eq!(ok(&b, &token, "query", q.clone()).await["rows"], rows);
+    assert_eq!(
+        pg_connections(&admin, "alice_db").await,
+        2,
+        "one pool on each instance"
+    );
+    // Revoked at A: both instances close her pools within a second.
+    let (s, _) = a
+        .post_form(
+            "/revoke",
+            &[
+                ("token", alice["refresh_token"].as_str().unwrap()),
+                ("client_id", alice["client_id"].as_str().unwrap()),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200);
+    within(1, "alice's pools closed on both instances", || async {
+        pg_connections(&admin, "alice_db").await == 0
+    })
+    .await;
+
+    // Three people, a budget of two connections per instance: the least recently used
+    // pool makes room, every call is answered, and the budget is never exceeded.
+    let mut tokens = Vec::new();
+    for (user, pw) in [
+        ("alice_db", "alice-pass-1"),
+        ("bob_db", "bob-pass-1"),
+        ("carol_db", "carol-pass-1"),
+    ] {
+        let (_, page, t) = sign_in(&a, "pg", user, pw, &resource).await;
+        let t = t.unwrap_or_else(|| panic!("{user}: {page}"));
+        tokens.push((user, t["access_token"].as_str().unwrap().to_string()));
+    }
+    let total = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'mcp-oauth-gateway dbtools'",
+        )
+        .fetch_one(&admin)
+        .await
+        .unwrap()
+    };
+    for round in 0..3 {
+        for (user, token) in &tokens {
+            let r = ok(
+                &a,
+                token,
+                "query",
+                json!({"sql": "SELECT current_user AS me"}),
+            )
+            .await;
+            assert_eq!(r["rows"][0][0], *user, "round {round}");
+            let open = total().await;
+            assert!(open <= 2, "{open} connections open with a budget of 2");
+        }
+    }
+    drop((a, b));
+    admin.close().await;
+    drop(pg);
+}
+
+#[tokio::test]
+async fn a_real_mcp_client_signs_in_with_a_database_account_and_queries() {
+    let Some((pg, _admin)) = postgres_with_people().await else {
+        return;
+    };
+    let port = pg.port;
+    let gw = TestGateway::start_with(move |c| {
+        needs_keys(c);
+        c.login.database.push(pg_source(port));
+        c.upstreams.push(dbtools_upstream("pg"));
+    })
+    .await;
+    let resource = format!("{}/mcp/db", gw.base);
+    let (_, _, tokens) = sign_in(&gw, "pg", "bob_db", "bob-pass-1", &resource).await;
+    let token = tokens.expect("bob signs in")["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    use rmcp::ServiceExt;
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(resource.clone()).auth_header(token),
+    );
+    let client = ().serve(transport).await.expect("rmcp client connects");
+    let tools = client.list_all_tools().await.expect("tools/list");
+    let names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
+    assert_eq!(
+        names,
+        [
+            "list_databases",
+            "list_tables",
+            "describe_table",
+            "query",
+            "explain"
+        ]
+    );
+    let args = json!({"sql": "SELECT item, paid FROM orders"});
+    let result = client
+        .call_tool(
+            CallToolRequestParams::new("query").with_arguments(args.as_object().unwrap().clone()),
+        )
+        .await
+        .expect("tools/call");
+    assert_eq!(result.is_error, Some(false));
+    assert_eq!(
+        result.structured_content.unwrap()["rows"],
+        json!([["banana", true]])
+    );
+    client.cancel().await.ok();
+    drop(gw);
+    drop(pg);
+}
+
+/// The machine's MariaDB: (root pool, a database of the test's own, two users in it).
+async fn mariadb_with_people() -> Option<(sqlx::MySqlPool, String, String)> {
+    let url = mysql_url()?;
+    let root = sqlx::MySqlPool::connect(&url)
+        .await
+        .expect("MariaDB reachable");
+    let tag = mcp_oauth_gateway::crypto::new_id()
+        .to_ascii_lowercase()
+        .replace(['-', '_'], "")[..10]
+        .to_string();
+    let db = format!("mog_dbt_{tag}");
+    let alice = format!("mog_a_{tag}");
+    let bob = format!("mog_b_{tag}");
+    for stmt in [
+        format!("CREATE DATABASE {db}"),
+        format!("CREATE TABLE {db}.alice_notes (note TEXT)"),
+        format!("CREATE TABLE {db}.bob_notes (note TEXT)"),
+        format!(
+            "CREATE TABLE {db}.items (id INT UNSIGNED, name VARCHAR(20), price DECIMAL(6,2), data JSON, raw VARBINARY(4))"
+        ),
+        format!("INSERT INTO {db}.alice_notes VALUES ('for alice')"),
+        format!("INSERT INTO {db}.bob_notes VALUES ('for bob')"),
+        format!("INSERT INTO {db}.items VALUES (1, 'apple', 1.50, '{{\"n\": 1}}', 0xff00)"),
+        format!("CREATE USER '{alice}'@'%' IDENTIFIED BY 'alice-pass-1'"),
+        format!("CREATE USER '{bob}'@'%' IDENTIFIED BY 'bob-pass-1'"),
+        format!("GRANT SELECT, INSERT, DROP ON {db}.alice_notes TO '{alice}'@'%'"),
+        format!("GRANT SELECT ON {db}.items TO '{alice}'@'%'"),
+        format!("GRANT SELECT ON {db}.bob_notes TO '{bob}'@'%'"),
+        format!("GRANT SELECT ON {db}.items TO '{bob}'@'%'"),
+    ] {
+        sqlx::raw_sql(&stmt)
+            .execute(&root)
+            .await
+            .unwrap_or_else(|e| panic!("{stmt}: {e}"));
+    }
+    Some((root, db, tag))
+}
+
+async fn mariadb_cleanup(root: &sqlx::MySqlPool, db: &str, tag: &str) {
+    for stmt in [
+        format!("DROP DATABASE IF EXISTS {db}"),
+        format!("DROP USER IF EXISTS 'mog_a_{tag}'@'%'"),
+        format!("DROP USER IF EXISTS 'mog_b_{tag}'@'%'"),
+    ] {
+        let _ = sqlx::raw_sql(&stmt).execute(root).await;
+    }
+}
+
+async fn mysql_connections(root: &sqlx::MySqlPool, user: &str) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = ?")
+        .bind(user)
+        .fetch_one(root)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn mariadb_people_sign_in_and_read_only_holds_with_and_without_read_only_transactions() {
+    let Some((root, db, tag)) = mariadb_with_people().await else {
+        return;
+    };
+    let (alice, bob) = (format!("mog_a_{tag}"), format!("mog_b_{tag}"));
+    let db2 = db.clone();
+    let gw = TestGateway::start_with(move |c| {
+        needs_keys(c);
+        for (name, engine) in [("maria", "mariadb"), ("rocks", "starrocks")] {
+            c.login.database.push(
+                serde_json::from_value(json!({
+                    "name": name, "kind": "mysql", "engine": engine,
+                    "url": format!("mysql://127.0.0.1:3306/{db2}"), "tls": "disable"
+                }))
+                .unwrap(),
+            );
+        }
+        let mut u = dbtools_upstream("maria");
+        u.statement_timeout_secs = Some(1);
+        c.upstreams.push(u);
+        c.upstreams
+            .push(serde_json::from_value(json!({"name": "rocks", "dbtools": "rocks"})).unwrap());
+        c.upstreams.push(
+            serde_json::from_value(json!({"name": "dbw", "dbtools": "maria", "writable": true}))
+                .unwrap(),
+        );
+    })
+    .await;
+    let resource = format!("{}/mcp/db", gw.base);
+    let (s, page, _) = sign_in(&gw, "maria", &alice, "wrong", &resource).await;
+    assert_eq!(s, 401, "{page}");
+    let (_, page, a) = sign_in(&gw, "maria", &alice, "alice-pass-1", &resource).await;
+    let a = a.unwrap_or_else(|| panic!("{page}"));
+    let at = a["access_token"].as_str().unwrap().to_string();
+    let (_, _, b) = sign_in(&gw, "maria", &bob, "bob-pass-1", &resource).await;
+    let bt = b.expect("bob signs in")["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let tables = table_names(&ok(&gw, &at, "list_tables", json!({"database": db})).await);
+    assert_eq!(tables, ["alice_notes", "items"]);
+    let tables = table_names(&ok(&gw, &bt, "list_tables", json!({"database": db})).await);
+    assert_eq!(tables, ["bob_notes", "items"]);
+    let d = ok(&gw, &at, "describe_table", json!({"table": "items"})).await;
+    assert_eq!(
+        d["columns"][0],
+        json!({"name": "id", "type": "int(10) unsigned", "nullable": true, "default": null})
+    );
+    let r = ok(
+        &gw,
+        &at,
+        "query",
+        json!({"sql": "SELECT id, name, price, data, raw FROM items"}),
+    )
+    .await;
+    // MariaDB's JSON is text on the wire (an alias of LONGTEXT): it stays a string.
+    assert_eq!(
+        r["rows"],
+        json!([[1, "apple", "1.50", "{\"n\": 1}", "0xff00"]])
+    );
+    let e = tool_error(
+        &gw,
+        &bt,
+        "query",
+        json!({"sql": "SELECT * FROM alice_notes"}),
+    )
+    .await;
+    assert!(e.contains("denied"), "{e}");
+
+    // Read-only by transaction and session: a write, DDL (which would commit a read-only
+    // transaction before running), a smuggled second statement.
+    for sql in [
+        "INSERT INTO alice_notes VALUES ('written')".to_string(),
+        "DROP TABLE alice_notes".to_string(),
+        "SELECT 1; DROP TABLE alice_notes".to_string(),
+        "COMMIT".to_string(),
+    ] {
+        let (s, r) = call(&gw, "/mcp/db", &at, "query", json!({"sql": sql})).await;
+        assert_eq!(s, 200);
+        if sql == "COMMIT" {
+            continue;
+        }
+        assert_eq!(r["isError"], true, "{sql}: {r}");
+    }
+    let e = tool_error(&gw, &at, "query", json!({"sql": "DROP TABLE alice_notes"})).await;
+    assert!(e.contains("READ ONLY"), "{e}");
+    let e = tool_error(&gw, &at, "query", json!({"sql": "SELECT SLEEP(3)"})).await;
+    assert!(e.contains("max_statement_time"), "{e}");
+    let notes: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {db}.alice_notes"))
+        .fetch_one(&root)
+        .await
+        .expect("alice_notes still exists");
+    assert_eq!(notes, 1, "nothing written");
+
+    // A writable upstream on the same source commits.
+    let w = format!("{}/mcp/dbw", gw.base);
+    let (_, _, aw) = sign_in(&gw, "maria", &alice, "alice-pass-1", &w).await;
+    let awt = aw.unwrap()["access_token"].as_str().unwrap().to_string();
+    let (_, r) = call(
+        &gw,
+        "/mcp/dbw",
+        &awt,
+        "query",
+        json!({"sql": "INSERT INTO alice_notes VALUES ('written')"}),
+    )
+    .await;
+    assert_eq!(r["structuredContent"]["rows_affected"], 1, "{r}");
+    let notes: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {db}.alice_notes"))
+        .fetch_one(&root)
+        .await
+        .unwrap();
+    assert_eq!(notes, 2);
+
+    // An engine without read-only transactions: only what the parser reads as one read is
+    // run, as the parser renders it.
+    let rocks = format!("{}/mcp/rocks", gw.base);
+    let (_, _, ar) = sign_in(&gw, "rocks", &alice, "alice-pass-1", &rocks).await;
+    let rt = ar.unwrap()["access_token"].as_str().unwrap().to_string();
+    let rcall = |sql: &str| {
+        let (gw, rt) = (&gw, rt.clone());
+        let sql = sql.to_string();
+        async move {
+            call(gw, "/mcp/rocks", &rt, "query", json!({"sql": sql}))
+                .await
+                .1
+        }
+    };
+    let r = rcall("select note from alice_notes order by note").await;
+    assert_eq!(
+        r["structuredContent"]["rows"],
+        json!([["for alice"], ["written"]]),
+        "{r}"
+    );
+    for (sql, why) in [
+        (
+            "SELECT 1; DROP TABLE alice_notes",
+            "one statement at a time",
+        ),
+        ("DROP TABLE alice_notes", "read-only"),
+        ("INSERT INTO alice_notes VALUES ('x')", "read-only"),
+        ("SELECT note INTO @v FROM alice_notes", "INTO"),
+        ("SELECT * FROM alice_notes FOR UPDATE", "row locks"),
+    ] {
+        let r = rcall(sql).await;
+        assert_eq!(r["isError"], true, "{sql}: {r}");
+        assert!(
+            r["content"][0]["text"].as_str().unwrap().contains(why),
+            "{sql}: {r}"
+        );
+    }
+    // Text two parsers may read differently runs as the one reading that was checked.
+    let r = rcall("SELECT 1 --x; DROP TABLE alice_notes").await;
+    let _ = r;
+    let notes: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {db}.alice_notes"))
+        .fetch_one(&root)
+        .await
+        .expect("alice_notes still exists");
+    assert_eq!(notes, 2, "nothing written or dropped");
+
+    // Her connections are hers, and go when her grant ends.
+    let before = mysql_connections(&root, &alice).await;
+    assert!(before >= 1);
+    let (s, _) = gw
+        .post_form(
+            "/revoke",
+            &[
+                ("token", a["refresh_token"].as_str().unwrap()),
+                ("client_id", a["client_id"].as_str().unwrap()),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200);
+    within(1, "the revoked grant's connections closed", || async {
+        mysql_connections(&root, &alice).await < before
+    })
+    .await;
+    drop(gw);
+    mariadb_cleanup(&root, &db, &tag).await;
 }
