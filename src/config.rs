@@ -734,8 +734,17 @@ pub enum UpstreamCredentials {
     /// upstream, so it should be reached over TLS or on the same host.
     DatabaseLogin {
         source: String,
-        username_header: String,
-        password_header: String,
+        /// For a `url` upstream: the headers they travel in.
+        #[serde(default)]
+        username_header: Option<String>,
+        #[serde(default)]
+        password_header: Option<String>,
+        /// For a `command` upstream with `per_user = true`: the environment variables they
+        /// are given in (a process per person and credential).
+        #[serde(default)]
+        username_env: Option<String>,
+        #[serde(default)]
+        password_env: Option<String>,
     },
 }
 
@@ -1084,6 +1093,8 @@ impl Config {
                 source,
                 username_header,
                 password_header,
+                username_env,
+                password_env,
             } = &u.credentials
             {
                 if !self.login.database.iter().any(|d| &d.name == source) {
@@ -1092,33 +1103,60 @@ impl Config {
                         format!("`{source}` is no [[login.database]]"),
                     ));
                 }
-                if u.url.is_none() {
+                let (names, other, what) = if u.url.is_some() {
+                    (
+                        [
+                            ("username_header", username_header),
+                            ("password_header", password_header),
+                        ],
+                        username_env.is_some() || password_env.is_some(),
+                        "a `url` upstream takes username_header and password_header",
+                    )
+                } else {
+                    if !u.per_user {
+                        return Err(Invalid::at(
+                            key("per_user"),
+                            "database_login credentials go to a stdio upstream run per user (per_user = true)",
+                        ));
+                    }
+                    (
+                        [
+                            ("username_env", username_env),
+                            ("password_env", password_env),
+                        ],
+                        username_header.is_some() || password_header.is_some(),
+                        "a `command` upstream takes username_env and password_env",
+                    )
+                };
+                if other {
+                    return Err(Invalid::at(key("credentials"), what));
+                }
+                for (k, v) in names {
+                    let k = key(&format!("credentials.{k}"));
+                    let Some(v) = v else {
+                        return Err(Invalid::at(k, format!("is required: {what}")));
+                    };
+                    let ok = if u.url.is_some() {
+                        http::HeaderName::from_bytes(v.as_bytes()).is_ok()
+                            && !GATEWAY_HEADERS.contains(&v.to_ascii_lowercase().as_str())
+                    } else {
+                        !v.is_empty()
+                            && !v.starts_with(|c: char| c.is_ascii_digit())
+                            && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    };
+                    if !ok {
+                        return Err(Invalid::at(
+                            k,
+                            "not a name that can be set (a header the gateway handles itself, or not a header or environment variable name)",
+                        ));
+                    }
+                }
+                if names[0].1.as_deref().map(str::to_ascii_lowercase)
+                    == names[1].1.as_deref().map(str::to_ascii_lowercase)
+                {
                     return Err(Invalid::at(
                         key("credentials"),
-                        "database_login credentials go to `url` upstreams, as headers",
-                    ));
-                }
-                for (k, h) in [
-                    ("username_header", username_header),
-                    ("password_header", password_header),
-                ] {
-                    if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                        return Err(Invalid::at(
-                            key(&format!("credentials.{k}")),
-                            "not a header name",
-                        ));
-                    }
-                    if GATEWAY_HEADERS.contains(&h.to_ascii_lowercase().as_str()) {
-                        return Err(Invalid::at(
-                            key(&format!("credentials.{k}")),
-                            "is a header the gateway sets or removes itself",
-                        ));
-                    }
-                }
-                if username_header.eq_ignore_ascii_case(password_header) {
-                    return Err(Invalid::at(
-                        key("credentials.password_header"),
-                        "must differ from username_header",
+                        "the username and the password need two different names",
                     ));
                 }
             }

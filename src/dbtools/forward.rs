@@ -1,7 +1,8 @@
 //! Opt-in per upstream: the person's own database username and password, from the grant's
-//! sealed login context, in two headers to an HTTP upstream — for operators who run their own
-//! database MCP server per user. Nothing is sent for anyone who did not sign in through the
-//! source: the call is refused instead.
+//! sealed login context, for operators who run their own database MCP server per user — in
+//! two headers to an HTTP upstream, or in two environment variables of a stdio upstream run
+//! per user. Nothing is sent for anyone who did not sign in through the source: the call is
+//! refused instead.
 
 use std::sync::Arc;
 
@@ -16,42 +17,41 @@ use crate::proxy::CredentialSource;
 use crate::proxy::credentials::CredentialError;
 use crate::store::SharedStore;
 
-pub struct DatabaseLoginHeaders {
+/// Where the credential goes.
+pub enum Target {
+    Headers {
+        username: HeaderName,
+        password: HeaderName,
+    },
+    Environment {
+        username: String,
+        password: String,
+    },
+}
+
+pub struct DatabaseLogin {
     source: Arc<DatabaseSource>,
     contexts: LoginContexts,
     store: SharedStore,
-    username: HeaderName,
-    password: HeaderName,
+    target: Target,
 }
 
-impl DatabaseLoginHeaders {
+impl DatabaseLogin {
     pub fn new(
         source: Arc<DatabaseSource>,
         contexts: LoginContexts,
         store: SharedStore,
-        username_header: &str,
-        password_header: &str,
-    ) -> Result<Self, String> {
-        let name = |h: &str| {
-            HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("`{h}` is not a header name"))
-        };
-        Ok(Self {
+        target: Target,
+    ) -> Self {
+        Self {
             source,
             contexts,
             store,
-            username: name(username_header)?,
-            password: name(password_header)?,
-        })
+            target,
+        }
     }
-}
 
-#[async_trait]
-impl CredentialSource for DatabaseLoginHeaders {
-    async fn apply(
-        &self,
-        principal: &Principal,
-        headers: &mut HeaderMap,
-    ) -> Result<(), CredentialError> {
+    async fn credential(&self, principal: &Principal) -> Result<Credential, CredentialError> {
         let unavailable = |why: &str| CredentialError::Unavailable(why.to_string());
         let name = self.source.name();
         let grant = match (&principal.grant_id, &principal.login_source) {
@@ -70,16 +70,45 @@ impl CredentialSource for DatabaseLoginHeaders {
                 return Err(unavailable("the database credential cannot be read"));
             }
         };
-        let who: Credential = serde_json::from_slice(&kept)
-            .map_err(|_| unavailable("the database credential cannot be read"))?;
+        serde_json::from_slice(&kept)
+            .map_err(|_| unavailable("the database credential cannot be read"))
+    }
+}
+
+#[async_trait]
+impl CredentialSource for DatabaseLogin {
+    async fn apply(
+        &self,
+        principal: &Principal,
+        headers: &mut HeaderMap,
+    ) -> Result<(), CredentialError> {
+        let Target::Headers { username, password } = &self.target else {
+            return Ok(());
+        };
+        let who = self.credential(principal).await?;
+        let unavailable = |why: &str| CredentialError::Unavailable(why.to_string());
         let mut user = HeaderValue::from_str(&who.username)
             .map_err(|_| unavailable("the database username cannot travel in a header"))?;
-        let mut password = HeaderValue::from_str(&who.password)
+        let mut pass = HeaderValue::from_str(&who.password)
             .map_err(|_| unavailable("the database password cannot travel in a header"))?;
         user.set_sensitive(true);
-        password.set_sensitive(true);
-        headers.insert(self.username.clone(), user);
-        headers.insert(self.password.clone(), password);
+        pass.set_sensitive(true);
+        headers.insert(username.clone(), user);
+        headers.insert(password.clone(), pass);
         Ok(())
+    }
+
+    async fn environment(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<(String, String)>, CredentialError> {
+        let Target::Environment { username, password } = &self.target else {
+            return Ok(Vec::new());
+        };
+        let who = self.credential(principal).await?;
+        Ok(vec![
+            (username.clone(), who.username),
+            (password.clone(), who.password),
+        ])
     }
 }

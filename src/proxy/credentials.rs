@@ -51,6 +51,14 @@ pub trait CredentialSource: Send + Sync {
         principal: &Principal,
         headers: &mut HeaderMap,
     ) -> Result<(), CredentialError>;
+    /// For a stdio upstream run per user: environment values its process gets for
+    /// `principal` (a process is started per distinct set).
+    async fn environment(
+        &self,
+        _principal: &Principal,
+    ) -> Result<Vec<(String, String)>, CredentialError> {
+        Ok(Vec::new())
+    }
     /// The upstream answered `401` to a request carrying this credential.
     async fn unauthorized(&self, _principal: &Principal) -> AfterUnauthorized {
         AfterUnauthorized::GiveUp

@@ -440,6 +440,11 @@ impl Proxy {
             }
             // A stdio server: bridged here, with no session of its own.
             Backend::Stdio(stdio) => {
+                let env = upstream
+                    .credential
+                    .environment(principal)
+                    .await
+                    .map_err(ProxyError::Credential)?;
                 return stdio
                     .handle(
                         &parts.method,
@@ -447,6 +452,7 @@ impl Proxy {
                         &body,
                         principal,
                         &owner,
+                        env,
                         in_flight,
                     )
                     .await

@@ -5,6 +5,7 @@
 //! client accepts it), a client that goes away has its call cancelled, and a crashed process
 //! fails its calls with a JSON-RPC error and is started again (with back-off) on demand.
 
+use sha2::Digest;
 use std::collections::{BTreeMap, HashMap};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -240,12 +241,34 @@ impl StdioServer {
         });
     }
 
-    async fn child_for(&self, p: &Principal, owner: &str) -> Result<Arc<Child>, StdioError> {
-        let key = if self.per_user {
+    async fn child_for(
+        &self,
+        p: &Principal,
+        owner: &str,
+        env: Vec<(String, String)>,
+    ) -> Result<Arc<Child>, StdioError> {
+        let mut key = if self.per_user {
             owner.to_string()
         } else {
             "shared".to_string()
         };
+        // A process per distinct credential: one started with a person's old database
+        // password is not handed their new sign-in.
+        if !env.is_empty() {
+            // Keyed by a salt of this process's: the key is logged, the values are secrets.
+            static SALT: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+            let mut h = sha2::Sha256::new();
+            h.update(SALT.get_or_init(crate::crypto::random_bytes::<32>));
+            for (k, v) in &env {
+                h.update(k.as_bytes());
+                h.update([0]);
+                h.update(v.as_bytes());
+                h.update([0]);
+            }
+            let digest = h.finalize();
+            key.push('\n');
+            key.push_str(&crate::crypto::hex(&digest[..16]));
+        }
         let mut children = self.children.lock().await;
         if let Some(c) = children.get(&key)
             && c.alive.load(Ordering::SeqCst)
@@ -259,7 +282,7 @@ impl StdioServer {
         {
             return Err(StdioError::BackingOff((*next - now) as u64));
         }
-        match self.spawn(p).await {
+        match self.spawn(p, &env).await {
             Ok(c) => {
                 if let Ok(mut b) = self.backoff.lock() {
                     b.remove(&key);
@@ -279,7 +302,11 @@ impl StdioServer {
         }
     }
 
-    async fn spawn(&self, p: &Principal) -> Result<Arc<Child>, StdioError> {
+    async fn spawn(
+        &self,
+        p: &Principal,
+        env: &[(String, String)],
+    ) -> Result<Arc<Child>, StdioError> {
         let mut cmd = tokio::process::Command::new(&self.command[0]);
         cmd.args(&self.command[1..])
             .env_clear()
@@ -295,6 +322,7 @@ impl StdioServer {
         if self.per_user {
             cmd.envs(self.per_user_env.iter().map(|(k, v)| (k, fill(v, p))));
         }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let mut proc = cmd.spawn().map_err(|e| StdioError::Start(e.to_string()))?;
         let (Some(mut stdin), Some(stdout), Some(stderr)) =
             (proc.stdin.take(), proc.stdout.take(), proc.stderr.take())
@@ -391,6 +419,7 @@ impl StdioServer {
         body: &[u8],
         p: &Principal,
         owner: &str,
+        env: Vec<(String, String)>,
         in_flight: super::InFlight,
     ) -> Result<Response<Body>, StdioError> {
         if *method != Method::POST {
@@ -417,7 +446,7 @@ impl StdioServer {
                 ));
             }
         };
-        let child = self.child_for(p, owner).await?;
+        let child = self.child_for(p, owner, env).await?;
         child.last_used.store(self.clock.now(), Ordering::SeqCst);
         let id = msg.get("id").cloned();
         let method_name = msg

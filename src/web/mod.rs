@@ -238,20 +238,39 @@ impl Gateway {
                 source,
                 username_header,
                 password_header,
+                username_env,
+                password_env,
             } = &u.credentials
             {
+                use crate::dbtools::forward::{DatabaseLogin, Target};
+                let target = match (username_header, password_header, username_env, password_env) {
+                    (Some(user), Some(pass), None, None) => Target::Headers {
+                        username: HeaderName::from_bytes(user.as_bytes()).map_err(|_| {
+                            format!("upstream `{}`: `{user}` is not a header name", u.name)
+                        })?,
+                        password: HeaderName::from_bytes(pass.as_bytes()).map_err(|_| {
+                            format!("upstream `{}`: `{pass}` is not a header name", u.name)
+                        })?,
+                    },
+                    (None, None, Some(user), Some(pass)) => Target::Environment {
+                        username: user.clone(),
+                        password: pass.clone(),
+                    },
+                    _ => {
+                        return Err(format!(
+                            "upstream `{}`: database_login needs two header names or two environment names",
+                            u.name
+                        ));
+                    }
+                };
                 credential_sources.push((
                     u.name.clone(),
-                    Arc::new(
-                        crate::dbtools::forward::DatabaseLoginHeaders::new(
-                            database(source)?,
-                            auth.contexts.clone(),
-                            store.clone(),
-                            username_header,
-                            password_header,
-                        )
-                        .map_err(|e| format!("upstream `{}`: {e}", u.name))?,
-                    ),
+                    Arc::new(DatabaseLogin::new(
+                        database(source)?,
+                        auth.contexts.clone(),
+                        store.clone(),
+                        target,
+                    )),
                 ));
             }
         }

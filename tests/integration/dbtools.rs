@@ -110,7 +110,15 @@ pub async fn call(
         .await
         .unwrap();
     let status = r.status().as_u16();
-    let body: Value = r.json().await.unwrap_or(Value::Null);
+    let text = r.text().await.unwrap_or_default();
+    // A JSON answer, or an event stream whose message is the answer.
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+            .find(|m| m.get("id").is_some())
+            .unwrap_or(Value::Null)
+    });
     (status, body.get("result").cloned().unwrap_or(body))
 }
 
@@ -960,6 +968,85 @@ async fn mariadb_people_sign_in_and_read_only_holds_with_and_without_read_only_t
         mysql_connections(&root, &alice).await < before
     })
     .await;
+    drop(gw);
+    mariadb_cleanup(&root, &db, &tag).await;
+}
+
+#[tokio::test]
+async fn an_operators_own_servers_get_the_database_credential_only_when_opted_in() {
+    let Some(node) = crate::js::node() else {
+        return;
+    };
+    let Some((root, db, tag)) = mariadb_with_people().await else {
+        return;
+    };
+    let alice = format!("mog_a_{tag}");
+    let upstream = crate::upstream_fixture::Upstream::start(false).await;
+    let (db2, url) = (db.clone(), upstream.url.clone());
+    let everything = crate::js::js_dir()
+        .join("node_modules/@modelcontextprotocol/server-everything/dist/index.js")
+        .display()
+        .to_string();
+    let gw = TestGateway::start_with(move |c| {
+        needs_keys(c);
+        c.login.database.push(
+            serde_json::from_value(json!({
+                "name": "maria", "kind": "mysql", "engine": "mariadb",
+                "url": format!("mysql://127.0.0.1:3306/{db2}"), "tls": "disable"
+            }))
+            .unwrap(),
+        );
+        c.upstreams.push(
+            serde_json::from_value(json!({
+                "name": "own", "url": url,
+                "credentials": {"type": "database_login", "source": "maria",
+                    "username_header": "X-Db-User", "password_header": "X-Db-Password"}
+            }))
+            .unwrap(),
+        );
+        c.upstreams.push(
+            serde_json::from_value(json!({
+                "name": "proc", "command": [node.display().to_string(), everything, "stdio"],
+                "per_user": true,
+                "credentials": {"type": "database_login", "source": "maria",
+                    "username_env": "DB_USER", "password_env": "DB_PASSWORD"}
+            }))
+            .unwrap(),
+        );
+    })
+    .await;
+    // Over HTTP: the two headers, and never the client's token.
+    let own = format!("{}/mcp/own", gw.base);
+    let (_, page, t) = sign_in(&gw, "maria", &alice, "alice-pass-1", &own).await;
+    let token = t.unwrap_or_else(|| panic!("{page}"))["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, r) = call(&gw, "/mcp/own", &token, "headers", json!({})).await;
+    assert_eq!(s, 200, "{r}");
+    let seen: Value = serde_json::from_str(r["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["x-db-user"], alice.as_str(), "{seen}");
+    assert_eq!(seen["x-db-password"], "alice-pass-1", "{seen}");
+    assert_eq!(
+        seen["authorization"],
+        Value::Null,
+        "the client's token went upstream"
+    );
+    // Someone signed in another way: refused, with nothing sent.
+    let local = authorize_for(&gw, "alice", &own).await;
+    let (s, _) = call(&gw, "/mcp/own", &local.access_token, "headers", json!({})).await;
+    assert_eq!(s, 503);
+    // Over stdio: two environment values of a process of her own.
+    let proc_resource = format!("{}/mcp/proc", gw.base);
+    let (_, _, t) = sign_in(&gw, "maria", &alice, "alice-pass-1", &proc_resource).await;
+    let token = t.unwrap()["access_token"].as_str().unwrap().to_string();
+    let (s, r) = call(&gw, "/mcp/proc", &token, "get-env", json!({})).await;
+    assert_eq!(s, 200, "{r}");
+    let env: Value = serde_json::from_str(r["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (env["DB_USER"].as_str(), env["DB_PASSWORD"].as_str()),
+        (Some(alice.as_str()), Some("alice-pass-1"))
+    );
     drop(gw);
     mariadb_cleanup(&root, &db, &tag).await;
 }

@@ -77,6 +77,8 @@ impl Fixture {
             "x-forwarded-email": get("x-forwarded-email"),
             "x-forwarded-groups": get("x-forwarded-groups"),
             "x-api-key": get("x-api-key"),
+            "x-db-user": get("x-db-user"),
+            "x-db-password": get("x-db-password"),
             "cookie": get("cookie"),
             "host": get("host"),
         })
