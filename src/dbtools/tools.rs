@@ -591,6 +591,6 @@ mod tests {
                 vec!["long".into(), "".into()],
             ],
         );
-        assert_eq!(t, "a    | bb\n-----+---\nx    | y z\nlong |");
+        assert_eq!(t, "a    | bb\n-----+----\nx    | y z\nlong |");
     }
 }

@@ -451,7 +451,6 @@ impl Proxy {
                         &parts.headers,
                         &body,
                         principal,
-                        &owner,
                         env,
                         in_flight,
                     )

@@ -418,10 +418,11 @@ impl StdioServer {
         headers: &HeaderMap,
         body: &[u8],
         p: &Principal,
-        owner: &str,
         env: Vec<(String, String)>,
         in_flight: super::InFlight,
     ) -> Result<Response<Body>, StdioError> {
+        let owner = super::owner_of(p);
+        let owner = owner.as_str();
         if *method != Method::POST {
             let mut r = Response::new(Body::empty());
             *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
