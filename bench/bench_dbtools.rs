@@ -101,7 +101,10 @@ async fn sign_in(base: &str, client_id: &str, user: &str, password: &str) -> Res
         .send()
         .await?;
     let v: Value = r.json().await?;
-    Ok(v["access_token"].as_str().ok_or(format!("no token: {v}"))?.to_string())
+    Ok(v["access_token"]
+        .as_str()
+        .ok_or(format!("no token: {v}"))?
+        .to_string())
 }
 
 /// One `tools/call query`; its latency.
@@ -129,7 +132,11 @@ fn ms(d: Duration) -> f64 {
 
 fn percentiles(mut v: Vec<Duration>) -> Value {
     v.sort();
-    let at = |q: f64| v.get(((v.len() as f64 - 1.0) * q).round() as usize).copied().map(ms);
+    let at = |q: f64| {
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .map(ms)
+    };
     json!({"n": v.len(), "p50_ms": at(0.5), "p90_ms": at(0.9), "p99_ms": at(0.99), "max_ms": v.last().copied().map(ms)})
 }
 
@@ -162,7 +169,9 @@ async fn main() -> Result<(), Error> {
     let iterations: usize = a[7].parse()?;
     let pid = &a[8];
     let budget: i64 = a[9].parse()?;
-    let http = reqwest::Client::builder().pool_max_idle_per_host(32).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(32)
+        .build()?;
     let admin = sqlx::PgPool::connect(admin_url).await?;
 
     let r: Value = http
@@ -174,7 +183,10 @@ async fn main() -> Result<(), Error> {
         .await?
         .json()
         .await?;
-    let client_id = r["client_id"].as_str().ok_or(format!("no client: {r}"))?.to_string();
+    let client_id = r["client_id"]
+        .as_str()
+        .ok_or(format!("no client: {r}"))?
+        .to_string();
     let started = Instant::now();
     let mut tokens = Vec::with_capacity(users);
     for chunk in (0..users).collect::<Vec<_>>().chunks(8) {
@@ -191,7 +203,10 @@ async fn main() -> Result<(), Error> {
     let rss_no_pool = rss_kib(pid);
 
     // Warm: the same user, the same statement, through the gateway and directly.
-    let direct = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(direct_url).await?;
+    let direct = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(direct_url)
+        .await?;
     for _ in 0..50 {
         query(&http, base, &tokens[0]).await?;
         sqlx::raw_sql("SELECT 1").fetch_all(&direct).await?;

@@ -1131,6 +1131,18 @@ impl Config {
                 if other {
                     return Err(Invalid::at(key("credentials"), what));
                 }
+                // The password travels in the request: over TLS, or not off this host.
+                if let Some(url) = u.url.as_deref().and_then(|x| Url::parse(x).ok())
+                    && url.scheme() != "https"
+                    && !matches!(url.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+                    && !matches!(url.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
+                    && url.host_str() != Some("localhost")
+                {
+                    return Err(Invalid::at(
+                        key("url"),
+                        "database_login credentials go only to an https:// upstream or one on this host",
+                    ));
+                }
                 for (k, v) in names {
                     let k = key(&format!("credentials.{k}"));
                     let Some(v) = v else {

@@ -60,12 +60,11 @@ impl Engine {
 }
 
 /// TLS toward the database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TlsMode {
     Disable,
     /// TLS when the server offers it (the drivers' default).
-    #[default]
     Prefer,
     /// TLS always, without checking the certificate.
     Require,
@@ -92,8 +91,9 @@ pub struct DatabaseLoginConfig {
     /// What the sign-in page calls it.
     #[serde(default)]
     pub label: Option<String>,
+    /// `prefer` for a loopback host, `verify_full` for any other, unless given.
     #[serde(default)]
-    pub tls: TlsMode,
+    pub tls: Option<TlsMode>,
     /// A PEM file of the certificate authorities to trust for `verify_ca`/`verify_full`.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -140,6 +140,26 @@ impl DatabaseLoginConfig {
         }
     }
 
+    /// The TLS mode in force: everyone's password crosses this connection, so anything
+    /// beyond this host is verified unless the operator says otherwise.
+    pub fn tls_mode(&self) -> TlsMode {
+        self.tls.unwrap_or_else(|| {
+            let loopback = url::Url::parse(&self.url)
+                .ok()
+                .is_some_and(|u| match u.host() {
+                    Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                    None => false,
+                });
+            if loopback {
+                TlsMode::Prefer
+            } else {
+                TlsMode::VerifyFull
+            }
+        })
+    }
+
     pub fn label(&self) -> String {
         self.label
             .clone()
@@ -181,8 +201,14 @@ impl DatabaseLoginConfig {
                 "must not hold credentials: each person's own are used, and there is no shared account",
             );
         }
-        if url.host_str().is_none_or(str::is_empty) {
-            return bad("url", "has no host");
+        match url.host_str() {
+            None | Some("") => return bad("url", "has no host"),
+            // A percent-encoded path is a Unix socket to the driver, where the database
+            // usually trusts the operating-system user instead of checking passwords.
+            Some(h) if h.contains('%') || h.contains('/') => {
+                return bad("url", "must name a network host (no socket paths)");
+            }
+            Some(_) => {}
         }
         if url.query().is_some() {
             return bad(
@@ -190,7 +216,9 @@ impl DatabaseLoginConfig {
                 "must not have query parameters: use tls and ca_file for TLS",
             );
         }
-        if self.ca_file.is_some() && !matches!(self.tls, TlsMode::VerifyCa | TlsMode::VerifyFull) {
+        if self.ca_file.is_some()
+            && !matches!(self.tls_mode(), TlsMode::VerifyCa | TlsMode::VerifyFull)
+        {
             return bad("ca_file", "is for tls = \"verify_ca\" or \"verify_full\"");
         }
         if !(1..=60).contains(&self.connect_timeout_secs) {

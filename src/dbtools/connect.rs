@@ -35,6 +35,13 @@ pub enum ConnectError {
     Refused(String),
     /// The database could not be reached or is overloaded: nobody's fault.
     Unavailable(String),
+    /// No answer in time. For a sign-in this counts as a failure: a database that answers
+    /// wrong passwords slowly (`auth_delay`, a slow directory behind it) must not give
+    /// uncounted guesses.
+    TimedOut(String),
+    /// A made-up password was let in as well: the database does not check passwords for
+    /// this account, so a sign-in through it proves nothing.
+    AcceptsAnyPassword,
 }
 
 /// A person's pool, on either protocol.
@@ -49,6 +56,13 @@ impl Pool {
         match self {
             Self::Postgres(p) => p.close().await,
             Self::Mysql(p) => p.close().await,
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Self::Postgres(p) => p.is_closed(),
+            Self::Mysql(p) => p.is_closed(),
         }
     }
 
@@ -81,13 +95,24 @@ impl Connector {
     pub fn new(cfg: &DatabaseLoginConfig) -> Result<Self, String> {
         let options = match cfg.kind {
             DatabaseKind::Postgres => {
-                let mode = match cfg.tls {
+                let mode = match cfg.tls_mode() {
                     TlsMode::Disable => PgSslMode::Disable,
                     TlsMode::Prefer => PgSslMode::Prefer,
                     TlsMode::Require => PgSslMode::Require,
                     TlsMode::VerifyCa => PgSslMode::VerifyCa,
                     TlsMode::VerifyFull => PgSslMode::VerifyFull,
                 };
+                // The driver reads these from the environment for every connection: a client
+                // certificate or session options of the gateway's own would go out with
+                // every person's connection.
+                if let Some(var) = ["PGSSLCERT", "PGSSLKEY", "PGOPTIONS", "PGSERVICE"]
+                    .into_iter()
+                    .find(|v| std::env::var_os(v).is_some())
+                {
+                    return Err(format!(
+                        "the environment sets {var}, which would go out with every person's connection; unset it"
+                    ));
+                }
                 let mut o = PgConnectOptions::from_str(&cfg.url)
                     .map_err(|e| format!("url: {e}"))?
                     .ssl_mode(mode)
@@ -100,7 +125,7 @@ impl Connector {
                 Options::Postgres(o)
             }
             DatabaseKind::Mysql => {
-                let mode = match cfg.tls {
+                let mode = match cfg.tls_mode() {
                     TlsMode::Disable => MySqlSslMode::Disabled,
                     TlsMode::Prefer => MySqlSslMode::Preferred,
                     TlsMode::Require => MySqlSslMode::Required,
@@ -114,6 +139,12 @@ impl Connector {
                 let mut o = MySqlConnectOptions::from_str(&url)
                     .map_err(|e| format!("url: {e}"))?
                     .ssl_mode(mode)
+                    // The driver's session set-up (`SET sql_mode = CONCAT(...)`, a time zone)
+                    // is refused by Doris and StarRocks, and changes what `||` means for
+                    // everyone: the server's own settings stand.
+                    .pipes_as_concat(false)
+                    .no_engine_substitution(false)
+                    .timezone(None)
                     .statement_cache_capacity(STATEMENT_CACHE)
                     .disable_statement_logging();
                 if let Some(ca) = &cfg.ca_file {
@@ -130,8 +161,23 @@ impl Connector {
         })
     }
 
-    /// Opens one connection as `who` and closes it: the sign-in check.
+    /// The sign-in check: one connection as `who`, closed at once; then, since a database
+    /// that trusts the network (`trust`, `peer`, `cert` authentication) lets anyone in as
+    /// anyone, one more with a made-up password, which must be refused.
     pub async fn check(&self, who: &Credential) -> Result<(), ConnectError> {
+        self.connect_once(who).await?;
+        let made_up = Credential {
+            username: who.username.clone(),
+            password: format!("not-{}", crate::crypto::new_id()),
+        };
+        match self.connect_once(&made_up).await {
+            Ok(()) => Err(ConnectError::AcceptsAnyPassword),
+            Err(ConnectError::Refused(_)) => Ok(()),
+            Err(other) => Err(other),
+        }
+    }
+
+    async fn connect_once(&self, who: &Credential) -> Result<(), ConnectError> {
         let attempt = async {
             match &self.options {
                 Options::Postgres(o) => {
@@ -150,7 +196,7 @@ impl Connector {
         match tokio::time::timeout(self.connect_timeout, attempt).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(classify(e)),
-            Err(_) => Err(ConnectError::Unavailable(format!(
+            Err(_) => Err(ConnectError::TimedOut(format!(
                 "no answer within {} s",
                 self.connect_timeout.as_secs()
             ))),
@@ -195,7 +241,7 @@ impl Connector {
         match tokio::time::timeout(self.connect_timeout + Duration::from_secs(1), made).await {
             Ok(Ok(pool)) => Ok(pool),
             Ok(Err(e)) => Err(classify(e)),
-            Err(_) => Err(ConnectError::Unavailable(format!(
+            Err(_) => Err(ConnectError::TimedOut(format!(
                 "no answer within {} s",
                 self.connect_timeout.as_secs()
             ))),

@@ -14,26 +14,51 @@ use sqlparser::parser::Parser;
 
 /// One read statement, rendered for the database; or why not.
 pub fn single_read(sql: &str) -> Result<String, String> {
-    let statements = Parser::parse_sql(&MySqlDialect {}, sql)
-        .map_err(|e| format!("the statement could not be read: {e}"))?;
-    let [statement] = statements.as_slice() else {
-        return Err(if statements.is_empty() {
-            "there is no statement".into()
-        } else {
-            format!(
-                "one statement at a time: this is {} statements",
-                statements.len()
-            )
-        });
-    };
-    check_read(statement)?;
-    Ok(statement.to_string())
+    let statement = one_statement(sql)?;
+    check_read(&statement)?;
+    render(&statement)
 }
 
 /// `EXPLAIN` of one read statement, rendered.
 pub fn explain_read(sql: &str) -> Result<String, String> {
     let read = single_read(sql)?;
     Ok(format!("EXPLAIN {read}"))
+}
+
+/// One statement of any kind (a writable upstream), rendered: still one per call.
+pub fn single_statement(sql: &str) -> Result<String, String> {
+    render(&one_statement(sql)?)
+}
+
+fn one_statement(sql: &str) -> Result<Statement, String> {
+    let mut statements = Parser::parse_sql(&MySqlDialect {}, sql)
+        .map_err(|e| format!("the statement could not be read: {e}"))?;
+    match statements.len() {
+        1 => Ok(statements.remove(0)),
+        0 => Err("there is no statement".into()),
+        n => Err(format!("one statement at a time: this is {n} statements")),
+    }
+}
+
+/// The parser's rendering, when it reads back as the same single statement. Backslashes are
+/// refused outright: the parser reads `\'` inside a string as an escaped quote but renders
+/// the string without escaping the backslash again, and a server in `NO_BACKSLASH_ESCAPES`
+/// mode reads them differently still — either way the server would see another statement
+/// than the one checked.
+fn render(statement: &Statement) -> Result<String, String> {
+    let text = statement.to_string();
+    if text.contains('\\') {
+        return Err(
+            "backslashes are not run here: the gateway's parser and the server may read them differently"
+                .into(),
+        );
+    }
+    let again = Parser::parse_sql(&MySqlDialect {}, &text)
+        .map_err(|_| "the statement does not read back the same, so it is not run".to_string())?;
+    if again.as_slice() != std::slice::from_ref(statement) {
+        return Err("the statement does not read back the same, so it is not run".into());
+    }
+    Ok(text)
 }
 
 fn check_read(statement: &Statement) -> Result<(), String> {
@@ -103,6 +128,11 @@ impl Visitor for ReadOnlyWalk {
     }
 
     fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<String> {
+        // Hints are kept verbatim by the parser, and set what the server enforces
+        // (`SET_VAR(query_timeout=…)`, `MAX_EXECUTION_TIME`).
+        if !select.optimizer_hints.is_empty() {
+            return ControlFlow::Break("optimizer hints are not run here".into());
+        }
         if select.into.is_some() {
             return ControlFlow::Break("SELECT … INTO writes: it is not run here".into());
         }
@@ -168,6 +198,13 @@ mod tests {
             }
         }
         assert!(single_read("SELECT 1; DROP TABLE t").is_err());
+        // A backslash the parser reads as an escape but renders bare: refused.
+        assert!(single_read(r"SELECT '\\', '; DROP TABLE t; -- '").is_err());
+        // An escaped quote is rendered as a doubled one, which every mode reads alike.
+        assert_eq!(single_read(r"SELECT 'a\'b'").unwrap(), "SELECT 'a''b'");
+        assert!(single_read("SELECT /*+ SET_VAR(query_timeout=86400) */ 1").is_err());
+        assert!(single_statement("DELETE FROM t").is_ok());
+        assert!(single_statement("DELETE FROM t; DELETE FROM u").is_err());
         assert!(single_read("DELETE FROM t").is_err());
     }
 }

@@ -43,26 +43,59 @@ pub struct PoolSettings {
     pub idle_secs: i64,
     pub budget: u32,
     pub metadata_secs: i64,
+    /// How long opening a pool may wait for room in the budget.
+    pub wait: std::time::Duration,
 }
 
 pub struct UserPools {
     connector: Arc<Connector>,
     settings: PoolSettings,
     clock: SharedClock,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
+    /// Told whenever a closing pool has given its connections back.
+    room: Arc<tokio::sync::Notify>,
     /// One build per grant at a time (by stripe of the grant id), so that a burst of first
     /// calls opens one pool, not one each.
     building: Vec<tokio::sync::Mutex<()>>,
     /// Keys the fingerprints: a fingerprint says whether two credentials are the same,
-    /// never what they are, even to someone reading this process's memory for old ones.
+    /// never what they are.
     salt: [u8; 32],
 }
+
+/// Grants heard ending are remembered this long, so that a pool whose opening overlapped
+/// the end is closed instead of kept.
+const ENDED_MEMORY_SECS: i64 = 600;
+const ENDED_MAX: usize = 10_000;
 
 #[derive(Default)]
 struct State {
     pools: HashMap<String, Arc<UserPool>>,
-    /// Connections the open pools (and those being opened) may hold together.
+    /// Connections the open pools, and those being opened, may hold together.
     reserved: u32,
+    /// Connections of pools being closed: counted until they are gone.
+    closing: u32,
+    /// Grants heard ending, with when.
+    ended: HashMap<String, i64>,
+}
+
+/// A pool's place in the budget while it is being opened: given back if the opening fails
+/// or its caller goes away, kept once the pool is in the table.
+struct Reservation<'a> {
+    pools: &'a UserPools,
+    size: u32,
+    armed: bool,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.armed
+            && let Ok(mut s) = self.pools.state.lock()
+        {
+            s.reserved = s.reserved.saturating_sub(self.size);
+            drop(s);
+            self.pools.room.notify_waiters();
+        }
+    }
 }
 
 impl UserPools {
@@ -71,7 +104,8 @@ impl UserPools {
             connector,
             settings,
             clock,
-            state: Mutex::new(State::default()),
+            state: Arc::new(Mutex::new(State::default())),
+            room: Arc::new(tokio::sync::Notify::new()),
             building: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             salt: crate::crypto::random_bytes::<32>(),
         })
@@ -89,7 +123,7 @@ impl UserPools {
         store.on_event(Arc::new(move |event| {
             let Some(pools) = weak.upgrade() else { return };
             match event {
-                StoreEvent::GrantEnded(g) => pools.close(&g.grant),
+                StoreEvent::GrantEnded(g) => pools.ended(&g.grant),
                 StoreEvent::Resync => pools.close_all(),
                 _ => {}
             }
@@ -121,6 +155,10 @@ impl UserPools {
     /// The open pool of `grant`, if this instance has one.
     pub fn get(&self, grant: &str) -> Option<Arc<UserPool>> {
         let p = self.state.lock().ok()?.pools.get(grant).cloned()?;
+        // Closed for the budget a moment ago: opened again by the caller.
+        if p.pool.is_closed() {
+            return None;
+        }
         self.touch(&p);
         Some(p)
     }
@@ -153,16 +191,17 @@ impl UserPools {
             }
             self.close(grant);
         }
-        self.reserve()?;
-        let opened = self.connector.pool(&who, self.settings.size).await;
-        let pool = match opened {
+        let mut reservation = self.reserve().await?;
+        let pool = match self.connector.pool(&who, self.settings.size).await {
             Ok(pool) => pool,
-            Err(e) => {
-                self.release(self.settings.size);
-                return Err(match e {
-                    ConnectError::Refused(m) => PoolError::Refused(m),
-                    ConnectError::Unavailable(m) => PoolError::Unavailable(m),
-                });
+            Err(ConnectError::Refused(m)) => return Err(PoolError::Refused(m)),
+            Err(ConnectError::Unavailable(m) | ConnectError::TimedOut(m)) => {
+                return Err(PoolError::Unavailable(m));
+            }
+            Err(ConnectError::AcceptsAnyPassword) => {
+                return Err(PoolError::Unavailable(
+                    "the database does not check passwords".into(),
+                ));
             }
         };
         let entry = Arc::new(UserPool {
@@ -172,67 +211,127 @@ impl UserPools {
             last_used: AtomicI64::new(self.clock.now()),
             metadata: TtlCache::new(self.settings.metadata_secs, METADATA_ENTRIES),
         });
-        let replaced = match self.state.lock() {
-            Ok(mut s) => s.pools.insert(grant.to_string(), entry.clone()),
-            Err(_) => None,
+        let (replaced, ended) = match self.state.lock() {
+            // The grant ended while its pool was being opened: it is not kept.
+            Ok(s) if s.ended.contains_key(grant) => (None, true),
+            Ok(mut s) => (s.pools.insert(grant.to_string(), entry.clone()), false),
+            Err(_) => (None, true),
         };
+        if ended {
+            // The reservation goes when the pool has closed, like any other.
+            reservation.armed = false;
+            self.retire(entry);
+            return Err(PoolError::NoCredential);
+        }
+        reservation.armed = false;
         if let Some(old) = replaced {
             self.retire(old);
         }
         Ok(entry)
     }
 
-    /// Makes room for one more pool in the budget, closing the least recently used pools.
-    fn reserve(&self) -> Result<(), PoolError> {
+    /// Makes room for one more pool in the budget, closing the least recently used pools and
+    /// waiting (at most `settings.wait`) until their connections are gone.
+    async fn reserve(&self) -> Result<Reservation<'_>, PoolError> {
         let size = self.settings.size;
-        let mut evicted = Vec::new();
-        {
-            let mut s = self
-                .state
-                .lock()
-                .map_err(|_| PoolError::Unavailable("the pool table is unusable".into()))?;
-            while s.reserved + size > self.settings.budget {
-                let Some(oldest) = s
-                    .pools
-                    .iter()
-                    .min_by_key(|(_, p)| p.last_used.load(Ordering::Relaxed))
-                    .map(|(g, _)| g.clone())
-                else {
-                    return Err(PoolError::Unavailable(
-                        "every connection this gateway may open to the database is being opened for someone else; try again".into(),
-                    ));
-                };
-                if let Some(p) = s.pools.remove(&oldest) {
-                    s.reserved = s.reserved.saturating_sub(p.size);
-                    evicted.push(p);
+        let deadline = tokio::time::Instant::now() + self.settings.wait;
+        loop {
+            // Asked for before looking, so that room made meanwhile is not missed.
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let mut evicted = Vec::new();
+            let fits = {
+                let mut s = self
+                    .state
+                    .lock()
+                    .map_err(|_| PoolError::Unavailable("the pool table is unusable".into()))?;
+                while s.reserved + s.closing + size > self.settings.budget {
+                    let Some(oldest) = s
+                        .pools
+                        .iter()
+                        .min_by_key(|(_, p)| p.last_used.load(Ordering::Relaxed))
+                        .map(|(g, _)| g.clone())
+                    else {
+                        break;
+                    };
+                    if let Some(p) = s.pools.remove(&oldest) {
+                        evicted.push(p);
+                    }
+                    // Counted as closing from now on.
+                    if let Some(p) = evicted.last() {
+                        s.reserved = s.reserved.saturating_sub(p.size);
+                        s.closing += p.size;
+                    }
+                }
+                let fits = s.reserved + s.closing + size <= self.settings.budget;
+                if fits {
+                    s.reserved += size;
+                }
+                fits
+            };
+            for p in evicted {
+                tracing::debug!("database pool closed to stay within the connection budget");
+                self.close_counted(p);
+            }
+            if fits {
+                return Ok(Reservation {
+                    pools: self,
+                    size,
+                    armed: true,
+                });
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(PoolError::Unavailable(
+                    "every connection this gateway may open to the database is in use; try again shortly".into(),
+                ));
+            }
+        }
+    }
+
+    /// A pool leaving the table: its connections count as closing until they are gone.
+    fn retire(&self, p: Arc<UserPool>) {
+        if let Ok(mut s) = self.state.lock() {
+            s.reserved = s.reserved.saturating_sub(p.size);
+            s.closing += p.size;
+        }
+        self.close_counted(p);
+    }
+
+    /// Closes a pool already counted as closing; the count goes down once it is closed.
+    fn close_counted(&self, p: Arc<UserPool>) {
+        let (state, room) = (self.state.clone(), self.room.clone());
+        let done = move |size: u32| {
+            if let Ok(mut s) = state.lock() {
+                s.closing = s.closing.saturating_sub(size);
+            }
+            room.notify_waiters();
+        };
+        match tokio::runtime::Handle::try_current() {
+            // Connections in use close as they come back; the caller does not wait.
+            Ok(rt) => {
+                rt.spawn(async move {
+                    p.pool.close().await;
+                    done(p.size);
+                });
+            }
+            Err(_) => done(p.size),
+        }
+    }
+
+    /// A grant ended: its pool closes, and a pool still being opened for it is not kept.
+    fn ended(&self, grant: &str) {
+        let now = self.clock.now();
+        if let Ok(mut s) = self.state.lock() {
+            if s.ended.len() >= ENDED_MAX {
+                s.ended.retain(|_, at| *at > now - ENDED_MEMORY_SECS);
+                if s.ended.len() >= ENDED_MAX {
+                    s.ended.clear();
                 }
             }
-            s.reserved += size;
+            s.ended.insert(grant.to_string(), now);
         }
-        for p in evicted {
-            tracing::debug!("database pool closed to stay within the connection budget");
-            Self::close_pool(p);
-        }
-        Ok(())
-    }
-
-    fn release(&self, size: u32) {
-        if let Ok(mut s) = self.state.lock() {
-            s.reserved = s.reserved.saturating_sub(size);
-        }
-    }
-
-    /// A replaced pool: its reservation goes with it.
-    fn retire(&self, p: Arc<UserPool>) {
-        self.release(p.size);
-        Self::close_pool(p);
-    }
-
-    fn close_pool(p: Arc<UserPool>) {
-        // Connections in use close as they come back; the caller does not wait.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { p.pool.close().await });
-        }
+        self.close(grant);
     }
 
     /// Closes the pool of `grant` (its grant ended, or the database refused it).

@@ -67,7 +67,10 @@ fn sql_error(e: sqlx::Error) -> RunError {
 fn acquire_error(e: sqlx::Error) -> RunError {
     match classify(e) {
         ConnectError::Refused(m) => RunError::Refused(m),
-        ConnectError::Unavailable(m) => RunError::Unavailable(m),
+        ConnectError::Unavailable(m) | ConnectError::TimedOut(m) => RunError::Unavailable(m),
+        ConnectError::AcceptsAnyPassword => {
+            RunError::Unavailable("the database does not check passwords".into())
+        }
     }
 }
 
@@ -89,30 +92,36 @@ fn brackets(engine: Engine, write: bool, timeout: Duration) -> (String, Option<&
         // runs, and would then run outside it.
         (Engine::Mysql, false) => (
             format!(
-                "SET SESSION TRANSACTION READ ONLY; SET SESSION max_execution_time = {ms}; START TRANSACTION READ ONLY"
+                "SET SESSION TRANSACTION READ ONLY; SET SESSION max_execution_time = {ms}; START TRANSACTION READ ONLY; SELECT CONNECTION_ID()"
             ),
             Some(end),
         ),
         (Engine::Mysql, true) => (
             format!(
-                "SET SESSION TRANSACTION READ WRITE; SET SESSION max_execution_time = {ms}; START TRANSACTION"
+                "SET SESSION TRANSACTION READ WRITE; SET SESSION max_execution_time = {ms}; START TRANSACTION; SELECT CONNECTION_ID()"
             ),
             Some(end),
         ),
         (Engine::Mariadb, false) => (
             format!(
-                "SET SESSION TRANSACTION READ ONLY; SET SESSION max_statement_time = {secs}; START TRANSACTION READ ONLY"
+                "SET SESSION TRANSACTION READ ONLY; SET SESSION max_statement_time = {secs}; START TRANSACTION READ ONLY; SELECT CONNECTION_ID()"
             ),
             Some(end),
         ),
         (Engine::Mariadb, true) => (
             format!(
-                "SET SESSION TRANSACTION READ WRITE; SET SESSION max_statement_time = {secs}; START TRANSACTION"
+                "SET SESSION TRANSACTION READ WRITE; SET SESSION max_statement_time = {secs}; START TRANSACTION; SELECT CONNECTION_ID()"
             ),
             Some(end),
         ),
-        (Engine::Tidb, _) => (format!("SET SESSION max_execution_time = {ms}"), None),
-        (Engine::Doris | Engine::Starrocks, _) => (format!("SET query_timeout = {secs}"), None),
+        (Engine::Tidb, _) => (
+            format!("SET SESSION max_execution_time = {ms}; SELECT CONNECTION_ID()"),
+            None,
+        ),
+        (Engine::Doris | Engine::Starrocks, _) => (
+            format!("SET query_timeout = {secs}; SELECT CONNECTION_ID()"),
+            None,
+        ),
     }
 }
 
@@ -135,6 +144,7 @@ pub async fn statement(
     let text = match (parsed, write, explain) {
         (true, false, false) => super::guard::single_read(sql).map_err(RunError::NotAllowed)?,
         (true, false, true) => super::guard::explain_read(sql).map_err(RunError::NotAllowed)?,
+        (true, true, false) => super::guard::single_statement(sql).map_err(RunError::NotAllowed)?,
         (_, _, true) => format!("EXPLAIN {sql}"),
         (_, _, false) => sql.to_string(),
     };
@@ -149,7 +159,7 @@ pub async fn statement(
     };
     match pool {
         Pool::Postgres(p) => {
-            let mut conn = p.acquire().await.map_err(acquire_error)?;
+            let mut conn = Held::new(p.acquire().await.map_err(acquire_error)?);
             let outcome = bracketed::<sqlx::Postgres, _>(
                 &mut conn,
                 &begin,
@@ -160,13 +170,13 @@ pub async fn statement(
                 limits.statement_timeout,
             )
             .await;
-            if outcome.close {
-                conn.close_on_drop();
-            }
+            // The server's own statement_timeout ends a statement; the socket closing
+            // ends the rest.
+            conn.done = !outcome.close;
             outcome.result
         }
         Pool::Mysql(p) => {
-            let mut conn = p.acquire().await.map_err(acquire_error)?;
+            let mut conn = Held::new(p.acquire().await.map_err(acquire_error)?);
             let outcome = bracketed::<sqlx::MySql, _>(
                 &mut conn,
                 &begin,
@@ -177,11 +187,58 @@ pub async fn statement(
                 limits.statement_timeout,
             )
             .await;
-            if outcome.close {
-                conn.close_on_drop();
+            conn.done = !outcome.close;
+            drop(conn);
+            // A MySQL server goes on running a statement whose client went away (and
+            // `max_execution_time` covers top-level SELECTs only): it is killed.
+            if let (true, Some(thread)) = (outcome.timed_out, outcome.thread) {
+                let p = p.clone();
+                tokio::spawn(async move {
+                    let sql = format!("KILL QUERY {thread}");
+                    let kill = p.execute(sqlx::raw_sql(&sql));
+                    if let Ok(Err(e)) = tokio::time::timeout(END_TIMEOUT, kill).await {
+                        tracing::warn!(error = %e, "a timed-out statement could not be killed");
+                    }
+                });
             }
             outcome.result
         }
+    }
+}
+
+/// A pooled connection that is closed, not handed to the next caller, unless the call
+/// finished cleanly: a call cancelled midway (its client went away) leaves a transaction
+/// open on it, which the next call's statement would otherwise join — and on a writable
+/// upstream, commit.
+struct Held<DB: sqlx::Database> {
+    conn: sqlx::pool::PoolConnection<DB>,
+    done: bool,
+}
+
+impl<DB: sqlx::Database> Held<DB> {
+    fn new(conn: sqlx::pool::PoolConnection<DB>) -> Self {
+        Self { conn, done: false }
+    }
+}
+
+impl<DB: sqlx::Database> Drop for Held<DB> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::Deref for Held<DB> {
+    type Target = DB::Connection;
+    fn deref(&self) -> &DB::Connection {
+        &self.conn
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::DerefMut for Held<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        &mut self.conn
     }
 }
 
@@ -195,6 +252,10 @@ struct Outcome {
     result: Result<Output, RunError>,
     /// The connection is in a state nobody should inherit.
     close: bool,
+    /// The gateway stopped waiting for the statement.
+    timed_out: bool,
+    /// The server's id of the connection (MySQL protocol), to kill what it still runs.
+    thread: Option<u64>,
 }
 
 /// The raw text of a cell, however each driver gives it.
@@ -250,20 +311,32 @@ where
     C: std::ops::DerefMut<Target = DB::Connection>,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
 {
-    let fail = |result: RunError, close: bool| Outcome {
+    let fail = |result: RunError, thread: Option<u64>| Outcome {
+        timed_out: matches!(result, RunError::Timeout(_)),
         result: Err(result),
-        close,
+        close: true,
+        thread,
     };
-    match tokio::time::timeout(timeout + GRACE, (&mut **conn).execute(sqlx::raw_sql(begin))).await {
-        Ok(Ok(_)) => {}
+    let thread = match tokio::time::timeout(
+        timeout + GRACE,
+        (&mut **conn).fetch_all(sqlx::raw_sql(begin)),
+    )
+    .await
+    {
+        Ok(Ok(rows)) => rows
+            .last()
+            .and_then(|r| r.raw(0))
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|t| t.parse::<u64>().ok()),
         // Without a transaction, the bracket only sets the engine's statement timeout: a
         // server that does not know the setting still gets the gateway's own timer.
         Ok(Err(sqlx::Error::Database(d))) if end.is_none() => {
             tracing::warn!(error = %d.message(), "the database did not take the statement timeout; the gateway's own timer applies");
+            None
         }
-        Ok(Err(e)) => return fail(sql_error(e), true),
-        Err(_) => return fail(RunError::Timeout(timeout), true),
-    }
+        Ok(Err(e)) => return fail(sql_error(e), None),
+        Err(_) => return fail(RunError::Timeout(timeout), None),
+    };
     let ran = tokio::time::timeout(timeout + GRACE, async {
         let columns = if prepare {
             // The database's own parser: more than one statement is refused here.
@@ -281,10 +354,13 @@ where
     .await;
     let (result, mut close) = match ran {
         Ok(r) => {
-            let close = matches!(r, Err(RunError::Unavailable(_)));
+            // Without a transaction to end, nothing drains what a truncated result left
+            // unread in time: the connection goes instead.
+            let close = matches!(r, Err(RunError::Unavailable(_)))
+                || (end.is_none() && matches!(&r, Ok(o) if o.truncated.is_some()));
             (r, close)
         }
-        Err(_) => (Err(RunError::Timeout(timeout)), true),
+        Err(_) => return fail(RunError::Timeout(timeout), thread),
     };
     if let Some(end) = end
         && !close
@@ -295,13 +371,18 @@ where
             Ok(Err(e)) => {
                 close = true;
                 if result.is_ok() {
-                    return fail(sql_error(e), true);
+                    return fail(sql_error(e), thread);
                 }
             }
             Err(_) => close = true,
         }
     }
-    Outcome { result, close }
+    Outcome {
+        result,
+        close,
+        timed_out: false,
+        thread,
+    }
 }
 
 async fn collect<DB, S>(
@@ -332,6 +413,14 @@ where
                 }
                 if out.rows.len() >= size.rows {
                     out.truncated = Some("row_limit");
+                    break;
+                }
+                // Measured before anything is made of it: a huge cell is not copied.
+                let raw: usize = (0..row.len())
+                    .map(|i| row.raw(i).map_or(4, <[u8]>::len) + 3)
+                    .sum();
+                if bytes + raw > size.bytes {
+                    out.truncated = Some("max_result_bytes");
                     break;
                 }
                 let cells: Vec<Value> = (0..row.len())
@@ -375,8 +464,7 @@ pub fn cell(type_name: &str, raw: Option<&[u8]>) -> Value {
         return Value::Null;
     };
     let Ok(text) = std::str::from_utf8(bytes) else {
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        return Value::String(format!("0x{hex}"));
+        return Value::String(format!("0x{}", crate::crypto::hex(bytes)));
     };
     let upper = type_name.to_ascii_uppercase();
     let base = upper.trim_end_matches(" UNSIGNED");

@@ -44,6 +44,7 @@ impl DatabaseSource {
                 idle_secs: cfg.pool_idle_secs as i64,
                 budget: cfg.max_connections,
                 metadata_secs: cfg.metadata_cache_secs as i64,
+                wait: std::time::Duration::from_secs(cfg.connect_timeout_secs),
             },
             clock.clone(),
         );
@@ -149,6 +150,17 @@ impl LoginSource for DatabaseSource {
             Err(ConnectError::Refused(why)) => {
                 tracing::info!(source = %self.name, reason = %why, "database refused a sign-in");
                 Ok(Attempt::Invalid)
+            }
+            // No answer in time: the attempt stays counted (a database may answer wrong
+            // passwords slowly on purpose).
+            Err(ConnectError::TimedOut(why)) => Ok(Attempt::Unavailable(why)),
+            Err(ConnectError::AcceptsAnyPassword) => {
+                tracing::error!(source = %self.name, "the database let a made-up password in: it does not check passwords for this account (trust, peer or cert authentication?); sign-ins through it are refused");
+                self.store.unhit(&account_key, window_start).await?;
+                self.store.unhit(&ip_key, window_start).await?;
+                Ok(Attempt::Refused(
+                    "This database does not check passwords, so signing in with it proves nothing and is refused. Tell the administrator.".into(),
+                ))
             }
             // Not the person's fault: their attempt is not counted.
             Err(ConnectError::Unavailable(why)) => {

@@ -37,6 +37,8 @@ pub const TTL_MS: u64 = 300_000;
 /// The lists are only ever served behind the bearer check: a cache shared across access
 /// tokens would hand them to callers who never passed it.
 const CACHE_SCOPE: &str = "private";
+/// Messages one batch may hold (revisions before 2026-07-28).
+const MAX_BATCH: usize = 32;
 
 /// How a POST is answered: an HTTP status and a JSON-RPC message, or no body at all (`202`
 /// for notifications and responses).
@@ -238,6 +240,12 @@ impl<T: Tools> ToolServer<T> {
     /// notifications or responses (HTTP 202). A batch's requests run one after another.
     pub async fn handle_body(&self, principal: &Principal, body: &Value) -> Option<Value> {
         match body {
+            // Each answer is held until the batch is done: their number is bounded.
+            Value::Array(items) if items.len() > MAX_BATCH => Some(error_response(
+                Value::Null,
+                INVALID_REQUEST,
+                &format!("a batch holds at most {MAX_BATCH} messages here"),
+            )),
             Value::Array(items) if !items.is_empty() => {
                 let mut answers = Vec::new();
                 for m in items {

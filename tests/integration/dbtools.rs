@@ -258,6 +258,10 @@ async fn postgres_people_sign_in_with_their_own_accounts_and_see_only_their_own(
         needs_keys(c);
         c.login.max_failures_per_account = 3;
         c.login.database.push(pg_source(port));
+        let mut trusting = pg_source(5432);
+        trusting.name = "trusting".into();
+        trusting.url = "postgres://127.0.0.1:5432/test".into();
+        c.login.database.push(trusting);
         let mut down = pg_source(1);
         down.name = "down".into();
         down.url = "postgres://127.0.0.1:1/shop".into();
@@ -294,6 +298,12 @@ async fn postgres_people_sign_in_with_their_own_accounts_and_see_only_their_own(
     }
     let (s, page, _) = sign_in(&gw, "pg", "alice_db", "alice-pass-1", &resource).await;
     assert_eq!(s, 429, "the account is throttled after 3 failures: {page}");
+    // A database that lets anyone in (the machine's own server trusts loopback): refused,
+    // whatever the password.
+    let (s, page, tokens) = sign_in(&gw, "trusting", "postgres", "any-password", &resource).await;
+    assert_eq!(s, 403, "{page}");
+    assert!(page.contains("does not check passwords"), "{page}");
+    assert!(tokens.is_none());
     // A database that cannot be reached: its own page, and no count against anyone.
     for _ in 0..5 {
         let (s, page, _) = sign_in(&gw, "down", "bob_db", "bob-pass-1", &resource).await;
@@ -880,6 +890,31 @@ async fn mariadb_people_sign_in_and_read_only_holds_with_and_without_read_only_t
     assert!(e.contains("READ ONLY"), "{e}");
     let e = tool_error(&gw, &at, "query", json!({"sql": "SELECT SLEEP(3)"})).await;
     assert!(e.contains("max_statement_time"), "{e}");
+    // A statement that lifts the server's limit for itself: the gateway stops waiting, and
+    // the server stops running it.
+    let started = std::time::Instant::now();
+    let e = tool_error(
+        &gw,
+        &at,
+        "query",
+        json!({"sql": "SET STATEMENT max_statement_time=0 FOR SELECT SLEEP(20)"}),
+    )
+    .await;
+    assert!(e.contains("did not finish"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(6));
+    let sleeping = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = ? AND INFO LIKE '%SLEEP(20)%'",
+        )
+        .bind(&alice)
+        .fetch_one(&root)
+        .await
+        .unwrap()
+    };
+    within(3, "the timed-out statement killed", || async {
+        sleeping().await == 0
+    })
+    .await;
     let notes: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {db}.alice_notes"))
         .fetch_one(&root)
         .await
@@ -934,6 +969,25 @@ async fn mariadb_people_sign_in_and_read_only_holds_with_and_without_read_only_t
         ("INSERT INTO alice_notes VALUES ('x')", "read-only"),
         ("SELECT note INTO @v FROM alice_notes", "INTO"),
         ("SELECT * FROM alice_notes FOR UPDATE", "row locks"),
+    ] {
+        let r = rcall(sql).await;
+        assert_eq!(r["isError"], true, "{sql}: {r}");
+        assert!(
+            r["content"][0]["text"].as_str().unwrap().contains(why),
+            "{sql}: {r}"
+        );
+    }
+    // A backslash the parser reads as an escape but would render bare (the server would
+    // then see a second statement), and hints that lift the server's limits: refused.
+    for (sql, why) in [
+        (
+            r"SELECT '\\', '; DROP TABLE alice_notes; -- '",
+            "backslashes",
+        ),
+        (
+            "SELECT /*+ SET_VAR(query_timeout=86400) */ note FROM alice_notes",
+            "hints",
+        ),
     ] {
         let r = rcall(sql).await;
         assert_eq!(r["isError"], true, "{sql}: {r}");
