@@ -53,6 +53,19 @@ pub enum Command {
     /// Whole-store operations.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Upstream MCP servers.
+    #[command(subcommand)]
+    Upstreams(UpstreamsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UpstreamsCommand {
+    /// Walks an upstream's OAuth discovery as the gateway would, printing each step and
+    /// where it stopped: an OAuth debugger for operators.
+    Probe {
+        /// The upstream's name in the configuration.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -236,6 +249,10 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         println!("{}", crypto::EncryptionKeys::generate_entry(&id)?);
         return Ok(());
     }
+    if let Command::Upstreams(UpstreamsCommand::Probe { name }) = command {
+        let mut out = std::io::stdout();
+        return crate::broker::probe(&config, &name, &mut out).await;
+    }
     if let Command::Store(StoreCommand::Copy { from, to }) = command {
         return store_copy(&from, &to).await;
     }
@@ -253,7 +270,7 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         Command::Clients(c) => clients(c, &cli_admin(&config, store, clock)?).await,
         Command::Grants(c) => grants(c, &cli_admin(&config, store, clock)?).await,
         Command::Keys(c) => keys(c, &cli_admin(&config, store, clock)?).await,
-        Command::Store(_) => Ok(()),
+        Command::Store(_) | Command::Upstreams(_) => Ok(()),
     }
 }
 

@@ -59,6 +59,8 @@ pub struct Config {
     pub keys: KeysConfig,
     /// Issuers whose assertions the gateway accepts (`[[trust.id_jag]]`).
     pub trust: TrustConfig,
+    /// The gateway as an OAuth client of upstreams (`[broker]`).
+    pub broker: BrokerConfig,
     /// Where the configuration came from, for error messages.
     #[serde(skip)]
     pub origin: String,
@@ -78,6 +80,7 @@ impl Default for Config {
             proxy: ProxyConfig::default(),
             keys: KeysConfig::default(),
             trust: TrustConfig::default(),
+            broker: BrokerConfig::default(),
             origin: "defaults".into(),
         }
     }
@@ -427,6 +430,15 @@ impl Default for LoginConfig {
             database: Vec::new(),
         }
     }
+}
+
+/// `[broker]`: the gateway as an OAuth client of upstream MCP servers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Fetch http:// metadata on loopback addresses (local development and tests only; every
+    /// other URL an upstream names must be https on a public address).
+    pub allow_http_loopback: bool,
 }
 
 /// `[trust]`: who else's signed statements the gateway acts on.

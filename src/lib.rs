@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod authorization;
+pub mod broker;
 pub mod cache;
 pub mod cli;
 pub mod clock;

@@ -1,0 +1,117 @@
+//! The gateway as an OAuth client of upstream MCP servers that demand OAuth themselves
+//! (DESIGN.md role 5). Built so far: discovery ([`discovery`]) and the operator's probe.
+//! Registration, the per-user connect flow and the token vault are the rest of issue 11.
+
+pub mod discovery;
+
+use crate::config::Config;
+
+/// `upstreams probe NAME`: discovery for one configured upstream, every step written to
+/// `out`; an error names where it stopped.
+pub async fn probe(
+    config: &Config,
+    name: &str,
+    out: &mut impl std::io::Write,
+) -> Result<(), String> {
+    let upstream = config
+        .upstreams
+        .iter()
+        .find(|u| u.name == name)
+        .ok_or_else(|| format!("no upstream named `{name}`"))?;
+    let url = upstream
+        .url
+        .as_deref()
+        .ok_or_else(|| format!("upstream `{name}` has no url: only HTTP upstreams use OAuth"))?;
+    let url = url::Url::parse(url).map_err(|e| format!("upstream `{name}`: url: {e}"))?;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(std::time::Duration::from_secs(
+            config.proxy.connect_timeout_secs,
+        ))
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let fetcher = crate::net::SafeFetcher::new(
+        config.broker.allow_http_loopback,
+        config.server.egress_proxy.as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut steps = Vec::new();
+    let found = discovery::discover(&url, &client, &fetcher, &mut steps).await;
+    let write = |out: &mut dyn std::io::Write, line: String| {
+        let _ = writeln!(out, "{}", crate::text::printable(&line));
+    };
+    for s in &steps {
+        write(out, format!("{:<32} {}", s.what, s.url));
+        write(out, format!("{:<32} → {}", "", s.outcome));
+    }
+    match found {
+        Ok(d) => {
+            let m = &d.server;
+            write(
+                out,
+                format!("resource                         {}", d.resource),
+            );
+            write(
+                out,
+                format!("issuer                           {}", m.issuer),
+            );
+            write(
+                out,
+                format!(
+                    "authorization_endpoint           {}",
+                    m.authorization_endpoint.as_deref().unwrap_or("-")
+                ),
+            );
+            write(
+                out,
+                format!(
+                    "token_endpoint                   {}",
+                    m.token_endpoint.as_deref().unwrap_or("-")
+                ),
+            );
+            write(
+                out,
+                format!(
+                    "registration                     {}",
+                    match (
+                        &m.registration_endpoint,
+                        m.client_id_metadata_document_supported
+                    ) {
+                        (_, true) => "Client ID Metadata Documents".to_string(),
+                        (Some(r), false) => format!("dynamic registration at {r}"),
+                        (None, false) =>
+                            "none offered: configure a client id and secret".to_string(),
+                    }
+                ),
+            );
+            write(
+                out,
+                format!(
+                    "scopes                           {}",
+                    d.challenge_scope.clone().unwrap_or_else(|| {
+                        if d.resource_scopes.is_empty() {
+                            m.scopes_supported.join(" ")
+                        } else {
+                            d.resource_scopes.join(" ")
+                        }
+                    })
+                ),
+            );
+            write(
+                out,
+                format!(
+                    "iss in authorization responses   {}",
+                    if m.authorization_response_iss_parameter_supported {
+                        "promised"
+                    } else {
+                        "not promised"
+                    }
+                ),
+            );
+            write(out, "discovery: OK".into());
+            Ok(())
+        }
+        Err(e) => Err(format!("discovery stopped: {e}")),
+    }
+}
