@@ -15,12 +15,19 @@ use crate::cache::TtlCache;
 use crate::clock::SharedClock;
 use crate::store::StoreEvent;
 
+/// Pools one database account may hold on an instance (one per grant, so one per MCP
+/// client): past it, that account's least recently used pool makes room — one person with
+/// many grants cannot push everyone else out of the budget.
+pub const POOLS_PER_ACCOUNT: usize = 4;
+
 /// Metadata answers kept per person.
 const METADATA_ENTRIES: usize = 256;
 
 /// One person's pool (for one grant), with what their own metadata calls answered.
 pub struct UserPool {
     pub pool: Pool,
+    /// The database account it is opened as.
+    account: String,
     fingerprint: [u8; 32],
     size: u32,
     last_used: AtomicI64,
@@ -191,6 +198,7 @@ impl UserPools {
             }
             self.close(grant);
         }
+        self.cap_account(&who.username);
         let mut reservation = self.reserve().await?;
         let pool = match self.connector.pool(&who, self.settings.size).await {
             Ok(pool) => pool,
@@ -206,6 +214,7 @@ impl UserPools {
         };
         let entry = Arc::new(UserPool {
             pool,
+            account: who.username.clone(),
             fingerprint,
             size: self.settings.size,
             last_used: AtomicI64::new(self.clock.now()),
@@ -228,6 +237,31 @@ impl UserPools {
             self.retire(old);
         }
         Ok(entry)
+    }
+
+    /// Closes `account`'s least recently used pools until it may open one more.
+    fn cap_account(&self, account: &str) {
+        let surplus: Vec<Arc<UserPool>> = match self.state.lock() {
+            Ok(mut s) => {
+                let mut own: Vec<(String, i64)> = s
+                    .pools
+                    .iter()
+                    .filter(|(_, p)| p.account == account)
+                    .map(|(g, p)| (g.clone(), p.last_used.load(Ordering::Relaxed)))
+                    .collect();
+                own.sort_by_key(|(_, used)| *used);
+                let excess = (own.len() + 1).saturating_sub(POOLS_PER_ACCOUNT);
+                own.iter()
+                    .take(excess)
+                    .filter_map(|(g, _)| s.pools.remove(g))
+                    .collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        for p in surplus {
+            tracing::debug!("database pool closed: its account holds the most pools it may");
+            self.retire(p);
+        }
     }
 
     /// Makes room for one more pool in the budget, closing the least recently used pools and

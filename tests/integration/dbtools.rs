@@ -510,6 +510,24 @@ async fn postgres_people_sign_in_with_their_own_accounts_and_see_only_their_own(
     .await;
     assert!(e.contains("your own account"), "{e}");
 
+    // One account with many grants (one per MCP client) holds at most four pools here.
+    for _ in 0..6 {
+        let (_, page, t) = sign_in(&gw, "pg", "carol_db", "carol-pass-1", &resource).await;
+        let t = t.unwrap_or_else(|| panic!("{page}"));
+        ok(
+            &gw,
+            t["access_token"].as_str().unwrap(),
+            "query",
+            json!({"sql": "SELECT 1"}),
+        )
+        .await;
+    }
+    within(2, "carol's surplus pools closed", || async {
+        pg_connections(&admin, "carol_db").await
+            <= mcp_oauth_gateway::dbtools::pools::POOLS_PER_ACCOUNT as i64
+    })
+    .await;
+
     // The pools are the people's own: visible in pg_stat_activity under their roles.
     assert!(pg_connections(&admin, "alice_db").await >= 1);
     assert!(pg_connections(&admin, "bob_db").await >= 1);
