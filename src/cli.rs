@@ -249,10 +249,6 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         println!("{}", crypto::EncryptionKeys::generate_entry(&id)?);
         return Ok(());
     }
-    if let Command::Upstreams(UpstreamsCommand::Probe { name }) = command {
-        let mut out = std::io::stdout();
-        return crate::broker::probe(&config, &name, &mut out).await;
-    }
     if let Command::Store(StoreCommand::Copy { from, to }) = command {
         return store_copy(&from, &to).await;
     }
@@ -270,7 +266,18 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         Command::Clients(c) => clients(c, &cli_admin(&config, store, clock)?).await,
         Command::Grants(c) => grants(c, &cli_admin(&config, store, clock)?).await,
         Command::Keys(c) => keys(c, &cli_admin(&config, store, clock)?).await,
-        Command::Store(_) | Command::Upstreams(_) => Ok(()),
+        Command::Upstreams(UpstreamsCommand::Probe { name }) => {
+            let mut out = std::io::stdout();
+            crate::broker::probe(
+                &config,
+                &name,
+                &store,
+                crate::clock::Clock::now(&*clock),
+                &mut out,
+            )
+            .await
+        }
+        Command::Store(_) => Ok(()),
     }
 }
 

@@ -278,6 +278,41 @@ impl SafeFetcher {
     }
 }
 
+impl SafeFetcher {
+    /// POSTs a JSON document (dynamic client registration): the same checks as [`Self::get`];
+    /// any status comes back with its body, bounded, for the caller to read the error.
+    pub async fn post_json(
+        &self,
+        url: &Url,
+        body: &serde_json::Value,
+        max_bytes: usize,
+    ) -> Result<(u16, Vec<u8>), FetchError> {
+        self.check_url(url)?;
+        let resp = self
+            .client
+            .post(url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| FetchError::Failed(without_url(&e)))?;
+        let status = resp.status().as_u16();
+        if resp.content_length().is_some_and(|n| n > max_bytes as u64) {
+            return Err(FetchError::TooLarge(max_bytes));
+        }
+        let mut out = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| FetchError::Failed(without_url(&e)))?;
+            if out.len() + chunk.len() > max_bytes {
+                return Err(FetchError::TooLarge(max_bytes));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok((status, out))
+    }
+}
+
 /// A description of a failed fetch that names neither the URL nor anything it returned, but
 /// does name the cause: an operator reading "could not connect" cannot tell a bad
 /// certificate from a typo in the host name.

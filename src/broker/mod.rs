@@ -1,16 +1,20 @@
 //! The gateway as an OAuth client of upstream MCP servers that demand OAuth themselves
-//! (DESIGN.md role 5). Built so far: discovery ([`discovery`]) and the operator's probe.
+//! (DESIGN.md role 5). Built so far: discovery ([`discovery`]), dynamic registration
+//! ([`registration`]) and the operator's probe.
 //! Registration, the per-user connect flow and the token vault are the rest of issue 11.
 
 pub mod discovery;
+pub mod registration;
 
 use crate::config::Config;
 
-/// `upstreams probe NAME`: discovery for one configured upstream, every step written to
-/// `out`; an error names where it stopped.
+/// `upstreams probe NAME`: discovery and registration for one configured upstream, every
+/// step written to `out`; an error names where it stopped.
 pub async fn probe(
     config: &Config,
     name: &str,
+    store: &crate::store::SharedStore,
+    now: crate::clock::Timestamp,
     out: &mut impl std::io::Write,
 ) -> Result<(), String> {
     let upstream = config
@@ -38,6 +42,28 @@ pub async fn probe(
     .map_err(|e| e.to_string())?;
     let mut steps = Vec::new();
     let found = discovery::discover(&url, &client, &fetcher, &mut steps).await;
+    let registered = match &found {
+        Ok(d) => {
+            let keys = config.keys.encryption_keys().map_err(|e| e.to_string())?;
+            let public = config.public_url();
+            let settings = registration::settings_fingerprint(url.as_str(), &public);
+            Some(
+                registration::register(
+                    name,
+                    &settings,
+                    d,
+                    &public,
+                    store,
+                    &fetcher,
+                    keys.as_ref(),
+                    now,
+                    &mut steps,
+                )
+                .await,
+            )
+        }
+        Err(_) => None,
+    };
     let write = |out: &mut dyn std::io::Write, line: String| {
         let _ = writeln!(out, "{}", crate::text::printable(&line));
     };
@@ -110,7 +136,27 @@ pub async fn probe(
                 ),
             );
             write(out, "discovery: OK".into());
-            Ok(())
+            match registered {
+                Some(Ok(r)) => {
+                    write(
+                        out,
+                        format!(
+                            "client_id                        {} ({}{})",
+                            crate::text::printable(&r.client_id),
+                            r.method,
+                            if r.reused {
+                                ", stored"
+                            } else {
+                                ", registered now"
+                            }
+                        ),
+                    );
+                    write(out, "registration: OK".into());
+                    Ok(())
+                }
+                Some(Err(e)) => Err(format!("registration stopped: {e}")),
+                None => Ok(()),
+            }
         }
         Err(e) => Err(format!("discovery stopped: {e}")),
     }

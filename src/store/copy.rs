@@ -198,6 +198,18 @@ pub const TABLES: &[Table] = &[
         ],
     },
     Table {
+        name: "upstream_clients",
+        columns: &[
+            ("upstream", Text),
+            ("issuer", Text),
+            ("client_id", Text),
+            ("client_secret", Bytes),
+            ("method", Text),
+            ("settings", Text),
+            ("registered_at", Int),
+        ],
+    },
+    Table {
         name: "used_assertions",
         columns: &[("id", Text), ("expires_at", Int)],
     },

@@ -553,6 +553,48 @@ pub trait ThrottleStore: Send + Sync {
     async fn unhit(&self, key: &str, window_start: Timestamp) -> StoreResult<()>;
 }
 
+/// The gateway's registration as an OAuth client at an upstream's authorization server.
+#[derive(Clone)]
+pub struct UpstreamClientRecord {
+    pub upstream: String,
+    pub issuer: String,
+    pub client_id: String,
+    /// Sealed under the encryption keys, when the server gave one.
+    pub client_secret: Option<Vec<u8>>,
+    /// `dcr`, `cimd` or `configured`.
+    pub method: String,
+    /// A fingerprint of the upstream's URL and OAuth settings when it was made.
+    pub settings: String,
+    pub registered_at: Timestamp,
+}
+
+// The secret is sealed, but a sealed secret is still nobody's business in a log.
+impl std::fmt::Debug for UpstreamClientRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamClientRecord")
+            .field("upstream", &self.upstream)
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("method", &self.method)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the gateway keeps as an OAuth client of upstreams.
+#[async_trait]
+pub trait BrokerStore: Send + Sync {
+    async fn upstream_client(
+        &self,
+        upstream: &str,
+        issuer: &str,
+    ) -> StoreResult<Option<UpstreamClientRecord>>;
+    /// Stores a registration, replacing the one for the same upstream and issuer.
+    async fn put_upstream_client(&self, record: &UpstreamClientRecord) -> StoreResult<()>;
+    /// Forgets an upstream's registrations made under other settings than `settings`;
+    /// returns how many.
+    async fn purge_upstream_clients(&self, upstream: &str, settings: &str) -> StoreResult<u64>;
+}
+
 /// Whole tables (`store copy`) and the periodic sweep.
 #[async_trait]
 pub trait MaintenanceStore: Send + Sync {
@@ -583,6 +625,7 @@ pub trait Store:
     + McpSessionStore
     + KeyStore
     + ThrottleStore
+    + BrokerStore
     + MaintenanceStore
     + 'static
 {
@@ -598,6 +641,7 @@ impl<T> Store for T where
         + McpSessionStore
         + KeyStore
         + ThrottleStore
+        + BrokerStore
         + MaintenanceStore
         + 'static
 {

@@ -1279,6 +1279,68 @@ impl KeyStore for $store {
 }
 
 #[async_trait]
+impl BrokerStore for $store {
+    async fn upstream_client(
+        &self,
+        upstream: &str,
+        issuer: &str,
+    ) -> StoreResult<Option<UpstreamClientRecord>> {
+        let row = sqlx::query(
+            "SELECT client_id, client_secret, method, settings, registered_at
+             FROM upstream_clients WHERE upstream = $1 AND issuer = $2",
+        )
+        .bind(upstream)
+        .bind(issuer)
+        .fetch_optional(self.reader())
+        .await
+        .map_err(backend)?;
+        Ok(match row {
+            None => None,
+            Some(r) => Some(UpstreamClientRecord {
+                upstream: upstream.to_string(),
+                issuer: issuer.to_string(),
+                client_id: r.try_get("client_id").map_err(backend)?,
+                client_secret: r.try_get("client_secret").map_err(backend)?,
+                method: r.try_get("method").map_err(backend)?,
+                settings: r.try_get("settings").map_err(backend)?,
+                registered_at: r.try_get("registered_at").map_err(backend)?,
+            }),
+        })
+    }
+
+    async fn put_upstream_client(&self, c: &UpstreamClientRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO upstream_clients (upstream, issuer, client_id, client_secret, method, settings, registered_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (upstream, issuer) DO UPDATE SET client_id = excluded.client_id,
+               client_secret = excluded.client_secret, method = excluded.method,
+               settings = excluded.settings, registered_at = excluded.registered_at",
+        )
+        .bind(&c.upstream)
+        .bind(&c.issuer)
+        .bind(&c.client_id)
+        .bind(&c.client_secret)
+        .bind(&c.method)
+        .bind(&c.settings)
+        .bind(c.registered_at)
+        .execute(self.writer())
+        .await
+        .map_err(backend)
+        .map(|_| ())
+    }
+
+    async fn purge_upstream_clients(&self, upstream: &str, settings: &str) -> StoreResult<u64> {
+        sqlx::query("DELETE FROM upstream_clients WHERE upstream = $1 AND settings <> $2")
+            .bind(upstream)
+            .bind(settings)
+            .execute(self.writer())
+            .await
+            .map_err(backend)
+            .map(|r| r.rows_affected())
+    }
+}
+
+#[async_trait]
 impl ThrottleStore for $store {
     async fn hit(&self, key: &str, window_start: Timestamp) -> StoreResult<i64> {
         sqlx::query_scalar(

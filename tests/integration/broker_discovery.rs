@@ -33,8 +33,22 @@ fn config(upstream: &str, allow_loopback: bool) -> Config {
 }
 
 async fn probe(c: &Config) -> (Result<(), String>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = mcp_oauth_gateway::store::open_with(
+        &format!("sqlite://{}", dir.path().join("gw.db").display()),
+        &c.store.pool(),
+    )
+    .await
+    .unwrap();
+    probe_with(c, &store).await
+}
+
+async fn probe_with(
+    c: &Config,
+    store: &mcp_oauth_gateway::store::SharedStore,
+) -> (Result<(), String>, String) {
     let mut out = Vec::new();
-    let r = mcp_oauth_gateway::broker::probe(c, "up", &mut out).await;
+    let r = mcp_oauth_gateway::broker::probe(c, "up", store, 1_800_000_000, &mut out).await;
     (r, String::from_utf8(out).unwrap())
 }
 
@@ -138,12 +152,20 @@ async fn authorization_server(
     };
     serve_on(
         port,
-        vec![(
-            "/.well-known/oauth-authorization-server".into(),
-            200,
-            vec![],
-            body,
-        )],
+        vec![
+            (
+                "/.well-known/oauth-authorization-server".into(),
+                200,
+                vec![],
+                body,
+            ),
+            (
+                "/register".into(),
+                201,
+                vec![],
+                json!({"client_id": "gateway-at-test-as"}).to_string(),
+            ),
+        ],
     )
     .await
 }
@@ -187,7 +209,14 @@ async fn discovery_of_a_real_oauth_protected_server_and_the_probe() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let upstream = format!("http://localhost:{mcp_port}/mcp");
-    let (r, out) = probe(&config(&upstream, true)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = mcp_oauth_gateway::store::open_with(
+        &format!("sqlite://{}", dir.path().join("gw.db").display()),
+        &Config::default().store.pool(),
+    )
+    .await
+    .unwrap();
+    let (r, out) = probe_with(&config(&upstream, true), &store).await;
     assert!(r.is_ok(), "{r:?}\n{out}");
     assert!(
         out.contains(&format!(
@@ -200,6 +229,22 @@ async fn discovery_of_a_real_oauth_protected_server_and_the_probe() {
         "{out}"
     );
     assert!(out.contains("discovery: OK"), "{out}");
+    // Registered dynamically at the demo authorization server, and kept for that issuer.
+    assert!(out.contains("registered now"), "{out}");
+    assert!(out.contains("registration: OK"), "{out}");
+    let (r, again) = probe_with(&config(&upstream, true), &store).await;
+    assert!(r.is_ok(), "{again}");
+    assert!(again.contains("dcr, stored"), "{again}");
+    // The gateway's address changes (its redirect URI with it): the old registration is
+    // forgotten and a new one made.
+    let mut moved = config(&upstream, true);
+    moved.server.public_url = Some("https://gateway.example".into());
+    let (r, out) = probe_with(&moved, &store).await;
+    assert!(r.is_ok(), "{out}");
+    assert!(
+        out.contains("made under other settings forgotten") && out.contains("registered now"),
+        "{out}"
+    );
     // Without loopback allowed, the authorization server on another origin is not fetched.
     let (r, out) = probe(&config(&upstream, false)).await;
     let e = r.unwrap_err();
@@ -241,6 +286,41 @@ async fn discovery_refuses_what_an_mcp_client_must_refuse() {
     let (r, out) = probe(&config(&up, true)).await;
     assert!(r.is_err(), "{out}");
     assert!(out.contains("larger than"), "{out}");
+
+    // A registration endpoint that refuses, in words the operator sees inert.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let issuer = format!("http://127.0.0.1:{port}");
+    let (_, _as) = serve_on(
+        port,
+        vec![
+            (
+                "/.well-known/oauth-authorization-server".into(),
+                200,
+                vec![],
+                server_metadata(&issuer, true),
+            ),
+            (
+                "/register".into(),
+                400,
+                vec![],
+                json!({"error": "invalid_redirect_uri", "error_description": "no\u{1b}[31m thanks"}).to_string(),
+            ),
+        ],
+    )
+    .await;
+    let (up, _u) = upstream_naming(|b| format!("{b}/mcp"), &issuer).await;
+    let (r, out) = probe(&config(&up, true)).await;
+    let e = r.unwrap_err();
+    assert!(
+        e.contains("registration stopped") && e.contains("invalid_redirect_uri"),
+        "{e}"
+    );
+    assert!(
+        !e.contains('\u{1b}') && !out.contains('\u{1b}'),
+        "an escape sequence reached the terminal"
+    );
 
     // And a good one, for contrast.
     let (issuer, _as) = authorization_server(None, true, None).await;

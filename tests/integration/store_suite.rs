@@ -645,6 +645,78 @@ async fn counters_sessions_consents_keys_and_users() {
 /// Two instances race to rotate the same refresh tokens: exactly one rotation of each
 /// token wins in the database, and only the winner's successor is stored.
 #[tokio::test]
+async fn upstream_registrations_are_per_issuer_and_purged_with_other_settings() {
+    use mcp_oauth_gateway::store::UpstreamClientRecord;
+    for e in engines().await {
+        let s = &e.store;
+        let rec = |issuer: &str, client: &str, settings: &str| UpstreamClientRecord {
+            upstream: "linear".into(),
+            issuer: issuer.into(),
+            client_id: client.into(),
+            client_secret: None,
+            method: "dcr".into(),
+            settings: settings.into(),
+            registered_at: NOW,
+        };
+        s.put_upstream_client(&rec("https://a.example", "c1", "s1"))
+            .await
+            .unwrap();
+        s.put_upstream_client(&rec("https://b.example", "c2", "s1"))
+            .await
+            .unwrap();
+        // Another issuer's registration is never this one's.
+        assert_eq!(
+            s.upstream_client("linear", "https://a.example")
+                .await
+                .unwrap()
+                .unwrap()
+                .client_id,
+            "c1",
+            "{}",
+            e.name
+        );
+        assert!(
+            s.upstream_client("linear", "https://c.example")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            s.upstream_client("other", "https://a.example")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Registering again replaces.
+        s.put_upstream_client(&rec("https://a.example", "c3", "s1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.upstream_client("linear", "https://a.example")
+                .await
+                .unwrap()
+                .unwrap()
+                .client_id,
+            "c3"
+        );
+        // Changed settings: what was made under the old ones goes.
+        assert_eq!(s.purge_upstream_clients("linear", "s1").await.unwrap(), 0);
+        assert_eq!(
+            s.purge_upstream_clients("linear", "s2").await.unwrap(),
+            2,
+            "{}",
+            e.name
+        );
+        assert!(
+            s.upstream_client("linear", "https://a.example")
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+}
+
+#[tokio::test]
 async fn two_instances_rotating_the_same_tokens_have_one_winner_each() {
     let Some(pg) = postgres_url() else { return };
     let (a, admin, schema) = fresh_postgres(&pg).await;
@@ -974,6 +1046,18 @@ async fn store_copy_moves_a_sqlite_installation_to_postgres_losing_nothing() {
             .unwrap(),
         "an assertion is used once"
     );
+    source
+        .put_upstream_client(&mcp_oauth_gateway::store::UpstreamClientRecord {
+            upstream: "linear".into(),
+            issuer: "https://mcp.linear.app".into(),
+            client_id: "gw-at-linear".into(),
+            client_secret: Some(vec![1, 2, 3]),
+            method: "dcr".into(),
+            settings: "s1".into(),
+            registered_at: a.now(),
+        })
+        .await
+        .unwrap();
     let mut counts = Vec::new();
     for t in copy::TABLES {
         counts.push((t.name, source.count_rows(t).await.unwrap()));
