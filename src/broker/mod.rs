@@ -154,10 +154,13 @@ pub async fn probe(
                     write(out, "registration: OK".into());
                     Ok(())
                 }
-                Some(Err(e)) => Err(format!("registration stopped: {e}")),
+                // Remote servers' text (an issuer, a resource) is in these: printed inert.
+                Some(Err(e)) => {
+                    Err(crate::text::printable(&format!("registration stopped: {e}")).into_owned())
+                }
                 None => Ok(()),
             }
         }
-        Err(e) => Err(format!("discovery stopped: {e}")),
+        Err(e) => Err(crate::text::printable(&format!("discovery stopped: {e}")).into_owned()),
     }
 }

@@ -264,6 +264,16 @@ async fn discovery_refuses_what_an_mcp_client_must_refuse() {
         "{out}"
     );
 
+    // A resource with an escape sequence in it: refused, and printed inert.
+    let (issuer, _as) = authorization_server(None, true, None).await;
+    let (up, _u) = upstream_naming(|_| "https://evil.example/\u{1b}[2J".into(), &issuer).await;
+    let (r, out) = probe(&config(&up, true)).await;
+    let e = r.unwrap_err();
+    assert!(
+        e.contains("names resource") && !e.contains('\u{1b}'),
+        "{e:?}\n{out}"
+    );
+
     // The metadata names another issuer than the one it was fetched for.
     let (issuer, _as) = authorization_server(Some("https://impostor.example"), true, None).await;
     let (up, _u) = upstream_naming(|b| format!("{b}/mcp"), &issuer).await;
