@@ -4,8 +4,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlSslMode};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgSslMode};
 use sqlx::{ConnectOptions, Connection};
 
 use super::config::{DatabaseKind, DatabaseLoginConfig, Engine, TlsMode};
@@ -203,6 +203,18 @@ impl Connector {
         }
     }
 
+    /// The same pool settings on either protocol.
+    fn pool_options<DB: sqlx::Database>(&self, size: u32) -> sqlx::pool::PoolOptions<DB> {
+        sqlx::pool::PoolOptions::new()
+            .max_connections(size)
+            .min_connections(0)
+            .idle_timeout(self.idle)
+            .acquire_timeout(self.connect_timeout)
+            // The pool is the person's alone and each use is checked by its own statements:
+            // a round trip before each would only cost time.
+            .test_before_acquire(false)
+    }
+
     /// A pool of at most `size` connections as `who`, with its first connection open (so
     /// that a refused credential is known now, not at the first query).
     pub async fn pool(&self, who: &Credential, size: u32) -> Result<Pool, ConnectError> {
@@ -210,31 +222,11 @@ impl Connector {
             Ok::<Pool, sqlx::Error>(match &self.options {
                 Options::Postgres(o) => {
                     let o = o.clone().username(&who.username).password(&who.password);
-                    Pool::Postgres(
-                        PgPoolOptions::new()
-                            .max_connections(size)
-                            .min_connections(0)
-                            .idle_timeout(self.idle)
-                            .acquire_timeout(self.connect_timeout)
-                            // The pool is the person's alone and each use is checked by its
-                            // own statements: a round trip before each would only cost time.
-                            .test_before_acquire(false)
-                            .connect_with(o)
-                            .await?,
-                    )
+                    Pool::Postgres(self.pool_options(size).connect_with(o).await?)
                 }
                 Options::Mysql(o) => {
                     let o = o.clone().username(&who.username).password(&who.password);
-                    Pool::Mysql(
-                        MySqlPoolOptions::new()
-                            .max_connections(size)
-                            .min_connections(0)
-                            .idle_timeout(self.idle)
-                            .acquire_timeout(self.connect_timeout)
-                            .test_before_acquire(false)
-                            .connect_with(o)
-                            .await?,
-                    )
+                    Pool::Mysql(self.pool_options(size).connect_with(o).await?)
                 }
             })
         };

@@ -90,30 +90,24 @@ fn brackets(engine: Engine, write: bool, timeout: Duration) -> (String, Option<&
         ),
         // The session is read-only too: DDL commits the transaction it is in before it
         // runs, and would then run outside it.
-        (Engine::Mysql, false) => (
-            format!(
-                "SET SESSION TRANSACTION READ ONLY; SET SESSION max_execution_time = {ms}; START TRANSACTION READ ONLY; SELECT CONNECTION_ID()"
-            ),
-            Some(end),
-        ),
-        (Engine::Mysql, true) => (
-            format!(
-                "SET SESSION TRANSACTION READ WRITE; SET SESSION max_execution_time = {ms}; START TRANSACTION; SELECT CONNECTION_ID()"
-            ),
-            Some(end),
-        ),
-        (Engine::Mariadb, false) => (
-            format!(
-                "SET SESSION TRANSACTION READ ONLY; SET SESSION max_statement_time = {secs}; START TRANSACTION READ ONLY; SELECT CONNECTION_ID()"
-            ),
-            Some(end),
-        ),
-        (Engine::Mariadb, true) => (
-            format!(
-                "SET SESSION TRANSACTION READ WRITE; SET SESSION max_statement_time = {secs}; START TRANSACTION; SELECT CONNECTION_ID()"
-            ),
-            Some(end),
-        ),
+        (Engine::Mysql | Engine::Mariadb, _) => {
+            let timeout = if engine == Engine::Mysql {
+                format!("max_execution_time = {ms}")
+            } else {
+                format!("max_statement_time = {secs}")
+            };
+            let (session, start) = if write {
+                ("READ WRITE", "START TRANSACTION")
+            } else {
+                ("READ ONLY", "START TRANSACTION READ ONLY")
+            };
+            (
+                format!(
+                    "SET SESSION TRANSACTION {session}; SET SESSION {timeout}; {start}; SELECT CONNECTION_ID()"
+                ),
+                Some(end),
+            )
+        }
         (Engine::Tidb, _) => (
             format!("SET SESSION max_execution_time = {ms}; SELECT CONNECTION_ID()"),
             None,
