@@ -740,6 +740,21 @@ pub enum UpstreamCredentials {
     /// exception to "no token passthrough", because the token is the provider's, never the
     /// MCP client's.
     ProviderToken { source: String },
+    /// The upstream demands OAuth of its own: each person connects their own account once
+    /// (the gateway is the OAuth client, their tokens are kept sealed in the vault) and calls
+    /// go out with that person's upstream token. The authorization server is discovered.
+    Oauth {
+        /// Scopes to ask for; by default the upstream's challenge, else what its metadata
+        /// lists.
+        #[serde(default)]
+        scopes: Vec<String>,
+        /// A client registered by hand at the upstream's authorization server; by default the
+        /// gateway registers itself (dynamic registration).
+        #[serde(default)]
+        client_id: Option<String>,
+        #[serde(default)]
+        client_secret: Option<Secret>,
+    },
     /// The user's own database username and password, from the `[[login.database]]` named
     /// `source` they signed in with, in two headers (for an operator's own database MCP
     /// server run per user). Opt-in per upstream; the password travels only to this
@@ -1183,6 +1198,12 @@ impl Config {
                         "the username and the password need two different names",
                     ));
                 }
+            }
+            if matches!(u.credentials, UpstreamCredentials::Oauth { .. }) && u.url.is_none() {
+                return Err(Invalid::at(
+                    key("credentials"),
+                    "OAuth is for `url` upstreams (a command is started by the gateway itself)",
+                ));
             }
             if let UpstreamCredentials::ProviderToken { source } = &u.credentials
                 && !self
@@ -1749,6 +1770,27 @@ impl UpstreamCredentials {
                 let token = token.expose();
                 if token.is_empty() || http::HeaderValue::from_str(token).is_err() {
                     return Err(Invalid::at(key("token"), "not a valid token"));
+                }
+            }
+            Self::Oauth {
+                scopes,
+                client_id,
+                client_secret,
+            } => {
+                if let Some(s) = scopes
+                    .iter()
+                    .find(|s| s.is_empty() || s.contains(' ') || s.chars().any(|c| c.is_control()))
+                {
+                    return Err(Invalid::at(key("scopes"), format!("`{s}` is not a scope")));
+                }
+                if client_id.as_deref().is_some_and(|c| c.trim().is_empty()) {
+                    return Err(Invalid::at(key("client_id"), "empty"));
+                }
+                if client_secret.is_some() && client_id.is_none() {
+                    return Err(Invalid::at(
+                        key("client_secret"),
+                        "given without a client_id",
+                    ));
                 }
             }
             Self::None

@@ -288,29 +288,70 @@ impl SafeFetcher {
         max_bytes: usize,
     ) -> Result<(u16, Vec<u8>), FetchError> {
         self.check_url(url)?;
-        let resp = self
+        let request = self
             .client
             .post(url.clone())
             .header(reqwest::header::ACCEPT, "application/json")
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| FetchError::Failed(without_url(&e)))?;
-        let status = resp.status().as_u16();
-        if resp.content_length().is_some_and(|n| n > max_bytes as u64) {
+            .json(body);
+        bounded(request, max_bytes).await
+    }
+
+    /// POSTs a form (token and revocation requests), with HTTP Basic client authentication
+    /// when `basic` is given; the same checks and bounds as [`Self::post_json`].
+    pub async fn post_form(
+        &self,
+        url: &Url,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+        max_bytes: usize,
+    ) -> Result<(u16, Vec<u8>), FetchError> {
+        self.check_url(url)?;
+        let mut request = self
+            .client
+            .post(url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(
+                form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(form)
+                    .finish(),
+            );
+        if let Some((id, secret)) = basic {
+            // RFC 6749 §2.3.1: each part form-encoded before Basic.
+            let enc = |v: &str| form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+            request = request.basic_auth(enc(id), Some(enc(secret)));
+        }
+        bounded(request, max_bytes).await
+    }
+}
+
+/// Sends a request and reads its answer, any status, at most `max_bytes` of it (declared or
+/// streamed).
+async fn bounded(
+    request: reqwest::RequestBuilder,
+    max_bytes: usize,
+) -> Result<(u16, Vec<u8>), FetchError> {
+    let resp = request
+        .send()
+        .await
+        .map_err(|e| FetchError::Failed(without_url(&e)))?;
+    let status = resp.status().as_u16();
+    if resp.content_length().is_some_and(|n| n > max_bytes as u64) {
+        return Err(FetchError::TooLarge(max_bytes));
+    }
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| FetchError::Failed(without_url(&e)))?;
+        if out.len() + chunk.len() > max_bytes {
             return Err(FetchError::TooLarge(max_bytes));
         }
-        let mut out = Vec::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| FetchError::Failed(without_url(&e)))?;
-            if out.len() + chunk.len() > max_bytes {
-                return Err(FetchError::TooLarge(max_bytes));
-            }
-            out.extend_from_slice(&chunk);
-        }
-        Ok((status, out))
+        out.extend_from_slice(&chunk);
     }
+    Ok((status, out))
 }
 
 /// A description of a failed fetch that names neither the URL nor anything it returned, but

@@ -892,6 +892,77 @@ impl AuthorizationServer {
             .await
     }
 
+    /// A sign-in at the gateway itself, with no authorization request (the connections
+    /// page): a password source's check, the same throttles, and a browser session. What a
+    /// source would keep is not kept: there is no grant to bind it to.
+    /// `Ok(Err((message, status)))` is the form again with why.
+    pub async fn sign_in(
+        &self,
+        source: Option<&str>,
+        username: &str,
+        password: &str,
+        ip: &str,
+    ) -> Result<Result<(NewSession, String), (String, u16)>, PageError> {
+        let name = source.unwrap_or(LOCAL);
+        let Some(source) = self
+            .login
+            .get(name)
+            .filter(|s| s.kind() == SourceKind::Password)
+        else {
+            return Ok(Err((
+                "That way of signing in is not offered here.".into(),
+                400,
+            )));
+        };
+        match source.check_password(username, password, ip).await? {
+            Attempt::Invalid => Ok(Err(("Wrong username or password.".into(), 401))),
+            Attempt::Refused(message) => Ok(Err((message, 403))),
+            Attempt::Unavailable(why) => {
+                tracing::warn!(source = name, reason = %why, "login source unavailable");
+                Ok(Err((source.unavailable_text(), 503)))
+            }
+            Attempt::Throttled { retry_after } => Ok(Err((
+                format!(
+                    "Too many failed sign-ins. Try again in {} minutes.",
+                    retry_after.div_ceil(60)
+                ),
+                429,
+            ))),
+            Attempt::Success(who) => {
+                let user = match self.login.resolve(name, &who).await {
+                    Ok(u) => u,
+                    Err(crate::login::source::ResolveError::Store(e)) => return Err(e.into()),
+                    Err(e) => {
+                        tracing::info!(source = name, reason = %e, "sign-in refused");
+                        return Ok(Err(("This account may not sign in here.".into(), 403)));
+                    }
+                };
+                let now = self.clock.now();
+                let secret = crypto::new_secret("");
+                let max_age = self.accounts_session_ttl();
+                let session = BrowserSession {
+                    user_id: user.id.clone(),
+                    login_source: name.to_string(),
+                };
+                self.store
+                    .put_session(&crypto::hash_secret(&secret), &session, now, now + max_age)
+                    .await?;
+                tracing::info!(user = ?user.username, source = name, "login (gateway pages)");
+                Ok(Ok((NewSession { secret, max_age }, user.id)))
+            }
+        }
+    }
+
+    /// The sources the gateway's own sign-in form offers (password sources).
+    pub fn password_sources(&self) -> Vec<(String, String)> {
+        self.login
+            .all()
+            .iter()
+            .filter(|s| s.kind() == SourceKind::Password)
+            .map(|s| (s.name().to_string(), s.label().to_string()))
+            .collect()
+    }
+
     fn accounts_session_ttl(&self) -> i64 {
         self.session_ttl
     }

@@ -1,10 +1,14 @@
 //! The gateway as an OAuth client of upstream MCP servers that demand OAuth themselves
-//! (DESIGN.md role 5). Built so far: discovery ([`discovery`]), dynamic registration
-//! ([`registration`]) and the operator's probe.
-//! Registration, the per-user connect flow and the token vault are the rest of issue 11.
+//! (DESIGN.md role 5): discovery ([`discovery`]), registration ([`registration`]), the
+//! per-person connect flow, the vault and refresh ([`service`]), the vault as the proxy's
+//! credential source ([`source`]), and the operator's probe.
 
 pub mod discovery;
 pub mod registration;
+pub mod service;
+pub mod source;
+
+pub use service::{Broker, BrokerError, ConnectionStatus};
 
 use crate::config::Config;
 

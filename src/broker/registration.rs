@@ -187,3 +187,15 @@ pub async fn register(
         reused: false,
     })
 }
+
+/// Opens a stored registration's client secret (sealed to its upstream and issuer).
+pub fn open_secret(
+    keys: &EncryptionKeys,
+    upstream: &str,
+    issuer: &str,
+    sealed: &[u8],
+) -> Option<String> {
+    keys.open(&row(upstream, issuer), sealed)
+        .ok()
+        .and_then(|p| String::from_utf8(p).ok())
+}

@@ -170,12 +170,19 @@ impl LoginContexts {
         self.open_as(&leg_row(source, grant_id), sealed)
     }
 
-    fn seal_as(&self, row: &str, plain: &[u8]) -> Result<Vec<u8>, ContextError> {
+    /// The encryption keys, when there are any (a configured list, or SQLite's key file).
+    pub fn keys(&self) -> Option<&EncryptionKeys> {
+        self.keys.as_deref()
+    }
+
+    /// Seals `plain` to the identity `row` (associated data): what the broker's vault uses
+    /// with the same keys.
+    pub fn seal_as(&self, row: &str, plain: &[u8]) -> Result<Vec<u8>, ContextError> {
         let keys = self.keys.as_ref().ok_or(ContextError::NoKeys)?;
         Ok(keys.seal(row, plain)?)
     }
 
-    fn open_as(&self, row: &str, sealed: &[u8]) -> Result<Vec<u8>, ContextError> {
+    pub fn open_as(&self, row: &str, sealed: &[u8]) -> Result<Vec<u8>, ContextError> {
         let keys = self.keys.as_ref().ok_or(ContextError::NoKeys)?;
         Ok(keys.open(row, sealed)?)
     }

@@ -30,12 +30,14 @@ pub enum CredentialError {
 }
 
 /// What to do after the upstream refused a request with `401`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AfterUnauthorized {
     /// Relay the `401` as it is.
     GiveUp,
     /// The credential was renewed: send the request once more.
     Retry,
+    /// Answer this instead (the person must reconnect, say).
+    Fail(CredentialError),
 }
 
 #[async_trait]
@@ -59,9 +61,19 @@ pub trait CredentialSource: Send + Sync {
     ) -> Result<Vec<(String, String)>, CredentialError> {
         Ok(Vec::new())
     }
-    /// The upstream answered `401` to a request carrying this credential.
-    async fn unauthorized(&self, _principal: &Principal) -> AfterUnauthorized {
+    /// The upstream answered `401` to a request that carried `sent` (the request's headers
+    /// as they went).
+    async fn unauthorized(&self, _principal: &Principal, _sent: &HeaderMap) -> AfterUnauthorized {
         AfterUnauthorized::GiveUp
+    }
+    /// The upstream answered `403` with `insufficient_scope`, asking for `scope`: an error to
+    /// answer instead of relaying it (a step-up the person must confirm), or `None`.
+    async fn insufficient_scope(
+        &self,
+        _principal: &Principal,
+        _scope: Option<&str>,
+    ) -> Option<CredentialError> {
+        None
     }
 }
 
@@ -82,7 +94,7 @@ struct NotBuilt(String);
 impl CredentialSource for NotBuilt {
     async fn apply(&self, _: &Principal, _: &mut HeaderMap) -> Result<(), CredentialError> {
         Err(CredentialError::Unavailable(format!(
-            "the credentials from login source `{}` are not set up",
+            "the credentials from `{}` are not set up",
             self.0
         )))
     }
@@ -209,6 +221,7 @@ pub fn from_config(
         // that ever not happen, nothing is sent rather than something wrong.
         UpstreamCredentials::ProviderToken { source }
         | UpstreamCredentials::DatabaseLogin { source, .. } => Arc::new(NotBuilt(source.clone())),
+        UpstreamCredentials::Oauth { .. } => Arc::new(NotBuilt("the OAuth broker".into())),
         UpstreamCredentials::Assertion {
             header: name,
             audience,

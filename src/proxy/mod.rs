@@ -569,7 +569,7 @@ impl Proxy {
         headers: &HeaderMap,
         body: Bytes,
     ) -> Result<(http::response::Parts, hyper::body::Incoming), ProxyError> {
-        let first = self
+        let (parts, incoming, sent) = self
             .send_once(
                 upstream,
                 principal,
@@ -579,14 +579,29 @@ impl Proxy {
                 body.clone(),
             )
             .await?;
-        if first.0.status == StatusCode::UNAUTHORIZED
-            && upstream.credential.unauthorized(principal).await == AfterUnauthorized::Retry
-        {
-            return self
-                .send_once(upstream, principal, method, uri, headers, body)
-                .await;
+        if parts.status == StatusCode::UNAUTHORIZED {
+            match upstream.credential.unauthorized(principal, &sent).await {
+                AfterUnauthorized::Retry => {
+                    drop(incoming);
+                    let (parts, incoming, _) = self
+                        .send_once(upstream, principal, method, uri, headers, body)
+                        .await?;
+                    return Ok((parts, incoming));
+                }
+                AfterUnauthorized::Fail(e) => return Err(ProxyError::Credential(e)),
+                AfterUnauthorized::GiveUp => {}
+            }
         }
-        Ok(first)
+        if parts.status == StatusCode::FORBIDDEN
+            && let Some(scope) = insufficient_scope(&parts.headers)
+            && let Some(e) = upstream
+                .credential
+                .insufficient_scope(principal, scope.as_deref())
+                .await
+        {
+            return Err(ProxyError::Credential(e));
+        }
+        Ok((parts, incoming))
     }
 
     async fn send_once(
@@ -597,7 +612,7 @@ impl Proxy {
         uri: Uri,
         headers: &HeaderMap,
         body: Bytes,
-    ) -> Result<(http::response::Parts, hyper::body::Incoming), ProxyError> {
+    ) -> Result<(http::response::Parts, hyper::body::Incoming, HeaderMap), ProxyError> {
         let authority = uri.authority().cloned();
         let mut builder = Request::builder().method(method).uri(uri);
         if let Some(h) = builder.headers_mut() {
@@ -621,6 +636,11 @@ impl Proxy {
         let upstream_req = builder
             .body(Body::from(body))
             .map_err(|_| ProxyError::BadBody)?;
+        // The credential as it went, for the response phase (a reference-counted copy).
+        let mut sent = HeaderMap::new();
+        if let Some(v) = upstream_req.headers().get(header::AUTHORIZATION) {
+            sent.insert(header::AUTHORIZATION, v.clone());
+        }
         let wait = Duration::from_secs(self.settings.header_timeout_secs);
         match tokio::time::timeout(wait, self.client.request(upstream_req)).await {
             Err(_) => Err(ProxyError::Timeout(upstream.name.clone())),
@@ -628,7 +648,10 @@ impl Proxy {
                 tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
                 Err(ProxyError::Unreachable(upstream.name.clone()))
             }
-            Ok(Ok(r)) => Ok(r.into_parts()),
+            Ok(Ok(r)) => {
+                let (parts, body) = r.into_parts();
+                Ok((parts, body, sent))
+            }
         }
     }
 
@@ -901,6 +924,22 @@ fn response_headers(incoming: &HeaderMap) -> HeaderMap {
         }
     }
     out
+}
+
+/// The scope an upstream's `403` asks for, when it is a Bearer `insufficient_scope` error
+/// (RFC 6750 §3.1): `Some(None)` without a scope.
+fn insufficient_scope(headers: &HeaderMap) -> Option<Option<String>> {
+    headers
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| crate::web::challenge::parse(v).ok())
+        .flatten()
+        .find(|c| {
+            c.scheme.eq_ignore_ascii_case("bearer")
+                && c.param("error") == Some("insufficient_scope")
+        })
+        .map(|c| c.param("scope").map(str::to_string))
 }
 
 #[cfg(test)]

@@ -580,6 +580,52 @@ impl std::fmt::Debug for UpstreamClientRecord {
     }
 }
 
+/// One person's tokens at an upstream (the vault): the token set is sealed to the row's
+/// identity; what is plain here is what the connections page and the CLI show.
+#[derive(Clone)]
+pub struct UpstreamTokenRecord {
+    /// The person, or `*` for an upstream's one shared slot.
+    pub user_id: String,
+    pub upstream: String,
+    pub issuer: String,
+    pub sealed: Vec<u8>,
+    /// `connected`, or `broken` (refused by the upstream and not renewable: reconnect).
+    pub status: String,
+    pub scope: String,
+    /// When the access token expires, if the server said.
+    pub expires_at: Option<Timestamp>,
+    /// The upstream's settings fingerprint when it was made.
+    pub settings: String,
+    pub connected_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl std::fmt::Debug for UpstreamTokenRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTokenRecord")
+            .field("user_id", &self.user_id)
+            .field("upstream", &self.upstream)
+            .field("issuer", &self.issuer)
+            .field("status", &self.status)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connect flow under way, found by the hash of its `state`.
+#[derive(Clone)]
+pub struct UpstreamConnectRecord {
+    pub state_hash: String,
+    pub user_id: String,
+    /// The hash of the browser session that confirmed it: the way back must bring it.
+    pub session_hash: String,
+    pub upstream: String,
+    pub issuer: String,
+    /// The PKCE verifier and what the token request needs, sealed.
+    pub sealed: Vec<u8>,
+    pub expires_at: Timestamp,
+}
+
 /// What the gateway keeps as an OAuth client of upstreams.
 #[async_trait]
 pub trait BrokerStore: Send + Sync {
@@ -593,6 +639,46 @@ pub trait BrokerStore: Send + Sync {
     /// Forgets an upstream's registrations made under other settings than `settings`;
     /// returns how many.
     async fn purge_upstream_clients(&self, upstream: &str, settings: &str) -> StoreResult<u64>;
+
+    async fn upstream_token(
+        &self,
+        user_id: &str,
+        upstream: &str,
+    ) -> StoreResult<Option<UpstreamTokenRecord>>;
+    /// Stores a token set, replacing the row of the same user and upstream (and its lease).
+    async fn put_upstream_token(&self, record: &UpstreamTokenRecord) -> StoreResult<()>;
+    /// Marks a row `connected` or `broken`; false when there is none.
+    async fn set_upstream_token_status(
+        &self,
+        user_id: &str,
+        upstream: &str,
+        status: &str,
+        now: Timestamp,
+    ) -> StoreResult<bool>;
+    async fn delete_upstream_token(&self, user_id: &str, upstream: &str) -> StoreResult<bool>;
+    /// One person's rows, or everyone's.
+    async fn upstream_tokens(&self, user_id: Option<&str>)
+    -> StoreResult<Vec<UpstreamTokenRecord>>;
+    /// Forgets an upstream's tokens (and connect flows) made under other settings.
+    async fn purge_upstream_tokens(&self, upstream: &str, settings: &str) -> StoreResult<u64>;
+    /// Takes the row's refresh lease until `until` when nobody holds it at `now`: true when
+    /// taken. Held across instances; released by [`Self::put_upstream_token`] or
+    /// [`Self::release_upstream_token`], or by time.
+    async fn lease_upstream_token(
+        &self,
+        user_id: &str,
+        upstream: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<bool>;
+    async fn release_upstream_token(&self, user_id: &str, upstream: &str) -> StoreResult<()>;
+    async fn put_upstream_connect(&self, record: &UpstreamConnectRecord) -> StoreResult<()>;
+    /// Removes and returns the connect flow of `state_hash` if it has not expired: once.
+    async fn take_upstream_connect(
+        &self,
+        state_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<UpstreamConnectRecord>>;
 }
 
 /// Whole tables (`store copy`) and the periodic sweep.

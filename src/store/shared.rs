@@ -114,6 +114,26 @@ async fn all_of<T>(
         .map_err(backend)
 }
 
+const TOKEN_COLUMNS: &str = "user_id, upstream, issuer, sealed, status, scope, expires_at, settings, connected_at, updated_at";
+
+fn token_row(r: &$row) -> StoreResult<UpstreamTokenRecord> {
+    let get = || -> Result<UpstreamTokenRecord, sqlx::Error> {
+        Ok(UpstreamTokenRecord {
+            user_id: r.try_get("user_id")?,
+            upstream: r.try_get("upstream")?,
+            issuer: r.try_get("issuer")?,
+            sealed: r.try_get("sealed")?,
+            status: r.try_get("status")?,
+            scope: r.try_get("scope")?,
+            expires_at: r.try_get("expires_at")?,
+            settings: r.try_get("settings")?,
+            connected_at: r.try_get("connected_at")?,
+            updated_at: r.try_get("updated_at")?,
+        })
+    };
+    get().map_err(backend)
+}
+
 async fn insert_user<'e, E>(ex: E, u: &UserRecord) -> Result<(), sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = $db>,
@@ -397,6 +417,17 @@ impl UserStore for $store {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        // Upstream connections belong to the person: they go with them.
+        for sql in [
+            "DELETE FROM upstream_tokens WHERE user_id = $1",
+            "DELETE FROM upstream_connects WHERE user_id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
         let ended = end_user_access_in(
             &mut tx,
             self.bus(),
@@ -1338,6 +1369,189 @@ impl BrokerStore for $store {
             .map_err(backend)
             .map(|r| r.rows_affected())
     }
+
+    async fn upstream_token(
+        &self,
+        user_id: &str,
+        upstream: &str,
+    ) -> StoreResult<Option<UpstreamTokenRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM upstream_tokens WHERE user_id = $1 AND upstream = $2"
+        ))
+        .bind(user_id)
+        .bind(upstream)
+        .fetch_optional(self.reader())
+        .await
+        .map_err(backend)?;
+        row.map(|r| token_row(&r)).transpose()
+    }
+
+    async fn put_upstream_token(&self, t: &UpstreamTokenRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO upstream_tokens (user_id, upstream, issuer, sealed, status, scope, expires_at,
+               settings, connected_at, updated_at, lease_until)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0)
+             ON CONFLICT (user_id, upstream) DO UPDATE SET issuer = excluded.issuer,
+               sealed = excluded.sealed, status = excluded.status, scope = excluded.scope,
+               expires_at = excluded.expires_at, settings = excluded.settings,
+               connected_at = excluded.connected_at, updated_at = excluded.updated_at,
+               lease_until = 0",
+        )
+        .bind(&t.user_id)
+        .bind(&t.upstream)
+        .bind(&t.issuer)
+        .bind(&t.sealed)
+        .bind(&t.status)
+        .bind(&t.scope)
+        .bind(t.expires_at)
+        .bind(&t.settings)
+        .bind(t.connected_at)
+        .bind(t.updated_at)
+        .execute(self.writer())
+        .await
+        .map_err(backend)
+        .map(|_| ())
+    }
+
+    async fn set_upstream_token_status(
+        &self,
+        user_id: &str,
+        upstream: &str,
+        status: &str,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        sqlx::query(
+            "UPDATE upstream_tokens SET status = $3, updated_at = $4, lease_until = 0
+             WHERE user_id = $1 AND upstream = $2",
+        )
+        .bind(user_id)
+        .bind(upstream)
+        .bind(status)
+        .bind(now)
+        .execute(self.writer())
+        .await
+        .map_err(backend)
+        .map(|r| r.rows_affected() == 1)
+    }
+
+    async fn delete_upstream_token(&self, user_id: &str, upstream: &str) -> StoreResult<bool> {
+        sqlx::query("DELETE FROM upstream_tokens WHERE user_id = $1 AND upstream = $2")
+            .bind(user_id)
+            .bind(upstream)
+            .execute(self.writer())
+            .await
+            .map_err(backend)
+            .map(|r| r.rows_affected() == 1)
+    }
+
+    async fn upstream_tokens(&self, user_id: Option<&str>) -> StoreResult<Vec<UpstreamTokenRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM upstream_tokens
+             WHERE ($1 IS NULL OR user_id = $1) ORDER BY user_id, upstream"
+        ))
+        .bind(user_id)
+        .fetch_all(self.reader())
+        .await
+        .map_err(backend)?;
+        rows.iter().map(token_row).collect()
+    }
+
+    async fn purge_upstream_tokens(&self, upstream: &str, settings: &str) -> StoreResult<u64> {
+        let mut tx = self.write_tx().await?;
+        let n = sqlx::query("DELETE FROM upstream_tokens WHERE upstream = $1 AND settings <> $2")
+            .bind(upstream)
+            .bind(settings)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        // A flow begun under the old settings would store a token under the new ones.
+        sqlx::query("DELETE FROM upstream_connects WHERE upstream = $1")
+            .bind(upstream)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(n)
+    }
+
+    async fn lease_upstream_token(
+        &self,
+        user_id: &str,
+        upstream: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<bool> {
+        sqlx::query(
+            "UPDATE upstream_tokens SET lease_until = $4
+             WHERE user_id = $1 AND upstream = $2 AND lease_until <= $3",
+        )
+        .bind(user_id)
+        .bind(upstream)
+        .bind(now)
+        .bind(until)
+        .execute(self.writer())
+        .await
+        .map_err(backend)
+        .map(|r| r.rows_affected() == 1)
+    }
+
+    async fn release_upstream_token(&self, user_id: &str, upstream: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE upstream_tokens SET lease_until = 0 WHERE user_id = $1 AND upstream = $2")
+            .bind(user_id)
+            .bind(upstream)
+            .execute(self.writer())
+            .await
+            .map_err(backend)
+            .map(|_| ())
+    }
+
+    async fn put_upstream_connect(&self, c: &UpstreamConnectRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO upstream_connects (state_hash, user_id, session_hash, upstream, issuer, sealed, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&c.state_hash)
+        .bind(&c.user_id)
+        .bind(&c.session_hash)
+        .bind(&c.upstream)
+        .bind(&c.issuer)
+        .bind(&c.sealed)
+        .bind(c.expires_at)
+        .execute(self.writer())
+        .await
+        .map_err(backend)
+        .map(|_| ())
+    }
+
+    async fn take_upstream_connect(
+        &self,
+        state_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<UpstreamConnectRecord>> {
+        let row = sqlx::query(
+            "DELETE FROM upstream_connects WHERE state_hash = $1
+             RETURNING user_id, session_hash, upstream, issuer, sealed, expires_at",
+        )
+        .bind(state_hash)
+        .fetch_optional(self.writer())
+        .await
+        .map_err(backend)?;
+        let Some(r) = row else { return Ok(None) };
+        let expires_at: Timestamp = r.try_get("expires_at").map_err(backend)?;
+        if expires_at <= now {
+            return Ok(None);
+        }
+        Ok(Some(UpstreamConnectRecord {
+            state_hash: state_hash.to_string(),
+            user_id: r.try_get("user_id").map_err(backend)?,
+            session_hash: r.try_get("session_hash").map_err(backend)?,
+            upstream: r.try_get("upstream").map_err(backend)?,
+            issuer: r.try_get("issuer").map_err(backend)?,
+            sealed: r.try_get("sealed").map_err(backend)?,
+            expires_at,
+        }))
+    }
 }
 
 #[async_trait]
@@ -1475,6 +1689,7 @@ impl MaintenanceStore for $store {
         let mcp_sessions = run("DELETE FROM mcp_sessions WHERE expires_at <= $1", now).await?;
         // An expired assertion is refused for its expiry: its `jti` need not be kept.
         run("DELETE FROM used_assertions WHERE expires_at <= $1", now).await?;
+        run("DELETE FROM upstream_connects WHERE expires_at <= $1", now).await?;
         let clients = run(
             "DELETE FROM clients WHERE last_used_at IS NULL AND created_at < $1
                AND NOT EXISTS (SELECT 1 FROM grants g WHERE g.client_id = clients.client_id)",

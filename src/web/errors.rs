@@ -123,6 +123,49 @@ pub fn jsonrpc(status: StatusCode, code: i64, message: &str) -> Response {
 /// first (to connect an upstream account), then to try again.
 pub const URL_ELICITATION_REQUIRED: i64 = -32042;
 
+/// "Connect your account first", in the form the client's protocol revision understands:
+/// from 2026-07-28 an `InputRequiredResult` asking for a URL elicitation (with the gateway's
+/// `requestState`, so that the retried call is recognised); in 2025-11-25 the
+/// URL-elicitation-required error (`-32042`); before, a plain error. The message carries the
+/// URL in every form, for clients that show only the message.
+pub fn connect_first(
+    revision: Option<&str>,
+    upstream: &str,
+    url: &str,
+    message: &str,
+    id: Value,
+) -> Response {
+    let elicitation = json!({
+        "mode": "url",
+        "elicitationId": crate::crypto::new_id(),
+        "url": url,
+        "message": message,
+    });
+    // Revisions are dates, compared as text; an answer needs a request to answer.
+    let body = match revision {
+        Some(r) if r >= "2026-07-28" && !id.is_null() => json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "result": {
+                "resultType": "input_required",
+                "inputRequests": {
+                    "connect": {"method": "elicitation/create", "params": elicitation},
+                },
+                "requestState": format!("mcp-oauth-gateway/connect:{upstream}"),
+            },
+        }),
+        Some(r) if r >= "2025-11-25" => {
+            let mut body = error_response(id, URL_ELICITATION_REQUIRED, message);
+            if let Some(error) = body.get_mut("error") {
+                error["data"] = json!({"elicitations": [elicitation]});
+            }
+            body
+        }
+        _ => error_response(id, -32000, message),
+    };
+    no_store((StatusCode::OK, axum::Json(body)).into_response())
+}
+
 /// A proxy failure, as a JSON-RPC error answering request `id`, with the HTTP status the
 /// failure calls for.
 pub fn proxy(e: ProxyError, id: Value) -> Response {

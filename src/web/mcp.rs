@@ -176,6 +176,12 @@ async fn protected_inner(app: App, req: Request) -> Response {
             return resp;
         }
     };
+    // Which answer a "connect first" gets depends on the client's protocol revision.
+    let revision = req
+        .headers()
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let Some(upstream) = app.proxy.upstream(resource.backend) else {
         return errors::proxy(ProxyError::Unreachable(resource.name.clone()), Value::Null);
     };
@@ -199,6 +205,10 @@ async fn protected_inner(app: App, req: Request) -> Response {
                 Some(("insufficient_scope", "this tool needs more scopes")),
             )
         }
+        Err((
+            ProxyError::Credential(crate::proxy::CredentialError::ConnectFirst { url, message }),
+            id,
+        )) => errors::connect_first(revision.as_deref(), &upstream.name, &url, &message, id),
         Err((e, id)) => errors::proxy(e, id),
     }
 }

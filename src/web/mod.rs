@@ -2,6 +2,7 @@
 //! call lives in `authorization`, `login` and `mcp`.
 
 pub mod challenge;
+mod connect;
 mod errors;
 pub mod headers;
 pub mod listen;
@@ -30,6 +31,8 @@ use crate::store::SharedStore;
 pub struct App {
     pub auth: Arc<AuthorizationServer>,
     pub proxy: Arc<Proxy>,
+    /// The OAuth broker, when an upstream needs each person's own account.
+    pub broker: Option<Arc<crate::broker::Broker>>,
     trusted_proxies: Arc<Vec<ipnet::IpNet>>,
     max_body: usize,
     body_timeout: Duration,
@@ -213,6 +216,22 @@ impl Gateway {
                 ));
             }
         }
+        // Upstreams that demand OAuth of their own: each person's token from the vault.
+        let broker = crate::broker::Broker::from_config(
+            &config,
+            store.clone(),
+            auth.contexts.clone(),
+            clock.clone(),
+        )?;
+        if let Some(b) = &broker {
+            b.purge_changed().await.map_err(|e| e.to_string())?;
+            for name in b.names() {
+                credential_sources.push((
+                    name.to_string(),
+                    Arc::new(crate::broker::source::VaultCredential::new(b.clone(), name)),
+                ));
+            }
+        }
         let mut built_ins: Vec<(String, Arc<dyn crate::mcp::server::McpServer>)> = Vec::new();
         for u in &config.upstreams {
             let database = |source: &str| {
@@ -292,6 +311,7 @@ impl Gateway {
             app: App {
                 auth,
                 proxy,
+                broker,
                 trusted_proxies: Arc::new(trusted),
                 max_body: config.server.max_body_bytes,
                 body_timeout: Duration::from_secs(config.server.body_read_timeout_secs),
@@ -366,6 +386,11 @@ impl Gateway {
                 .route(&format!("{base}/register"), post(oauth::register))
                 .route(&format!("{base}/revoke"), post(oauth::revoke))
                 .route(&format!("{base}/introspect"), post(oauth::introspect))
+                .route(&format!("{base}/connections"), get(connect::api_list))
+                .route(
+                    &format!("{base}/connections/{{upstream}}"),
+                    post(connect::api_start).delete(connect::api_disconnect),
+                )
                 .merge(server_metadata);
         }
         let api = api.layer(api_cors);
@@ -394,7 +419,29 @@ impl Gateway {
                 &format!("{base}/authorize/logout"),
                 get(oauth::logout_page).post(oauth::logout),
             )
-            .route(&format!("{base}/logout"), get(oauth::logout_redirect));
+            .route(&format!("{base}/logout"), get(oauth::logout_redirect))
+            // The broker's pages: the gateway's own sign-in, connections, connect flows.
+            .route(
+                &format!("{base}/authorize/signin"),
+                get(connect::sign_in_page).post(connect::sign_in),
+            )
+            .route(
+                &format!("{base}/authorize/connections"),
+                get(connect::connections_page),
+            )
+            .route(
+                &format!("{base}/authorize/connections/{{upstream}}/disconnect"),
+                post(connect::disconnect),
+            )
+            .route(
+                &format!("{base}/authorize/connect/{{upstream}}"),
+                get(connect::connect_page).post(connect::connect_start),
+            )
+            .route(
+                &format!("{base}/authorize/connect-return"),
+                get(connect::connect_return),
+            )
+            .route(&format!("{base}/connect/callback"), get(connect::callback));
         let browser = if external { Router::new() } else { browser };
         let mut protected = Router::new();
         for r in &app.auth.resources {

@@ -275,6 +275,48 @@ fn set_cookie(
     }
 }
 
+/// The session cookie's secret, if the browser sent one.
+pub(super) fn session_cookie(app: &App, headers: &HeaderMap) -> Option<String> {
+    cookie(app, headers, SESSION_COOKIE)
+}
+
+pub(super) fn set_session_cookie(app: &App, resp: &mut Response, secret: &str, max_age: i64) {
+    set_cookie(app, resp, SESSION_COOKIE, secret, Some(max_age));
+}
+
+/// The browser's binding cookie when it has a usable one.
+pub(super) fn existing_binding(app: &App, headers: &HeaderMap) -> Option<String> {
+    cookie(app, headers, BINDING_COOKIE).filter(|b| (32..=100).contains(&b.len()))
+}
+
+/// The browser's binding cookie, or a new one (`true`: set it on the answer).
+pub(super) fn binding_cookie(app: &App, headers: &HeaderMap) -> (String, bool) {
+    match existing_binding(app, headers) {
+        Some(b) => (b, false),
+        None => (crate::crypto::new_secret(""), true),
+    }
+}
+
+pub(super) fn set_binding_cookie(app: &App, resp: &mut Response, value: &str) {
+    set_cookie(app, resp, BINDING_COOKIE, value, None);
+}
+
+/// A page's form (the gateway's own pages): the fields they use, each at most once.
+pub(super) async fn read_page_form(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<std::collections::HashMap<String, String>, PageError> {
+    let p = read_form(app, headers, body).await.map_err(page_error)?;
+    let mut out = std::collections::HashMap::new();
+    for k in ["csrf", "source", "username", "password", "scope"] {
+        if let Some(v) = p.get(k).map_err(page_error)? {
+            out.insert(k.to_string(), v.to_string());
+        }
+    }
+    Ok(out)
+}
+
 async fn session_user(
     app: &App,
     headers: &HeaderMap,

@@ -226,3 +226,148 @@ pub fn logout(action: &str, signed_in: bool) -> String {
     };
     layout("Sign out", &body)
 }
+
+/// The gateway's own sign-in (for its pages, not for an application): password sources.
+pub fn sign_in(
+    sources: &[(String, String)],
+    action: &str,
+    csrf: &str,
+    error: Option<&str>,
+) -> String {
+    let error = error
+        .map(|e| format!(r#"<p class="error" role="alert">{}</p>"#, escape(e)))
+        .unwrap_or_default();
+    let forms: String = sources
+        .iter()
+        .map(|(name, label)| {
+            format!(
+                r#"<h2>{label}</h2>
+<form method="post" action="{action}">
+<input type="hidden" name="csrf" value="{csrf}">
+<input type="hidden" name="source" value="{name}">
+<label for="u-{name}">Username</label><input type="text" id="u-{name}" name="username" autocomplete="username" required>
+<label for="p-{name}">Password</label><input type="password" id="p-{name}" name="password" autocomplete="current-password" required>
+<button type="submit">Sign in</button>
+</form>"#,
+                label = escape(label),
+                name = escape(name),
+                action = escape(action),
+                csrf = escape(csrf),
+            )
+        })
+        .collect();
+    let body = if sources.is_empty() {
+        "<p>Sign in through your MCP application first (this gateway's sign-in is at your identity provider), then come back here in the same browser.</p>".to_string()
+    } else {
+        forms
+    };
+    layout(
+        "Sign in",
+        &format!("<h1>Sign in to the gateway</h1>\n{error}{body}"),
+    )
+}
+
+/// The confirmation before a connect flow: which upstream, at which authorization server,
+/// with which scopes.
+pub fn connect(
+    plan: &crate::broker::service::ConnectPlan,
+    action: &str,
+    csrf: &str,
+    more_scope: Option<&str>,
+) -> String {
+    let scopes: String = plan
+        .scope
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(|s| format!("<li><code>{}</code></li>", escape(s)))
+        .collect();
+    let more = more_scope
+        .map(|s| {
+            format!(
+                r#"<input type="hidden" name="scope" value="{}">"#,
+                escape(s)
+            )
+        })
+        .unwrap_or_default();
+    layout(
+        "Connect an account",
+        &format!(
+            r#"<h1>Connect your account at {name}</h1>
+<p>The gateway will call <code>{url}</code> for you with your own account there. You sign in at its authorization server, <strong>{issuer}</strong>, next.</p>
+<p>It asks for:</p><ul>{scopes}</ul>
+<form method="post" action="{action}">
+<input type="hidden" name="csrf" value="{csrf}">{more}
+<button type="submit">Connect</button>
+</form>
+<p class="muted">Started this yourself? If you did not expect this page, close it.</p>"#,
+            name = escape(&plan.upstream),
+            url = escape(&plan.upstream_url),
+            issuer = escape(&plan.issuer),
+            action = escape(action),
+            csrf = escape(csrf),
+        ),
+    )
+}
+
+/// Every OAuth upstream and this person's connection to it.
+pub fn connections(
+    list: &[crate::broker::ConnectionStatus],
+    base: &str,
+    csrf: &str,
+    note: Option<&str>,
+) -> String {
+    let note = note
+        .map(|n| format!(r#"<p class="verified" role="status">{}</p>"#, escape(n)))
+        .unwrap_or_default();
+    let rows: String = list
+        .iter()
+        .map(|c| {
+            let name = escape(&c.upstream);
+            let state = match c.state {
+                "connected" => "Connected",
+                "expired" => "Expired",
+                "broken" => "Needs reconnecting",
+                _ => "Not connected",
+            };
+            let connect = format!(
+                r#"<a href="{base}/connect/{name}">{}</a>"#,
+                if c.state == "not_connected" { "Connect" } else { "Reconnect" },
+                base = escape(base),
+            );
+            let disconnect = if c.state == "not_connected" {
+                String::new()
+            } else {
+                format!(
+                    r#"<form method="post" action="{base}/connections/{name}/disconnect" style="display:inline">
+<input type="hidden" name="csrf" value="{csrf}"><button type="submit">Disconnect</button></form>"#,
+                    base = escape(base),
+                    csrf = escape(csrf),
+                )
+            };
+            format!(
+                "<li><strong>{name}</strong>: <span class=\"state\">{state}</span>{scope} {connect} {disconnect}</li>\n",
+                scope = c
+                    .scope
+                    .as_deref()
+                    .map(|s| format!(" <span class=\"muted\">({})</span>", escape(s)))
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    layout(
+        "Connections",
+        &format!("<h1>Your connections</h1>\n{note}<ul>{rows}</ul>"),
+    )
+}
+
+pub fn connected(upstream: &str, connections: &str) -> String {
+    layout(
+        "Connected",
+        &format!(
+            r#"<h1>Connected</h1><p class="verified">Your account at <strong>{}</strong> is connected. Go back to your application and try again.</p>
+<p><a href="{}">Your connections</a></p>"#,
+            escape(upstream),
+            escape(connections)
+        ),
+    )
+}

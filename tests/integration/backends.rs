@@ -71,7 +71,7 @@ impl CredentialSource for Renewable {
         h.insert("authorization", HeaderValue::from_str(&v).unwrap());
         Ok(())
     }
-    async fn unauthorized(&self, _: &Principal) -> AfterUnauthorized {
+    async fn unauthorized(&self, _: &Principal, _: &http::HeaderMap) -> AfterUnauthorized {
         self.renewals.fetch_add(1, Ordering::SeqCst);
         if self.always {
             *self.token.lock().unwrap() = "still-stale".into();
@@ -121,9 +121,16 @@ async fn gateway_with(source: Arc<dyn CredentialSource>) -> (TestGateway, Arc<Mu
 }
 
 async fn call(gw: &TestGateway, token: &str) -> (u16, Value) {
+    call_as(gw, token, "2025-11-25").await
+}
+
+async fn call_as(gw: &TestGateway, token: &str, revision: &str) -> (u16, Value) {
     let r = TestGateway::http()
         .post(gw.url("/mcp/picky"))
         .bearer_auth(token)
+        .header("mcp-protocol-version", revision)
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "x")
         .header("accept", "application/json, text/event-stream")
         .json(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "x", "arguments": {}}}))
         .send()
@@ -195,6 +202,31 @@ async fn a_user_who_must_connect_first_gets_a_url_elicitation_error() {
     );
     assert_eq!(e["message"], "Connect your picky account first");
     assert!(e["elicitationId"].as_str().is_some_and(|s| !s.is_empty()));
+
+    // 2026-07-28: an input-required result naming the same URL, with the gateway's state.
+    let (s, body) = call_as(&gw, &t.access_token, "2026-07-28").await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["id"], 7);
+    assert!(body.get("error").is_none(), "{body}");
+    let r = &body["result"];
+    assert_eq!(r["resultType"], "input_required");
+    let ask = &r["inputRequests"]["connect"];
+    assert_eq!(ask["method"], "elicitation/create");
+    assert_eq!(ask["params"]["mode"], "url");
+    assert!(
+        ask["params"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://gw.example/connect/picky")
+    );
+    assert_eq!(r["requestState"], "mcp-oauth-gateway/connect:picky");
+
+    // Earlier revisions: a plain error whose message is all there is.
+    let (s, body) = call_as(&gw, &t.access_token, "2025-06-18").await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["error"]["code"], -32000);
+    assert_eq!(body["error"]["message"], "Connect your picky account first");
+    assert!(body["error"].get("data").is_none());
     assert!(seen.lock().unwrap().is_empty(), "nothing went upstream");
 }
 

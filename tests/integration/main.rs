@@ -4,6 +4,7 @@
 mod admin;
 mod authorize;
 mod backends;
+mod broker;
 mod broker_discovery;
 mod cimd;
 mod cimd_fixture;

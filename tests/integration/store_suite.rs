@@ -716,6 +716,140 @@ async fn upstream_registrations_are_per_issuer_and_purged_with_other_settings() 
     }
 }
 
+/// The vault's rows: one per person and upstream, a refresh lease only one holder gets
+/// (until it is released, replaced or lapses), connect flows taken once and only in time,
+/// and what goes with changed settings or a removed person.
+#[tokio::test]
+async fn the_vault_leases_refreshes_and_takes_connect_flows_once() {
+    use mcp_oauth_gateway::store::{UpstreamConnectRecord, UpstreamTokenRecord};
+    for e in engines().await {
+        let s = &e.store;
+        let user = "vault-user-id".to_string();
+        let row = |user: &str, settings: &str| UpstreamTokenRecord {
+            user_id: user.into(),
+            upstream: "linear".into(),
+            issuer: "https://a.example".into(),
+            sealed: vec![1, 2, 3],
+            status: "connected".into(),
+            scope: "read".into(),
+            expires_at: Some(NOW + 3600),
+            settings: settings.into(),
+            connected_at: NOW,
+            updated_at: NOW,
+        };
+        s.put_upstream_token(&row(&user, "s1")).await.unwrap();
+        s.put_upstream_token(&row("someone-else", "s1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.upstream_tokens(None).await.unwrap().len(),
+            2,
+            "{}",
+            e.name
+        );
+        assert_eq!(s.upstream_tokens(Some(&user)).await.unwrap().len(), 1);
+        // One lease at a time; a second asker waits until it is released or lapses.
+        assert!(
+            s.lease_upstream_token(&user, "linear", NOW, NOW + 30)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.lease_upstream_token(&user, "linear", NOW + 1, NOW + 31)
+                .await
+                .unwrap()
+        );
+        assert!(
+            s.lease_upstream_token(&user, "linear", NOW + 30, NOW + 60)
+                .await
+                .unwrap(),
+            "lapsed"
+        );
+        s.release_upstream_token(&user, "linear").await.unwrap();
+        assert!(
+            s.lease_upstream_token(&user, "linear", NOW + 31, NOW + 61)
+                .await
+                .unwrap()
+        );
+        // Storing the refreshed tokens frees it too.
+        s.put_upstream_token(&row(&user, "s1")).await.unwrap();
+        assert!(
+            s.lease_upstream_token(&user, "linear", NOW + 32, NOW + 62)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.lease_upstream_token("nobody", "linear", NOW, NOW + 30)
+                .await
+                .unwrap()
+        );
+        assert!(
+            s.set_upstream_token_status(&user, "linear", "broken", NOW)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            s.upstream_token(&user, "linear")
+                .await
+                .unwrap()
+                .unwrap()
+                .status,
+            "broken"
+        );
+        // A connect flow is taken once, and never after it expired.
+        let flow = |hash: &str, expires_at| UpstreamConnectRecord {
+            state_hash: hash.into(),
+            user_id: user.clone(),
+            session_hash: "sess".into(),
+            upstream: "linear".into(),
+            issuer: "https://a.example".into(),
+            sealed: vec![4],
+            expires_at,
+        };
+        s.put_upstream_connect(&flow("h1", NOW + 600))
+            .await
+            .unwrap();
+        s.put_upstream_connect(&flow("h2", NOW + 10)).await.unwrap();
+        let taken = s.take_upstream_connect("h1", NOW).await.unwrap().unwrap();
+        assert_eq!(
+            (taken.user_id.as_str(), taken.session_hash.as_str()),
+            (user.as_str(), "sess")
+        );
+        assert!(
+            s.take_upstream_connect("h1", NOW).await.unwrap().is_none(),
+            "once"
+        );
+        assert!(
+            s.take_upstream_connect("h2", NOW + 10)
+                .await
+                .unwrap()
+                .is_none(),
+            "expired"
+        );
+        assert!(
+            s.take_upstream_connect("h2", NOW).await.unwrap().is_none(),
+            "and gone"
+        );
+        // Changed settings: rows made under the old ones go, and flows under way with them.
+        s.put_upstream_connect(&flow("h3", NOW + 600))
+            .await
+            .unwrap();
+        assert_eq!(s.purge_upstream_tokens("linear", "s1").await.unwrap(), 0);
+        assert!(s.take_upstream_connect("h3", NOW).await.unwrap().is_none());
+        assert_eq!(
+            s.purge_upstream_tokens("linear", "s2").await.unwrap(),
+            2,
+            "{}",
+            e.name
+        );
+        assert!(s.upstream_tokens(None).await.unwrap().is_empty());
+        // Disconnecting deletes one row.
+        s.put_upstream_token(&row(&user, "s2")).await.unwrap();
+        assert!(s.delete_upstream_token(&user, "linear").await.unwrap());
+        assert!(!s.delete_upstream_token(&user, "linear").await.unwrap());
+    }
+}
+
 #[tokio::test]
 async fn two_instances_rotating_the_same_tokens_have_one_winner_each() {
     let Some(pg) = postgres_url() else { return };
@@ -1046,6 +1180,33 @@ async fn store_copy_moves_a_sqlite_installation_to_postgres_losing_nothing() {
             .unwrap(),
         "an assertion is used once"
     );
+    source
+        .put_upstream_token(&mcp_oauth_gateway::store::UpstreamTokenRecord {
+            user_id: "u-1".into(),
+            upstream: "linear".into(),
+            issuer: "https://mcp.linear.app".into(),
+            sealed: vec![9, 8, 7],
+            status: "connected".into(),
+            scope: "read".into(),
+            expires_at: None,
+            settings: "s1".into(),
+            connected_at: a.now(),
+            updated_at: a.now(),
+        })
+        .await
+        .unwrap();
+    source
+        .put_upstream_connect(&mcp_oauth_gateway::store::UpstreamConnectRecord {
+            state_hash: "st-1".into(),
+            user_id: "u-1".into(),
+            session_hash: "sess".into(),
+            upstream: "linear".into(),
+            issuer: "https://mcp.linear.app".into(),
+            sealed: vec![1],
+            expires_at: a.now() + 600,
+        })
+        .await
+        .unwrap();
     source
         .put_upstream_client(&mcp_oauth_gateway::store::UpstreamClientRecord {
             upstream: "linear".into(),

@@ -1,0 +1,1162 @@
+//! The broker at work: for each upstream that demands OAuth, the person's connect flow (a
+//! confirmed start, the way back with `state`, `iss` and the code), the vault (token sets
+//! sealed to their row), refresh (one at a time per person and upstream, across instances),
+//! disconnection with revocation, and what the connections page shows.
+//!
+//! Nothing here knows HTTP routing: `web/connect.rs` calls it and renders the answers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use url::Url;
+
+use super::discovery::{self, Discovered};
+use super::registration;
+use crate::clock::{SharedClock, Timestamp};
+use crate::config::{Config, UpstreamCredentials};
+use crate::crypto;
+use crate::login::LoginContexts;
+use crate::net::SafeFetcher;
+use crate::secret::Secret;
+use crate::store::{SharedStore, UpstreamConnectRecord, UpstreamTokenRecord};
+
+/// How long discovery results are trusted (a failure forgets them at once).
+const DISCOVERY_TTL: i64 = 3600;
+/// A connect flow's lifetime: from the confirmation to the way back.
+const CONNECT_TTL: i64 = 600;
+/// Refresh this long before the access token expires.
+const REFRESH_AHEAD: i64 = 60;
+/// A refresh lease lasts at most this long (a crashed holder frees it by time).
+const LEASE_SECS: i64 = 30;
+/// Largest token endpoint answer read.
+const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
+/// Stripes of the in-process refresh lock.
+const STRIPES: usize = 64;
+
+pub const CONNECTED: &str = "connected";
+pub const BROKEN: &str = "broken";
+
+/// One upstream that demands OAuth, as configured.
+#[derive(Debug, Clone)]
+pub struct OAuthUpstream {
+    pub name: String,
+    pub url: Url,
+    pub scopes: Vec<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    /// A fingerprint of what the tokens and registrations depend on.
+    pub settings: String,
+}
+
+/// What went wrong, in words a person or an operator can act on; never a token.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("no upstream `{0}` uses OAuth here")]
+    UnknownUpstream(String),
+    #[error("the upstream's authorization server could not be found: {0}")]
+    Discovery(String),
+    #[error("the gateway could not register at the upstream's authorization server: {0}")]
+    Registration(String),
+    #[error("this connection request has expired or was already used; start again")]
+    UnknownState,
+    #[error("this connection was started in another browser session; start again here")]
+    OtherSession,
+    #[error("the authorization server answered as `{found}`, not as `{expected}`")]
+    WrongIssuer { expected: String, found: String },
+    #[error("the authorization server did not say who it is (`iss`), as it promised to")]
+    MissingIssuer,
+    #[error("the authorization was not given: {0}")]
+    Denied(String),
+    #[error("the authorization server's token endpoint refused: {0}")]
+    TokenRefused(String),
+    #[error("the authorization server's token endpoint could not be used: {0}")]
+    TokenFailed(String),
+    #[error("the scope asked for is not valid")]
+    BadScope,
+    #[error("tokens cannot be sealed: {0}")]
+    Sealing(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// The token set kept in the vault (sealed).
+#[derive(Clone, Serialize, Deserialize)]
+struct TokenSet {
+    access_token: String,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    /// The client the tokens were issued to (a refresh must use the same one).
+    client_id: String,
+}
+
+impl std::fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSet")
+            .field("client_id", &self.client_id)
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "…"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a connect flow needs back (sealed in its row).
+#[derive(Serialize, Deserialize)]
+struct Leg {
+    verifier: String,
+    client_id: String,
+    scope: String,
+    resource: String,
+}
+
+/// The client the gateway is at an authorization server.
+struct ClientIdentity {
+    client_id: String,
+    secret: Option<String>,
+}
+
+/// One connection's state, for the connections page, the JSON API and the CLI.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionStatus {
+    pub upstream: String,
+    /// `connected`, `expired`, `broken` or `not_connected`.
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connected_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+}
+
+/// What the confirmation page names before a connect flow starts.
+#[derive(Debug, Clone)]
+pub struct ConnectPlan {
+    pub upstream: String,
+    pub upstream_url: String,
+    pub issuer: String,
+    pub scope: String,
+}
+
+/// The gateway as an OAuth client of its upstreams.
+pub struct Broker {
+    upstreams: HashMap<String, OAuthUpstream>,
+    store: SharedStore,
+    contexts: LoginContexts,
+    clock: SharedClock,
+    public_url: String,
+    fetcher: SafeFetcher,
+    /// For the upstream's own origin (configured, so as trusted as the proxy's target).
+    client: reqwest::Client,
+    discovered: Mutex<HashMap<String, (Arc<Discovered>, Timestamp)>>,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Refreshes performed by this instance (for tests and metrics).
+    refreshes: std::sync::atomic::AtomicU64,
+}
+
+/// The settings fingerprint of an OAuth upstream: its URL, the gateway's redirect URI, the
+/// scopes and the configured client.
+pub fn settings_of(
+    url: &str,
+    public_url: &str,
+    scopes: &[String],
+    client_id: Option<&str>,
+) -> String {
+    let base = registration::settings_fingerprint(url, public_url);
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    sha2::Digest::update(&mut h, base.as_bytes());
+    sha2::Digest::update(&mut h, [0]);
+    sha2::Digest::update(&mut h, scopes.join(" ").as_bytes());
+    sha2::Digest::update(&mut h, [0]);
+    sha2::Digest::update(&mut h, client_id.unwrap_or("").as_bytes());
+    crypto::hex(&sha2::Digest::finalize(h)[..16])
+}
+
+fn token_row(user: &str, upstream: &str, issuer: &str) -> String {
+    format!("upstream-token\n{user}\n{upstream}\n{issuer}")
+}
+
+fn connect_row(state_hash: &str, user: &str, upstream: &str) -> String {
+    format!("upstream-connect\n{state_hash}\n{user}\n{upstream}")
+}
+
+/// A scope string of valid scope tokens (RFC 6749 §3.3), space-separated, bounded.
+fn valid_scope(s: &str) -> bool {
+    s.len() <= 1024
+        && s.split(' ').all(|t| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+        })
+}
+
+fn union_scopes(a: &str, b: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for s in a.split(' ').chain(b.split(' ')) {
+        if !s.is_empty() && !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    out.join(" ")
+}
+
+impl Broker {
+    /// The broker for the configuration's OAuth upstreams; `None` when there are none.
+    pub fn from_config(
+        config: &Config,
+        store: SharedStore,
+        contexts: LoginContexts,
+        clock: SharedClock,
+    ) -> Result<Option<Arc<Self>>, String> {
+        let public_url = config.public_url();
+        let mut upstreams = HashMap::new();
+        for u in &config.upstreams {
+            let UpstreamCredentials::Oauth {
+                scopes,
+                client_id,
+                client_secret,
+            } = &u.credentials
+            else {
+                continue;
+            };
+            let Some(raw) = &u.url else { continue };
+            let url = Url::parse(raw).map_err(|e| format!("upstream `{}`: url: {e}", u.name))?;
+            upstreams.insert(
+                u.name.clone(),
+                OAuthUpstream {
+                    name: u.name.clone(),
+                    settings: settings_of(url.as_str(), &public_url, scopes, client_id.as_deref()),
+                    url,
+                    scopes: scopes.clone(),
+                    client_id: client_id.clone(),
+                    client_secret: client_secret.clone(),
+                },
+            );
+        }
+        if upstreams.is_empty() {
+            return Ok(None);
+        }
+        if contexts.keys().is_none() {
+            return Err(
+                "upstreams with OAuth keep each person's tokens sealed: configure [keys] encryption"
+                    .into(),
+            );
+        }
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(
+                config.proxy.connect_timeout_secs.max(1),
+            ))
+            .timeout(Duration::from_secs(10))
+            .no_proxy()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let fetcher = SafeFetcher::new(
+            config.broker.allow_http_loopback,
+            config.server.egress_proxy.as_deref(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Some(Arc::new(Self {
+            upstreams,
+            store,
+            contexts,
+            clock,
+            public_url,
+            fetcher,
+            client,
+            discovered: Mutex::new(HashMap::new()),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            refreshes: std::sync::atomic::AtomicU64::new(0),
+        })))
+    }
+
+    /// Forgets tokens, flows and registrations made under other settings (a changed URL,
+    /// redirect, scopes or client): run once at start.
+    pub async fn purge_changed(&self) -> Result<(), BrokerError> {
+        for u in self.upstreams.values() {
+            let tokens = self
+                .store
+                .purge_upstream_tokens(&u.name, &u.settings)
+                .await?;
+            let clients = self
+                .store
+                .purge_upstream_clients(&u.name, &u.settings)
+                .await?;
+            if tokens + clients > 0 {
+                tracing::warn!(
+                    upstream = %u.name,
+                    tokens,
+                    registrations = clients,
+                    "the upstream's OAuth settings changed: its stored connections and registrations are forgotten"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.upstreams.contains_key(name)
+    }
+
+    /// Refreshes this instance has made.
+    pub fn refresh_count(&self) -> u64 {
+        self.refreshes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn upstream(&self, name: &str) -> Result<&OAuthUpstream, BrokerError> {
+        self.upstreams
+            .get(name)
+            .ok_or_else(|| BrokerError::UnknownUpstream(name.to_string()))
+    }
+
+    /// The connect page's address for `upstream` (never pre-authenticated), with scopes to
+    /// add for a step-up.
+    pub fn connect_url(&self, upstream: &str, more_scope: Option<&str>) -> String {
+        let mut url = format!("{}/authorize/connect/{upstream}", self.public_url);
+        if let Some(s) = more_scope.filter(|s| valid_scope(s)) {
+            url.push_str("?scope=");
+            url.extend(form_urlencoded::byte_serialize(s.as_bytes()));
+        }
+        url
+    }
+
+    /// Discovery for `name`, cached for an hour; a failure is not cached.
+    async fn discovery(&self, name: &str) -> Result<Arc<Discovered>, BrokerError> {
+        let u = self.upstream(name)?;
+        let now = self.clock.now();
+        if let Ok(cache) = self.discovered.lock()
+            && let Some((d, at)) = cache.get(name)
+            && now - at < DISCOVERY_TTL
+        {
+            return Ok(d.clone());
+        }
+        let mut steps = Vec::new();
+        match discovery::discover(&u.url, &self.client, &self.fetcher, &mut steps).await {
+            Ok(d) => {
+                let d = Arc::new(d);
+                if let Ok(mut cache) = self.discovered.lock() {
+                    cache.insert(name.to_string(), (d.clone(), now));
+                }
+                Ok(d)
+            }
+            Err(e) => {
+                self.forget_discovery(name);
+                tracing::warn!(upstream = name, error = %e, "upstream OAuth discovery failed");
+                Err(BrokerError::Discovery(e.to_string()))
+            }
+        }
+    }
+
+    fn forget_discovery(&self, name: &str) {
+        if let Ok(mut cache) = self.discovered.lock() {
+            cache.remove(name);
+        }
+    }
+
+    /// The client identity to use at the discovered server: configured, else registered.
+    async fn identity(
+        &self,
+        u: &OAuthUpstream,
+        d: &Discovered,
+    ) -> Result<ClientIdentity, BrokerError> {
+        if let Some(id) = &u.client_id {
+            return Ok(ClientIdentity {
+                client_id: id.clone(),
+                secret: u.client_secret.as_ref().map(|s| s.expose().to_string()),
+            });
+        }
+        let mut steps = Vec::new();
+        let r = registration::register(
+            &u.name,
+            &u.settings,
+            d,
+            &self.public_url,
+            &self.store,
+            &self.fetcher,
+            self.contexts.keys(),
+            self.clock.now(),
+            &mut steps,
+        )
+        .await
+        .map_err(|e| BrokerError::Registration(e.to_string()))?;
+        let secret = match self
+            .store
+            .upstream_client(&u.name, &d.server.issuer)
+            .await?
+        {
+            Some(rec) => match (rec.client_secret, self.contexts.keys()) {
+                (Some(sealed), Some(keys)) => {
+                    registration::open_secret(keys, &u.name, &d.server.issuer, &sealed)
+                }
+                _ => None,
+            },
+            None => None,
+        };
+        Ok(ClientIdentity {
+            client_id: r.client_id,
+            secret,
+        })
+    }
+
+    /// The scopes a connect flow asks for: configured, else the upstream's challenge, else
+    /// its resource metadata, else the server's; `offline_access` when the server offers it.
+    fn scope_for(u: &OAuthUpstream, d: &Discovered, more: Option<&str>) -> String {
+        let base = if !u.scopes.is_empty() {
+            u.scopes.join(" ")
+        } else if let Some(s) = &d.challenge_scope {
+            s.clone()
+        } else if !d.resource_scopes.is_empty() {
+            d.resource_scopes.join(" ")
+        } else {
+            d.server
+                .scopes_supported
+                .iter()
+                .filter(|s| *s != "offline_access")
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mut scope = union_scopes(&base, more.unwrap_or(""));
+        if d.server
+            .scopes_supported
+            .iter()
+            .any(|s| s == "offline_access")
+        {
+            scope = union_scopes(&scope, "offline_access");
+        }
+        scope
+    }
+
+    /// What the confirmation page shows.
+    pub async fn plan(&self, name: &str, more: Option<&str>) -> Result<ConnectPlan, BrokerError> {
+        if more.is_some_and(|s| !valid_scope(s)) {
+            return Err(BrokerError::BadScope);
+        }
+        let u = self.upstream(name)?;
+        let d = self.discovery(name).await?;
+        Ok(ConnectPlan {
+            upstream: name.to_string(),
+            upstream_url: u.url.to_string(),
+            issuer: d.server.issuer.clone(),
+            scope: Self::scope_for(u, &d, more),
+        })
+    }
+
+    /// Starts a confirmed connect flow for `user_id` in the browser session `session_hash`:
+    /// the URL of the upstream's authorization endpoint.
+    pub async fn start(
+        &self,
+        name: &str,
+        user_id: &str,
+        session_hash: &str,
+        more: Option<&str>,
+    ) -> Result<String, BrokerError> {
+        if more.is_some_and(|s| !valid_scope(s)) {
+            return Err(BrokerError::BadScope);
+        }
+        let u = self.upstream(name)?;
+        let d = self.discovery(name).await?;
+        let client = self.identity(u, &d).await?;
+        let endpoint = d
+            .server
+            .authorization_endpoint
+            .as_deref()
+            .and_then(|e| Url::parse(e).ok())
+            .ok_or_else(|| BrokerError::Discovery("no usable authorization_endpoint".into()))?;
+        // The browser goes there with a code coming back: https (or loopback when allowed).
+        self.fetcher
+            .check_url(&endpoint)
+            .map_err(|e| BrokerError::Discovery(format!("authorization_endpoint: {e}")))?;
+        let scope = Self::scope_for(u, &d, more);
+        let state = crypto::new_secret("");
+        let state_hash = crypto::hash_secret(&state);
+        let verifier = crypto::new_secret("");
+        let leg = Leg {
+            verifier: verifier.clone(),
+            client_id: client.client_id.clone(),
+            scope: scope.clone(),
+            resource: d.resource.clone(),
+        };
+        let plain = serde_json::to_vec(&leg).map_err(|e| BrokerError::Sealing(e.to_string()))?;
+        let sealed = self
+            .contexts
+            .seal_as(&connect_row(&state_hash, user_id, name), &plain)
+            .map_err(|e| BrokerError::Sealing(e.to_string()))?;
+        self.store
+            .put_upstream_connect(&UpstreamConnectRecord {
+                state_hash,
+                user_id: user_id.to_string(),
+                session_hash: session_hash.to_string(),
+                upstream: name.to_string(),
+                issuer: d.server.issuer.clone(),
+                sealed,
+                expires_at: self.clock.now() + CONNECT_TTL,
+            })
+            .await?;
+        let mut url = endpoint;
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("response_type", "code")
+                .append_pair("client_id", &client.client_id)
+                .append_pair(
+                    "redirect_uri",
+                    &registration::redirect_uri(&self.public_url),
+                )
+                .append_pair("code_challenge", &crypto::pkce_s256_challenge(&verifier))
+                .append_pair("code_challenge_method", "S256")
+                .append_pair("state", &state)
+                .append_pair("resource", &d.resource);
+            if !scope.is_empty() {
+                q.append_pair("scope", &scope);
+            }
+        }
+        tracing::info!(target: "audit", event = "upstream.connect_started", upstream = name, user = user_id);
+        Ok(url.into())
+    }
+
+    /// The way back from the upstream's authorization server, in the browser session
+    /// `session_hash`: the upstream's name once the tokens are in the vault.
+    pub async fn finish(
+        &self,
+        params: &HashMap<String, String>,
+        session_hash: &str,
+    ) -> Result<String, BrokerError> {
+        let state = params.get("state").map(String::as_str).unwrap_or("");
+        if state.is_empty() || state.len() > 200 {
+            return Err(BrokerError::UnknownState);
+        }
+        let now = self.clock.now();
+        let Some(rec) = self
+            .store
+            .take_upstream_connect(&crypto::hash_secret(state), now)
+            .await?
+        else {
+            return Err(BrokerError::UnknownState);
+        };
+        if !crypto::constant_time_eq(rec.session_hash.as_bytes(), session_hash.as_bytes()) {
+            return Err(BrokerError::OtherSession);
+        }
+        let name = rec.upstream.clone();
+        let audit_fail = |reason: &str| {
+            tracing::info!(target: "audit", event = "upstream.connect_failed", upstream = %name, user = %rec.user_id, reason);
+        };
+        let u = self.upstream(&name)?;
+        let d = self.discovery(&name).await?;
+        // RFC 9207: compared exactly when present; required when promised.
+        match params.get("iss") {
+            Some(iss) if *iss != rec.issuer => {
+                audit_fail("wrong_issuer");
+                return Err(BrokerError::WrongIssuer {
+                    expected: rec.issuer.clone(),
+                    found: iss.clone(),
+                });
+            }
+            None if d.server.authorization_response_iss_parameter_supported => {
+                audit_fail("missing_issuer");
+                return Err(BrokerError::MissingIssuer);
+            }
+            _ => {}
+        }
+        if let Some(error) = params.get("error") {
+            audit_fail("denied");
+            let text = match params.get("error_description") {
+                Some(d) => format!("{error}: {d}"),
+                None => error.clone(),
+            };
+            return Err(BrokerError::Denied(
+                crate::text::printable(&text).into_owned(),
+            ));
+        }
+        let code = params
+            .get("code")
+            .filter(|c| !c.is_empty() && c.len() <= 2048)
+            .ok_or_else(|| BrokerError::Denied("no authorization code came back".into()))?;
+        if d.server.issuer != rec.issuer {
+            audit_fail("issuer_changed");
+            return Err(BrokerError::WrongIssuer {
+                expected: rec.issuer.clone(),
+                found: d.server.issuer.clone(),
+            });
+        }
+        let plain = self
+            .contexts
+            .open_as(
+                &connect_row(&rec.state_hash, &rec.user_id, &name),
+                &rec.sealed,
+            )
+            .map_err(|e| BrokerError::Sealing(e.to_string()))?;
+        let leg: Leg =
+            serde_json::from_slice(&plain).map_err(|e| BrokerError::Sealing(e.to_string()))?;
+        let client = self.identity(u, &d).await?;
+        if client.client_id != leg.client_id {
+            audit_fail("client_changed");
+            return Err(BrokerError::Registration(
+                "the gateway's registration changed during the flow; start again".into(),
+            ));
+        }
+        let redirect = registration::redirect_uri(&self.public_url);
+        let answer = self
+            .token_request(
+                &d,
+                &client,
+                &[
+                    ("grant_type", "authorization_code"),
+                    ("code", code),
+                    ("redirect_uri", &redirect),
+                    ("code_verifier", &leg.verifier),
+                    ("resource", &leg.resource),
+                ],
+            )
+            .await
+            .inspect_err(|_| audit_fail("token_request"))?;
+        let scope = answer.scope.clone().unwrap_or_else(|| leg.scope.clone());
+        self.store_tokens(
+            u,
+            &rec.user_id,
+            &rec.issuer,
+            TokenSet {
+                access_token: answer.access_token,
+                refresh_token: answer.refresh_token,
+                client_id: client.client_id,
+            },
+            &scope,
+            answer.expires_in.map(|s| now + s),
+            now,
+        )
+        .await?;
+        tracing::info!(target: "audit", event = "upstream.connected", upstream = %name, user = %rec.user_id, issuer = %rec.issuer);
+        Ok(name)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn store_tokens(
+        &self,
+        u: &OAuthUpstream,
+        user_id: &str,
+        issuer: &str,
+        set: TokenSet,
+        scope: &str,
+        expires_at: Option<Timestamp>,
+        connected_at: Timestamp,
+    ) -> Result<(), BrokerError> {
+        let plain = serde_json::to_vec(&set).map_err(|e| BrokerError::Sealing(e.to_string()))?;
+        let sealed = self
+            .contexts
+            .seal_as(&token_row(user_id, &u.name, issuer), &plain)
+            .map_err(|e| BrokerError::Sealing(e.to_string()))?;
+        self.store
+            .put_upstream_token(&UpstreamTokenRecord {
+                user_id: user_id.to_string(),
+                upstream: u.name.clone(),
+                issuer: issuer.to_string(),
+                sealed,
+                status: CONNECTED.into(),
+                scope: scope.to_string(),
+                expires_at,
+                settings: u.settings.clone(),
+                connected_at,
+                updated_at: self.clock.now(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    fn open(&self, r: &UpstreamTokenRecord) -> Option<TokenSet> {
+        let plain = self
+            .contexts
+            .open_as(&token_row(&r.user_id, &r.upstream, &r.issuer), &r.sealed)
+            .ok()?;
+        serde_json::from_slice(&plain).ok()
+    }
+
+    async fn token_request(
+        &self,
+        d: &Discovered,
+        client: &ClientIdentity,
+        fields: &[(&str, &str)],
+    ) -> Result<TokenAnswer, BrokerError> {
+        let endpoint = d
+            .server
+            .token_endpoint
+            .as_deref()
+            .and_then(|e| Url::parse(e).ok())
+            .ok_or_else(|| BrokerError::TokenFailed("no usable token_endpoint".into()))?;
+        let mut form: Vec<(&str, &str)> = fields.to_vec();
+        let methods = &d.server.token_endpoint_auth_methods_supported;
+        let basic = match &client.secret {
+            None => {
+                form.push(("client_id", &client.client_id));
+                None
+            }
+            Some(secret)
+                if methods.iter().any(|m| m == "client_secret_post")
+                    && !methods.iter().any(|m| m == "client_secret_basic") =>
+            {
+                form.push(("client_id", &client.client_id));
+                form.push(("client_secret", secret));
+                None
+            }
+            Some(secret) => Some((client.client_id.as_str(), secret.as_str())),
+        };
+        let (status, body) = self
+            .fetcher
+            .post_form(&endpoint, &form, basic, MAX_TOKEN_RESPONSE)
+            .await
+            .map_err(|e| BrokerError::TokenFailed(e.to_string()))?;
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if !(200..300).contains(&status) {
+            let code = v["error"].as_str().unwrap_or("no error code");
+            let text = format!(
+                "HTTP {status}: {code} {}",
+                v["error_description"].as_str().unwrap_or("")
+            );
+            let text = crate::text::printable(text.trim()).into_owned();
+            return Err(
+                if code == "invalid_grant" || code == "invalid_client" || status == 401 {
+                    BrokerError::TokenRefused(text)
+                } else {
+                    BrokerError::TokenFailed(text)
+                },
+            );
+        }
+        TokenAnswer::read(&v)
+    }
+
+    /// The access token to send for `user_id`: refreshed first when it is about to expire.
+    /// `Err(ConnectFirst)` when there is no usable connection.
+    pub async fn access_token(
+        &self,
+        name: &str,
+        user_id: &str,
+    ) -> Result<String, crate::proxy::CredentialError> {
+        let connect = |why: &str| crate::proxy::CredentialError::ConnectFirst {
+            url: self.connect_url(name, None),
+            message: format!(
+                "{why} Open this address to connect your account at `{name}`, then try again: {}",
+                self.connect_url(name, None)
+            ),
+        };
+        let Ok(u) = self.upstream(name) else {
+            return Err(crate::proxy::CredentialError::Unavailable(format!(
+                "no OAuth upstream `{name}`"
+            )));
+        };
+        let row = self
+            .store
+            .upstream_token(user_id, name)
+            .await
+            .map_err(|_| unavailable("the vault cannot be read now"))?;
+        let Some(row) = row.filter(|r| r.settings == u.settings) else {
+            return Err(connect(
+                "Your account at this upstream is not connected yet.",
+            ));
+        };
+        if row.status != CONNECTED {
+            return Err(connect("Your connection to this upstream stopped working."));
+        }
+        let Some(set) = self.open(&row) else {
+            return Err(connect(
+                "Your stored connection to this upstream cannot be read.",
+            ));
+        };
+        let now = self.clock.now();
+        if row.expires_at.is_some_and(|e| e - REFRESH_AHEAD <= now) {
+            return match self.refresh(u, user_id, &set.access_token).await {
+                Refreshed::Token(t) => Ok(t),
+                Refreshed::Broken => Err(connect("Your connection to this upstream expired.")),
+                Refreshed::Unavailable(why) => Err(unavailable(&why)),
+            };
+        }
+        Ok(set.access_token)
+    }
+
+    /// The upstream refused `used` (a `401`): one refresh unless another call refreshed
+    /// already. `Ok(())` means try again; an error is what to answer.
+    pub async fn refused(
+        &self,
+        name: &str,
+        user_id: &str,
+        used: &str,
+    ) -> Result<(), crate::proxy::CredentialError> {
+        let Ok(u) = self.upstream(name) else {
+            return Err(unavailable("no such upstream"));
+        };
+        match self.refresh(u, user_id, used).await {
+            Refreshed::Token(_) => Ok(()),
+            Refreshed::Broken => Err(crate::proxy::CredentialError::ConnectFirst {
+                url: self.connect_url(name, None),
+                message: format!(
+                    "The upstream `{name}` no longer accepts your connection. Open this address to reconnect, then try again: {}",
+                    self.connect_url(name, None)
+                ),
+            }),
+            Refreshed::Unavailable(why) => Err(unavailable(&why)),
+        }
+    }
+
+    /// Refreshes the tokens of (`user_id`, `u`) unless the stored access token is no longer
+    /// `stale` (someone else refreshed): one refresh at a time per row, in this process by a
+    /// striped lock, across instances by the row's lease.
+    async fn refresh(&self, u: &OAuthUpstream, user_id: &str, stale: &str) -> Refreshed {
+        let stripe = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (user_id, &u.name).hash(&mut h);
+            (h.finish() as usize) % STRIPES
+        };
+        let Some(lock) = self.stripes.get(stripe) else {
+            return Refreshed::Unavailable("internal".into());
+        };
+        let _guard = lock.lock().await;
+        // Another instance may hold the lease: wait for its result, up to the lease's length.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(LEASE_SECS as u64);
+        loop {
+            let row = match self.store.upstream_token(user_id, &u.name).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return Refreshed::Broken,
+                Err(_) => return Refreshed::Unavailable("the vault cannot be read now".into()),
+            };
+            if row.status != CONNECTED {
+                return Refreshed::Broken;
+            }
+            let Some(set) = self.open(&row) else {
+                return Refreshed::Broken;
+            };
+            let now = self.clock.now();
+            let fresh = row.expires_at.is_none_or(|e| e - REFRESH_AHEAD > now);
+            if set.access_token != stale && fresh {
+                return Refreshed::Token(set.access_token);
+            }
+            let leased = self
+                .store
+                .lease_upstream_token(user_id, &u.name, now, now + LEASE_SECS)
+                .await;
+            match leased {
+                Ok(true) => return self.refresh_leased(u, user_id, &row, set).await,
+                Ok(false) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(false) => {
+                    return Refreshed::Unavailable(
+                        "another instance is renewing this connection".into(),
+                    );
+                }
+                Err(_) => return Refreshed::Unavailable("the vault cannot be written now".into()),
+            }
+        }
+    }
+
+    async fn refresh_leased(
+        &self,
+        u: &OAuthUpstream,
+        user_id: &str,
+        row: &UpstreamTokenRecord,
+        set: TokenSet,
+    ) -> Refreshed {
+        let release = async || {
+            let _ = self.store.release_upstream_token(user_id, &u.name).await;
+        };
+        let broken = async |why: &str| {
+            let _ = self
+                .store
+                .set_upstream_token_status(user_id, &u.name, BROKEN, self.clock.now())
+                .await;
+            tracing::info!(target: "audit", event = "upstream.refresh_failed", upstream = %u.name, user = user_id, reason = why);
+            Refreshed::Broken
+        };
+        let Some(refresh_token) = set.refresh_token.clone() else {
+            return broken("no_refresh_token").await;
+        };
+        let d = match self.discovery(&u.name).await {
+            Ok(d) => d,
+            Err(e) => {
+                release().await;
+                return Refreshed::Unavailable(e.to_string());
+            }
+        };
+        if d.server.issuer != row.issuer {
+            return broken("issuer_changed").await;
+        }
+        let client = match self.identity(u, &d).await {
+            Ok(c) if c.client_id == set.client_id => c,
+            Ok(_) => return broken("client_changed").await,
+            Err(e) => {
+                release().await;
+                return Refreshed::Unavailable(e.to_string());
+            }
+        };
+        let resource = d.resource.clone();
+        let answer = self
+            .token_request(
+                &d,
+                &client,
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", &refresh_token),
+                    ("resource", &resource),
+                ],
+            )
+            .await;
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match answer {
+            Ok(a) => {
+                let now = self.clock.now();
+                let scope = a.scope.clone().unwrap_or_else(|| row.scope.clone());
+                let token = a.access_token.clone();
+                let stored = self
+                    .store_tokens(
+                        u,
+                        user_id,
+                        &row.issuer,
+                        TokenSet {
+                            access_token: a.access_token,
+                            // A server that does not rotate keeps the old one valid.
+                            refresh_token: a.refresh_token.or(Some(refresh_token)),
+                            client_id: set.client_id,
+                        },
+                        &scope,
+                        a.expires_in.map(|s| now + s),
+                        row.connected_at,
+                    )
+                    .await;
+                match stored {
+                    Ok(()) => {
+                        tracing::info!(target: "audit", event = "upstream.refreshed", upstream = %u.name, user = user_id);
+                        Refreshed::Token(token)
+                    }
+                    Err(e) => {
+                        release().await;
+                        Refreshed::Unavailable(e.to_string())
+                    }
+                }
+            }
+            Err(BrokerError::TokenRefused(why)) => {
+                tracing::info!(upstream = %u.name, reason = %why, "upstream refused a refresh");
+                broken("refresh_refused").await
+            }
+            Err(e) => {
+                release().await;
+                Refreshed::Unavailable(e.to_string())
+            }
+        }
+    }
+
+    /// Ends a connection: revoked at the upstream when it offers revocation (best effort),
+    /// then forgotten. False when there was none.
+    pub async fn disconnect(&self, name: &str, user_id: &str) -> Result<bool, BrokerError> {
+        let u = self.upstream(name)?;
+        let Some(row) = self.store.upstream_token(user_id, name).await? else {
+            return Ok(false);
+        };
+        if let Some(set) = self.open(&row)
+            && let Ok(d) = self.discovery(name).await
+            && d.server.issuer == row.issuer
+            && let Some(endpoint) = d
+                .server
+                .revocation_endpoint
+                .as_deref()
+                .and_then(|e| Url::parse(e).ok())
+            && let Ok(client) = self.identity(u, &d).await
+        {
+            let (token, hint) = match &set.refresh_token {
+                Some(r) => (r.as_str(), "refresh_token"),
+                None => (set.access_token.as_str(), "access_token"),
+            };
+            let mut form = vec![("token", token), ("token_type_hint", hint)];
+            let basic = match &client.secret {
+                None => {
+                    form.push(("client_id", &client.client_id));
+                    None
+                }
+                Some(s) => Some((client.client_id.as_str(), s.as_str())),
+            };
+            match self
+                .fetcher
+                .post_form(&endpoint, &form, basic, 16 * 1024)
+                .await
+            {
+                Ok((200, _)) => {}
+                Ok((status, _)) => {
+                    tracing::info!(
+                        upstream = name,
+                        status,
+                        "the upstream did not confirm revocation"
+                    )
+                }
+                Err(e) => {
+                    tracing::info!(upstream = name, error = %e, "revocation at the upstream failed")
+                }
+            }
+        }
+        let removed = self.store.delete_upstream_token(user_id, name).await?;
+        tracing::info!(target: "audit", event = "upstream.disconnected", upstream = name, user = user_id);
+        Ok(removed)
+    }
+
+    /// The connect page's address asking for the union of what `user_id` holds and `wanted`;
+    /// `None` when `wanted` is no valid scope.
+    pub async fn step_up_url(&self, name: &str, user_id: &str, wanted: &str) -> Option<String> {
+        if !valid_scope(wanted) {
+            return None;
+        }
+        let held = self
+            .store
+            .upstream_token(user_id, name)
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.scope)
+            .unwrap_or_default();
+        tracing::info!(target: "audit", event = "upstream.step_up", upstream = name, user = user_id);
+        Some(self.connect_url(name, Some(&union_scopes(&held, wanted))))
+    }
+
+    /// Every OAuth upstream's state for `user_id`.
+    pub async fn statuses(&self, user_id: &str) -> Result<Vec<ConnectionStatus>, BrokerError> {
+        let rows = self.store.upstream_tokens(Some(user_id)).await?;
+        let now = self.clock.now();
+        Ok(self
+            .names()
+            .into_iter()
+            .filter_map(|name| self.upstreams.get(name).map(|u| (name, u)))
+            .map(|(name, u)| {
+                match rows
+                    .iter()
+                    .find(|r| r.upstream == name && r.settings == u.settings)
+                {
+                    None => ConnectionStatus {
+                        upstream: name.to_string(),
+                        state: "not_connected",
+                        issuer: None,
+                        scope: None,
+                        connected_at: None,
+                        expires_at: None,
+                    },
+                    Some(r) => ConnectionStatus {
+                        upstream: name.to_string(),
+                        state: status_of(r, self.open(r).as_ref(), now),
+                        issuer: Some(r.issuer.clone()),
+                        scope: Some(r.scope.clone()),
+                        connected_at: Some(r.connected_at),
+                        expires_at: r.expires_at,
+                    },
+                }
+            })
+            .collect())
+    }
+}
+
+/// `connected`, `expired` (the access token is past and nothing renews it) or `broken`.
+fn status_of(r: &UpstreamTokenRecord, set: Option<&TokenSet>, now: Timestamp) -> &'static str {
+    if r.status != CONNECTED || set.is_none() {
+        return "broken";
+    }
+    let renewable = set.is_some_and(|s| s.refresh_token.is_some());
+    if r.expires_at.is_some_and(|e| e <= now) && !renewable {
+        "expired"
+    } else {
+        "connected"
+    }
+}
+
+fn unavailable(why: &str) -> crate::proxy::CredentialError {
+    crate::proxy::CredentialError::Unavailable(why.to_string())
+}
+
+enum Refreshed {
+    Token(String),
+    Broken,
+    Unavailable(String),
+}
+
+/// A token endpoint's successful answer (RFC 6749 §5.1).
+struct TokenAnswer {
+    access_token: String,
+    refresh_token: Option<String>,
+    expires_in: Option<i64>,
+    scope: Option<String>,
+}
+
+impl TokenAnswer {
+    fn read(v: &Value) -> Result<Self, BrokerError> {
+        let bad = |m: &str| BrokerError::TokenFailed(format!("the answer {m}"));
+        let access_token = v["access_token"]
+            .as_str()
+            .filter(|t| {
+                !t.is_empty() && t.len() <= 16 * 1024 && http::HeaderValue::from_str(t).is_ok()
+            })
+            .ok_or_else(|| bad("has no usable access_token"))?
+            .to_string();
+        match v["token_type"].as_str() {
+            Some(t) if t.eq_ignore_ascii_case("bearer") => {}
+            Some(_) => {
+                return Err(bad(
+                    "is not a Bearer token (other token types are not supported)",
+                ));
+            }
+            None => return Err(bad("has no token_type")),
+        }
+        let refresh_token = v["refresh_token"]
+            .as_str()
+            .filter(|t| !t.is_empty() && t.len() <= 16 * 1024)
+            .map(String::from);
+        // Numbers, and (seen in the wild) numeric strings; nonsense is ignored.
+        let expires_in = v["expires_in"]
+            .as_i64()
+            .or_else(|| v["expires_in"].as_str().and_then(|s| s.parse().ok()))
+            .filter(|s| (1..=10 * 365 * 86_400).contains(s));
+        let scope = v["scope"]
+            .as_str()
+            .filter(|s| valid_scope(s))
+            .map(String::from);
+        Ok(Self {
+            access_token,
+            refresh_token,
+            expires_in,
+            scope,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_are_checked_and_merged() {
+        assert!(valid_scope("mcp:tools offline_access"));
+        assert!(!valid_scope(""));
+        assert!(!valid_scope("a  b"));
+        assert!(!valid_scope("a\"b"));
+        assert!(!valid_scope("a\\b"));
+        assert_eq!(union_scopes("a b", "b c"), "a b c");
+        assert_eq!(union_scopes("", "x"), "x");
+    }
+
+    #[test]
+    fn token_answers_are_read_strictly() {
+        let ok = TokenAnswer::read(&serde_json::json!({
+            "access_token": "t", "token_type": "bearer", "expires_in": "3600"
+        }))
+        .unwrap();
+        assert_eq!(ok.expires_in, Some(3600));
+        for bad in [
+            serde_json::json!({"access_token": "t"}),
+            serde_json::json!({"access_token": "t", "token_type": "DPoP"}),
+            serde_json::json!({"access_token": "a\nb", "token_type": "Bearer"}),
+            serde_json::json!({"token_type": "Bearer"}),
+        ] {
+            assert!(TokenAnswer::read(&bad).is_err(), "{bad}");
+        }
+    }
+}

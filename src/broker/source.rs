@@ -1,0 +1,86 @@
+//! The vault as a credential source: what the proxy puts on a request to an upstream that
+//! demands OAuth is the calling person's own upstream token.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::header::{self, HeaderMap, HeaderValue};
+
+use super::service::Broker;
+use crate::authorization::token::Principal;
+use crate::proxy::{AfterUnauthorized, CredentialError, CredentialSource};
+
+pub struct VaultCredential {
+    broker: Arc<Broker>,
+    upstream: String,
+}
+
+impl VaultCredential {
+    pub fn new(broker: Arc<Broker>, upstream: &str) -> Self {
+        Self {
+            broker,
+            upstream: upstream.to_string(),
+        }
+    }
+}
+
+/// Tokens of a client acting for nobody (client credentials) have no person to connect.
+fn person(p: &Principal) -> Result<&str, CredentialError> {
+    p.user_id.as_deref().ok_or_else(|| {
+        CredentialError::Unavailable(
+            "this upstream is reached with each person's own account; a client acting for nobody has none"
+                .into(),
+        )
+    })
+}
+
+#[async_trait]
+impl CredentialSource for VaultCredential {
+    async fn apply(&self, p: &Principal, h: &mut HeaderMap) -> Result<(), CredentialError> {
+        let token = self.broker.access_token(&self.upstream, person(p)?).await?;
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| CredentialError::Unavailable("unusable upstream token".into()))?;
+        value.set_sensitive(true);
+        h.insert(header::AUTHORIZATION, value);
+        Ok(())
+    }
+
+    /// Refused: one refresh (unless another call did it already), then one retry; a refresh
+    /// the upstream refuses marks the connection broken and asks the person to reconnect.
+    async fn unauthorized(&self, p: &Principal, sent: &HeaderMap) -> AfterUnauthorized {
+        let Ok(user) = person(p) else {
+            return AfterUnauthorized::GiveUp;
+        };
+        let used = sent
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        match self.broker.refused(&self.upstream, user, used).await {
+            Ok(()) => AfterUnauthorized::Retry,
+            Err(e) => AfterUnauthorized::Fail(e),
+        }
+    }
+
+    /// A step-up: the connect page again, asking for what the person has and what the
+    /// upstream now wants.
+    async fn insufficient_scope(
+        &self,
+        p: &Principal,
+        scope: Option<&str>,
+    ) -> Option<CredentialError> {
+        let user = person(p).ok()?;
+        let wanted = scope?;
+        let url = self
+            .broker
+            .step_up_url(&self.upstream, user, wanted)
+            .await?;
+        Some(CredentialError::ConnectFirst {
+            message: format!(
+                "The upstream `{}` needs more permissions ({wanted}). Open this address to grant them, then try again: {url}",
+                self.upstream
+            ),
+            url,
+        })
+    }
+}

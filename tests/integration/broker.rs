@@ -1,0 +1,657 @@
+//! The broker end to end: a real OAuth-protected MCP server built from the TypeScript SDK's
+//! own authorization-server router and bearer middleware (`tests/js/oauth-upstream.mjs`),
+//! people connecting their own accounts through the gateway's pages, calls going out with
+//! each person's own upstream token, refresh once under concurrency (one instance and two on
+//! one store), reconnect when the upstream stops accepting, disconnect with revocation, and
+//! the refusals: another browser's callback, a replayed or forged way back, a wrong `iss`,
+//! form posts without their token.
+
+use serde_json::{Value, json};
+
+use crate::support::{PASSWORD, TestGateway, authorize_for, hidden};
+
+/// One key for every instance on a shared store (32 zero bytes, base64): a test's.
+const SHARED_KEY: &str = "brk1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+pub struct Upstream {
+    _child: tokio::process::Child,
+    pub url: String,
+    auth: String,
+}
+
+impl Upstream {
+    pub async fn start(env: &[(&str, &str)]) -> Option<Self> {
+        let node = crate::js::node()?;
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (mcp_port, auth_port) = (free(), free());
+        let mut cmd = tokio::process::Command::new(node);
+        cmd.arg(crate::js::js_dir().join("oauth-upstream.mjs"))
+            .current_dir(crate::js::js_dir())
+            .env("MCP_PORT", mcp_port.to_string())
+            .env("AUTH_PORT", auth_port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        for _ in 0..150 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", mcp_port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Some(Self {
+            _child: child,
+            url: format!("http://127.0.0.1:{mcp_port}/mcp"),
+            auth: format!("http://127.0.0.1:{auth_port}"),
+        })
+    }
+
+    pub async fn stats(&self) -> Value {
+        reqwest::get(format!("{}/test/stats", self.auth))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn steer(&self, what: &str) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/test/{what}", self.auth))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
+pub fn with_oauth_upstream(
+    url: &str,
+    store_url: Option<String>,
+) -> impl FnOnce(&mut mcp_oauth_gateway::config::Config) + use<> {
+    let url = url.to_string();
+    move |c| {
+        if let Some(s) = store_url {
+            c.store.url = s;
+        }
+        c.keys.encryption = vec![SHARED_KEY.into()];
+        c.broker.allow_http_loopback = true;
+        c.upstreams.push(
+            serde_json::from_value(json!({
+                "name": "linear",
+                "url": url,
+                "credentials": {"type": "oauth"},
+            }))
+            .unwrap(),
+        );
+    }
+}
+
+fn location(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("location")
+        .unwrap_or_else(|| panic!("a redirect, got {}", r.status()))
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A browser at the gateway: follows the way to the connect page's button, signing in on
+/// the way; returns the upstream authorization URL it is sent to.
+pub async fn start_connect(gw: &TestGateway, browser: &reqwest::Client, user: &str) -> String {
+    let origin = gw.url("");
+    let abs = |l: &str| {
+        if l.starts_with("http") {
+            l.to_string()
+        } else {
+            format!("{origin}{l}")
+        }
+    };
+    let r = browser
+        .get(gw.url("/authorize/connect/linear"))
+        .send()
+        .await
+        .unwrap();
+    let mut page_url = gw.url("/authorize/connect/linear");
+    if r.status() == 303 {
+        let signin = abs(&location(&r));
+        assert!(
+            signin.contains("/authorize/signin?upstream=linear"),
+            "{signin}"
+        );
+        let page = browser
+            .get(&signin)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let csrf = hidden(&page, "csrf").expect("a form token");
+        let r = browser
+            .post(&signin)
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("source", "local"),
+                ("username", user),
+                ("password", PASSWORD),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
+        page_url = abs(&location(&r));
+        assert!(
+            page_url.ends_with("/authorize/connect/linear"),
+            "{page_url}"
+        );
+    } else {
+        assert_eq!(r.status(), 200);
+    }
+    let r = browser.get(&page_url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("Connect your account at linear"), "{page}");
+    assert!(page.contains("mcp:tools"), "{page}");
+    let csrf = hidden(&page, "csrf").expect("a form token");
+    let r = browser
+        .post(&page_url)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
+    location(&r)
+}
+
+/// The rest of the way: the upstream's server approves, the browser comes back.
+pub async fn finish_connect(
+    gw: &TestGateway,
+    browser: &reqwest::Client,
+    authorize: &str,
+) -> (u16, String) {
+    let r = browser.get(authorize).send().await.unwrap();
+    assert_eq!(r.status(), 302, "{}", r.text().await.unwrap());
+    let callback = location(&r);
+    assert!(
+        callback.starts_with(&format!("{}/connect/callback?", gw.base)),
+        "{callback}"
+    );
+    come_back(gw, browser, &callback).await
+}
+
+async fn come_back(gw: &TestGateway, browser: &reqwest::Client, callback: &str) -> (u16, String) {
+    let r = browser.get(callback).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    let back = location(&r);
+    let back = if back.starts_with('/') {
+        gw.url(&back)
+    } else {
+        back
+    };
+    let r = browser.get(back).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+pub async fn connect(gw: &TestGateway, browser: &reqwest::Client, user: &str) {
+    let authorize = start_connect(gw, browser, user).await;
+    let (s, page) = finish_connect(gw, browser, &authorize).await;
+    assert_eq!(s, 200, "{page}");
+    assert!(page.contains("is connected"), "{page}");
+}
+
+pub async fn tool(gw: &TestGateway, token: &str, revision: &str, name: &str) -> Value {
+    let r = TestGateway::http()
+        .post(gw.url("/mcp/linear"))
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", revision)
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", name)
+        .json(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": name, "arguments": {}}}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let www = format!("{:?}", r.headers().get("www-authenticate"));
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 200, "{www} {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+pub fn hint_of(answer: &Value) -> String {
+    answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a tool result: {answer}"))
+        .to_string()
+}
+
+fn hint(token: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(token.as_bytes());
+    h.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+async fn api(gw: &TestGateway, token: &str, method: reqwest::Method, path: &str) -> (u16, Value) {
+    let r = TestGateway::http()
+        .request(method, gw.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn people_connect_their_own_accounts_and_calls_carry_their_own_tokens() {
+    let Some(up) = Upstream::start(&[]).await else {
+        return;
+    };
+    let gw = TestGateway::start_with(with_oauth_upstream(&up.url, None)).await;
+    let resource = format!("{}/mcp/linear", gw.base);
+    let alice = authorize_for(&gw, "alice", &resource).await;
+    let bob = authorize_for(&gw, "bob", &resource).await;
+
+    // Not connected: each revision's form of "connect first", naming the gateway's page.
+    let connect_url = format!("{}/authorize/connect/linear", gw.base);
+    let a = tool(&gw, &alice.access_token, "2025-11-25", "token_hint").await;
+    assert_eq!(a["error"]["code"], -32042, "{a}");
+    assert_eq!(
+        a["error"]["data"]["elicitations"][0]["url"],
+        connect_url.as_str()
+    );
+    assert!(
+        a["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&connect_url)
+    );
+    let a = tool(&gw, &alice.access_token, "2026-07-28", "token_hint").await;
+    assert_eq!(a["result"]["resultType"], "input_required", "{a}");
+    assert_eq!(
+        a["result"]["inputRequests"]["connect"]["params"]["url"],
+        connect_url.as_str()
+    );
+    let a = tool(&gw, &alice.access_token, "2025-06-18", "token_hint").await;
+    assert!(
+        a["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&connect_url),
+        "{a}"
+    );
+    assert_eq!(
+        up.stats().await["seen"],
+        json!([]),
+        "nothing reached the upstream"
+    );
+
+    // Each connects in a browser of their own.
+    let (alice_browser, bob_browser) = (TestGateway::browser(), TestGateway::browser());
+    connect(&gw, &alice_browser, "alice").await;
+    connect(&gw, &bob_browser, "bob").await;
+    let ha = hint_of(&tool(&gw, &alice.access_token, "2025-11-25", "token_hint").await);
+    let hb = hint_of(&tool(&gw, &bob.access_token, "2025-11-25", "token_hint").await);
+    assert_ne!(ha, hb, "two people, two upstream tokens");
+    assert_eq!(
+        hint_of(&tool(&gw, &alice.access_token, "2025-11-25", "token_hint").await),
+        ha
+    );
+    let stats = up.stats().await;
+    let seen: Vec<String> = serde_json::from_value(stats["seen"].clone()).unwrap();
+    assert!(seen.iter().all(|s| *s == ha || *s == hb), "{seen:?}");
+    assert!(
+        !seen.contains(&hint(&alice.access_token)) && !seen.contains(&hint(&bob.access_token)),
+        "the gateway's own tokens never reach the upstream"
+    );
+    assert_eq!(
+        stats["registrations"], 1,
+        "one registration, reused for both"
+    );
+
+    // The JSON API, with the person's gateway token.
+    let (s, list) = api(
+        &gw,
+        &alice.access_token,
+        reqwest::Method::GET,
+        "/connections",
+    )
+    .await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(list["connections"][0]["upstream"], "linear");
+    assert_eq!(list["connections"][0]["state"], "connected");
+    let (s, started) = api(
+        &gw,
+        &alice.access_token,
+        reqwest::Method::POST,
+        "/connections/linear",
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(started["connect_url"], connect_url.as_str());
+    let (s, _) = api(&gw, "mog_at_forged", reqwest::Method::GET, "/connections").await;
+    assert_eq!(s, 401);
+    let (s, _) = api(
+        &gw,
+        &alice.access_token,
+        reqwest::Method::POST,
+        "/connections/nope",
+    )
+    .await;
+    assert_eq!(s, 404);
+
+    // The connections page lists it; disconnecting revokes at the upstream and forgets it;
+    // Bob stays connected.
+    let page = alice_browser
+        .get(gw.url("/authorize/connections"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Connected"), "{page}");
+    let csrf = hidden(&page, "csrf").unwrap();
+    let r = alice_browser
+        .post(gw.url("/authorize/connections/linear/disconnect"))
+        .form(&[("csrf", "forged")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a form token is required");
+    let r = alice_browser
+        .post(gw.url("/authorize/connections/linear/disconnect"))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(up.stats().await["revocations"], 1);
+    let a = tool(&gw, &alice.access_token, "2025-11-25", "token_hint").await;
+    assert_eq!(a["error"]["code"], -32042, "{a}");
+    assert_eq!(
+        hint_of(&tool(&gw, &bob.access_token, "2025-11-25", "token_hint").await),
+        hb
+    );
+
+    // Her gateway grant ending leaves her upstream connection; removing her erases it.
+    connect(&gw, &alice_browser, "alice").await;
+    let (s, _) = gw
+        .post_form(
+            "/revoke",
+            &[
+                ("token", &alice.refresh_token),
+                ("client_id", &alice.client_id),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200);
+    let alice_id = gw.store.user_by_name("alice").await.unwrap().unwrap().id;
+    assert!(
+        gw.store
+            .upstream_token(&alice_id, "linear")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(gw.store.delete_user(&alice_id, gw.now()).await.unwrap());
+    assert!(
+        gw.store
+            .upstream_token(&alice_id, "linear")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_way_back_in_another_browser_replayed_forged_or_denied_stores_nothing() {
+    let Some(up) = Upstream::start(&[]).await else {
+        return;
+    };
+    let gw = TestGateway::start_with(with_oauth_upstream(&up.url, None)).await;
+    let (alice_browser, mallory_browser) = (TestGateway::browser(), TestGateway::browser());
+    let alice_id = |gw: &TestGateway| {
+        let store = gw.store.clone();
+        async move { store.user_by_name("alice").await.unwrap().unwrap().id }
+    };
+
+    // Mallory starts a flow for herself (as bob) and sends the link to Alice: Alice's browser
+    // is not the session that started it, so nothing is stored for anyone.
+    let authorize = start_connect(&gw, &mallory_browser, "bob").await;
+    let _ = start_connect(&gw, &alice_browser, "alice").await;
+    let r = alice_browser.get(&authorize).send().await.unwrap();
+    let callback = location(&r);
+    let (s, page) = come_back(&gw, &alice_browser, &callback).await;
+    assert_eq!(s, 400, "{page}");
+    assert!(page.contains("another browser session"), "{page}");
+    // The state was used up: the right browser cannot use it afterwards either.
+    let (s, page) = come_back(&gw, &mallory_browser, &callback).await;
+    assert_eq!(s, 400, "{page}");
+    assert!(page.contains("expired or was already used"), "{page}");
+    assert!(gw.store.upstream_tokens(None).await.unwrap().is_empty());
+
+    // A way back without a session at all.
+    let authorize = start_connect(&gw, &alice_browser, "alice").await;
+    let r = alice_browser.get(&authorize).send().await.unwrap();
+    let callback = location(&r);
+    let (s, _) = come_back(&gw, &TestGateway::browser(), &callback).await;
+    assert_eq!(s, 403);
+
+    // Denied at the upstream, with markup in the description: shown inert, nothing stored.
+    let authorize = start_connect(&gw, &alice_browser, "alice").await;
+    let state = url::Url::parse(&authorize)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .to_string();
+    let forged = format!(
+        "{}/connect/callback?{}",
+        gw.base,
+        url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("state", state.as_str()),
+                ("error", "access_denied"),
+                ("error_description", "<script>alert(1)</script>"),
+            ])
+            .finish()
+    );
+    let (s, page) = come_back(&gw, &alice_browser, &forged).await;
+    assert_eq!(s, 400);
+    assert!(!page.contains("<script>"), "{page}");
+    assert!(page.contains("&lt;script&gt;"), "{page}");
+
+    // A way back naming another issuer (RFC 9207): refused, nothing stored.
+    let authorize = start_connect(&gw, &alice_browser, "alice").await;
+    let r = alice_browser.get(&authorize).send().await.unwrap();
+    let callback = format!("{}&iss=https%3A%2F%2Fevil.example", location(&r));
+    let (s, page) = come_back(&gw, &alice_browser, &callback).await;
+    assert_eq!(s, 400, "{page}");
+    assert!(page.contains("evil.example"), "{page}");
+    assert!(gw.store.upstream_tokens(None).await.unwrap().is_empty());
+    assert!(
+        gw.store
+            .upstream_token(&alice_id(&gw).await, "linear")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Forms without their token: the connect button and the sign-in.
+    let r = alice_browser
+        .post(gw.url("/authorize/connect/linear"))
+        .form(&[("csrf", "forged")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let fresh = TestGateway::browser();
+    let r = fresh
+        .post(gw.url("/authorize/signin"))
+        .form(&[
+            ("csrf", "x"),
+            ("source", "local"),
+            ("username", "alice"),
+            ("password", PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "no signing in from another site's form");
+    // After signing in, the page goes only where the gateway names: an unknown upstream
+    // in the query leads to the connections page, never elsewhere.
+    let page = fresh
+        .get(gw.url("/authorize/signin?upstream=https://evil.example"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = hidden(&page, "csrf").unwrap();
+    let r = fresh
+        .post(gw.url("/authorize/signin?upstream=https://evil.example"))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("source", "local"),
+            ("username", "alice"),
+            ("password", PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(
+        location(&r).ends_with("/authorize/connections"),
+        "{}",
+        location(&r)
+    );
+
+    // And the whole flow still works afterwards.
+    connect(&gw, &alice_browser, "alice").await;
+    assert_eq!(gw.store.upstream_tokens(None).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn fifty_calls_with_an_expired_token_refresh_once_then_a_refused_one_asks_to_reconnect() {
+    let Some(up) = Upstream::start(&[("ROTATE", "1")]).await else {
+        return;
+    };
+    let gw = TestGateway::start_with(with_oauth_upstream(&up.url, None)).await;
+    let resource = format!("{}/mcp/linear", gw.base);
+    let alice = authorize_for(&gw, "alice", &resource).await;
+    connect(&gw, &TestGateway::browser(), "alice").await;
+    let first = hint_of(&tool(&gw, &alice.access_token, "2025-11-25", "token_hint").await);
+
+    // The upstream token has expired by the gateway's clock: fifty calls at once, one refresh.
+    // (Within the gateway token's own hour.)
+    gw.clock.advance(3550);
+    let calls = (0..50).map(|_| tool(&gw, &alice.access_token, "2025-11-25", "token_hint"));
+    let hints: Vec<String> = futures_util::future::join_all(calls)
+        .await
+        .iter()
+        .map(hint_of)
+        .collect();
+    assert_eq!(up.stats().await["refreshes"], 1);
+    assert!(
+        hints.iter().all(|h| *h == hints[0] && *h != first),
+        "{hints:?}"
+    );
+
+    // The upstream stops accepting the access token: one refresh and one retry, unseen.
+    up.steer("expire-access").await;
+    let again = hint_of(&tool(&gw, &alice.access_token, "2025-11-25", "token_hint").await);
+    assert_ne!(again, hints[0]);
+    assert_eq!(up.stats().await["refreshes"], 2);
+
+    // It stops accepting the refresh token too: the connection is broken, the person asked
+    // to reconnect (never the upstream's 401, which the client would take for the gateway's).
+    up.steer("break").await;
+    let a = tool(&gw, &alice.access_token, "2025-11-25", "token_hint").await;
+    assert_eq!(a["error"]["code"], -32042, "{a}");
+    assert!(
+        a["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("reconnect"),
+        "{a}"
+    );
+    let (_, list) = api(
+        &gw,
+        &alice.access_token,
+        reqwest::Method::GET,
+        "/connections",
+    )
+    .await;
+    assert_eq!(list["connections"][0]["state"], "broken");
+    // Reconnecting mends it.
+    connect(&gw, &TestGateway::browser(), "alice").await;
+    hint_of(&tool(&gw, &alice.access_token, "2025-11-25", "token_hint").await);
+}
+
+#[tokio::test]
+async fn two_instances_on_one_store_refresh_once_between_them() {
+    let Some(up) = Upstream::start(&[]).await else {
+        return;
+    };
+    let a = TestGateway::start_with(with_oauth_upstream(&up.url, None)).await;
+    let public = a.base.clone();
+    let configure = with_oauth_upstream(&up.url, Some(a.store_url.clone()));
+    let b = TestGateway::start_with(move |c| {
+        configure(c);
+        c.server.public_url = Some(public);
+    })
+    .await;
+    let resource = format!("{}/mcp/linear", a.base);
+    let alice = authorize_for(&a, "alice", &resource).await;
+    connect(&a, &TestGateway::browser(), "alice").await;
+    let first = hint_of(&tool(&b, &alice.access_token, "2025-11-25", "token_hint").await);
+    assert_eq!(
+        first,
+        hint_of(&tool(&a, &alice.access_token, "2025-11-25", "token_hint").await),
+        "the same vault row, read on either instance"
+    );
+    // Non-rotating server: the refresh token is kept and works again.
+    a.clock.advance(3550);
+    b.clock.advance(3550);
+    let calls = (0..50).map(|i| {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        tool(gw, &alice.access_token, "2025-11-25", "token_hint")
+    });
+    let hints: Vec<String> = futures_util::future::join_all(calls)
+        .await
+        .iter()
+        .map(hint_of)
+        .collect();
+    assert_eq!(
+        up.stats().await["refreshes"],
+        1,
+        "one refresh across both instances"
+    );
+    assert!(
+        hints.iter().all(|h| *h == hints[0] && *h != first),
+        "{hints:?}"
+    );
+    a.clock.advance(3550);
+    let alice = authorize_for(&a, "alice", &resource).await;
+    hint_of(&tool(&a, &alice.access_token, "2025-11-25", "token_hint").await);
+    assert_eq!(
+        up.stats().await["refreshes"],
+        2,
+        "the kept refresh token still works"
+    );
+}

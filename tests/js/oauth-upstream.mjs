@@ -1,0 +1,155 @@
+// An OAuth-protected MCP server for the broker's tests, built from the TypeScript SDK's own
+// parts: its authorization-server router (metadata, dynamic registration, authorize, token,
+// revocation), its bearer middleware and protected-resource metadata, and a stateless MCP
+// server. The authorization server approves at once (there is no person to ask) and can be
+// told to let tokens lapse, so that the gateway's refresh and reconnect paths are exercised.
+//
+//   MCP_PORT, AUTH_PORT   where to listen (127.0.0.1)
+//   ROTATE=1              rotate refresh tokens on use
+//   NO_REFRESH=1          issue no refresh tokens
+//
+// The test reads and steers it at the authorization server's /test/* paths: `stats`
+// (counts, and a hint of each access token the MCP server saw), `expire-access` (every
+// access token refused from now on) and `break` (refresh tokens too).
+
+import { createHash, randomUUID } from 'node:crypto';
+import express from 'express';
+import { mcpAuthRouter, mcpAuthMetadataRouter, getOAuthProtectedResourceMetadataUrl } from '@modelcontextprotocol/sdk/server/auth/router.js';
+import { requireBearerAuth } from '@modelcontextprotocol/sdk/server/auth/middleware/bearerAuth.js';
+import { InvalidGrantError, InvalidTokenError } from '@modelcontextprotocol/sdk/server/auth/errors.js';
+import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
+import { z } from 'zod';
+
+const MCP_PORT = Number(process.env.MCP_PORT);
+const AUTH_PORT = Number(process.env.AUTH_PORT);
+const ROTATE = process.env.ROTATE === '1';
+const NO_REFRESH = process.env.NO_REFRESH === '1';
+const mcpUrl = new URL(`http://127.0.0.1:${MCP_PORT}/mcp`);
+const issuer = new URL(`http://127.0.0.1:${AUTH_PORT}`);
+
+const hint = (t) => createHash('sha256').update(t).digest('hex').slice(0, 16);
+const stats = { registrations: 0, codes: 0, refreshes: 0, revocations: 0, seen: [] };
+const clients = new Map();
+const codes = new Map();
+const access = new Map();
+const refresh = new Map();
+
+const issue = (clientId, scopes, resource) => {
+  const token = randomUUID();
+  access.set(token, { clientId, scopes, resource, expiresAt: Date.now() + 3600_000 });
+  const out = { access_token: token, token_type: 'Bearer', expires_in: 3600, scope: scopes.join(' ') };
+  if (!NO_REFRESH) {
+    const r = randomUUID();
+    refresh.set(r, { clientId, scopes, resource });
+    out.refresh_token = r;
+  }
+  return out;
+};
+
+const provider = {
+  clientsStore: {
+    async getClient(id) { return clients.get(id); },
+    async registerClient(c) { stats.registrations++; clients.set(c.client_id, c); return c; },
+  },
+  async authorize(client, params, res) {
+    if (!client.redirect_uris.includes(params.redirectUri)) throw new Error('unregistered redirect_uri');
+    const code = randomUUID();
+    codes.set(code, { client, params });
+    const to = new URL(params.redirectUri);
+    to.searchParams.set('code', code);
+    if (params.state !== undefined) to.searchParams.set('state', params.state);
+    res.redirect(to.toString());
+  },
+  async challengeForAuthorizationCode(client, code) {
+    const c = codes.get(code);
+    if (!c) throw new InvalidGrantError('unknown code');
+    return c.params.codeChallenge;
+  },
+  async exchangeAuthorizationCode(client, code, _verifier, _redirectUri, resource) {
+    const c = codes.get(code);
+    if (!c || c.client.client_id !== client.client_id) throw new InvalidGrantError('unknown code');
+    if (!resource || resource.href !== mcpUrl.href) throw new InvalidGrantError(`wrong resource ${resource}`);
+    codes.delete(code);
+    stats.codes++;
+    return issue(client.client_id, c.params.scopes || [], resource.href);
+  },
+  async exchangeRefreshToken(client, token, _scopes, resource) {
+    const r = refresh.get(token);
+    if (!r || r.clientId !== client.client_id) throw new InvalidGrantError('unknown refresh token');
+    if (resource && resource.href !== mcpUrl.href) throw new InvalidGrantError('wrong resource');
+    stats.refreshes++;
+    const out = issue(client.client_id, r.scopes, r.resource);
+    if (ROTATE) {
+      refresh.delete(token);
+    } else {
+      // Not rotated: the old refresh token stays, and none comes back.
+      refresh.delete(out.refresh_token);
+      delete out.refresh_token;
+    }
+    return out;
+  },
+  async verifyAccessToken(token) {
+    const t = access.get(token);
+    if (!t || t.expiresAt < Date.now()) throw new InvalidTokenError('unknown or expired token');
+    return { token, clientId: t.clientId, scopes: t.scopes, expiresAt: Math.floor(t.expiresAt / 1000), resource: new URL(t.resource) };
+  },
+  async revokeToken(_client, request) {
+    stats.revocations++;
+    access.delete(request.token);
+    refresh.delete(request.token);
+  },
+};
+
+const off = { rateLimit: false };
+const auth = express();
+auth.use(express.json());
+auth.use(mcpAuthRouter({
+  provider,
+  issuerUrl: issuer,
+  scopesSupported: ['mcp:tools', 'offline_access'],
+  authorizationOptions: off,
+  tokenOptions: off,
+  clientRegistrationOptions: off,
+  revocationOptions: off,
+}));
+auth.get('/test/stats', (_req, res) => res.json(stats));
+auth.post('/test/expire-access', (_req, res) => { access.clear(); res.json({ ok: true }); });
+auth.post('/test/break', (_req, res) => { access.clear(); refresh.clear(); res.json({ ok: true }); });
+auth.listen(AUTH_PORT, '127.0.0.1');
+
+const app = express();
+app.use(express.json());
+app.use(mcpAuthMetadataRouter({
+  oauthMetadata: (await (await fetch(`${issuer.href}.well-known/oauth-authorization-server`).catch(() => null))?.json()) ?? {
+    issuer: issuer.href,
+    authorization_endpoint: `${issuer.href}authorize`,
+    token_endpoint: `${issuer.href}token`,
+    response_types_supported: ['code'],
+  },
+  resourceServerUrl: mcpUrl,
+  scopesSupported: ['mcp:tools'],
+  resourceName: 'broker test upstream',
+}));
+const bearer = requireBearerAuth({
+  verifier: provider,
+  requiredScopes: [],
+  resourceMetadataUrl: getOAuthProtectedResourceMetadataUrl(mcpUrl),
+});
+app.post('/mcp', bearer, async (req, res) => {
+  stats.seen.push(hint(req.auth.token));
+  const server = new McpServer({ name: 'broker-upstream', version: '1.0.0' });
+  server.registerTool('token_hint', {
+    description: 'A hint of the access token this call carried',
+    inputSchema: {},
+  }, async (_args, extra) => ({ content: [{ type: 'text', text: hint(extra.authInfo.token) }] }));
+  server.registerTool('echo', {
+    description: 'Echoes its text',
+    inputSchema: { text: z.string() },
+  }, async ({ text }) => ({ content: [{ type: 'text', text }] }));
+  const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined, enableJsonResponse: true });
+  res.on('close', () => { transport.close(); server.close(); });
+  await server.connect(transport);
+  await transport.handleRequest(req, res, req.body);
+});
+app.listen(MCP_PORT, '127.0.0.1', () => console.log(`ready ${MCP_PORT} ${AUTH_PORT}`));
