@@ -56,6 +56,27 @@ pub enum Command {
     /// Upstream MCP servers.
     #[command(subcommand)]
     Upstreams(UpstreamsCommand),
+    /// People's connections to upstreams that demand OAuth (the vault).
+    #[command(subcommand)]
+    Connections(ConnectionsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectionsCommand {
+    /// Stored connections: whose, to which upstream, in which state (never a token).
+    List {
+        /// Only this person's.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Ends a person's connection to an upstream: revoked at the upstream when it offers
+    /// revocation, then forgotten. They connect again from the connections page.
+    Revoke {
+        #[arg(long)]
+        user: String,
+        /// The upstream's name in the configuration.
+        upstream: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -277,7 +298,84 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             )
             .await
         }
+        Command::Connections(c) => connections(c, &config, store, clock).await,
         Command::Store(_) => Ok(()),
+    }
+}
+
+async fn connections(
+    c: ConnectionsCommand,
+    config: &Config,
+    store: store::SharedStore,
+    clock: SharedClock,
+) -> Result<(), String> {
+    let user_id = |name: &str| {
+        let store = store.clone();
+        let name = name.to_string();
+        async move {
+            store
+                .user_by_name(&name)
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|u| u.id)
+                .ok_or_else(|| format!("no user `{name}`"))
+        }
+    };
+    match c {
+        ConnectionsCommand::List { user } => {
+            let id = match &user {
+                Some(name) => Some(user_id(name).await?),
+                None => None,
+            };
+            let rows = store
+                .upstream_tokens(id.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
+            if rows.is_empty() {
+                println!("no connections");
+            }
+            for r in rows {
+                let name = match store.user_by_id(&r.user_id).await {
+                    Ok(Some(u)) => u.username,
+                    _ => r.user_id.clone(),
+                };
+                let expires = r
+                    .expires_at
+                    .map(crate::clock::utc_date_compact)
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<20} {:<16} {:<10} expires {:<10} {}",
+                    crate::text::printable(&name),
+                    r.upstream,
+                    r.status,
+                    expires,
+                    crate::text::printable(&r.issuer)
+                );
+            }
+            Ok(())
+        }
+        ConnectionsCommand::Revoke { user, upstream } => {
+            let id = user_id(&user).await?;
+            let keys = crate::login::context::resolve_keys(
+                config.keys.encryption_keys()?,
+                &config.store.url,
+                Some("the vault of OAuth upstreams"),
+            )?;
+            let contexts = crate::login::LoginContexts::new(keys.map(Arc::new));
+            let broker = crate::broker::Broker::from_config(config, store, contexts, clock)?
+                .ok_or("no upstream uses OAuth in this configuration")?;
+            if !broker.has(&upstream) {
+                return Err(format!("no OAuth upstream `{upstream}`"));
+            }
+            match broker.disconnect(&upstream, &id).await {
+                Ok(true) => {
+                    println!("revoked {user}'s connection to {upstream}");
+                    Ok(())
+                }
+                Ok(false) => Err(format!("{user} has no connection to {upstream}")),
+                Err(e) => Err(e.to_string()),
+            }
+        }
     }
 }
 

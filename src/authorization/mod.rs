@@ -138,7 +138,22 @@ impl AuthorizationServer {
                 "login.local_accounts: local accounts are off and no other login source is configured, so nobody could sign in".into(),
             );
         }
-        let needed_by = login.needing_keys().map(str::to_string);
+        // Login sources that keep something, and upstreams whose tokens live in the vault.
+        let needed_by = login
+            .needing_keys()
+            .map(|s| format!("the login source `{s}`"))
+            .or_else(|| {
+                config
+                    .upstreams
+                    .iter()
+                    .find(|u| {
+                        matches!(
+                            u.credentials,
+                            crate::config::UpstreamCredentials::Oauth { .. }
+                        )
+                    })
+                    .map(|u| format!("the OAuth upstream `{}`", u.name))
+            });
         let keys = crate::login::context::resolve_keys(
             config.keys.encryption_keys()?,
             &config.store.url,

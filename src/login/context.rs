@@ -221,8 +221,7 @@ pub fn resolve_keys(
     };
     let Some(path) = sqlite_key_file(store_url) else {
         return Err(format!(
-            "keys.encryption: the login source `{source}` seals what it keeps (or the secrets of \
-             its sign-in leg), which needs encryption keys; every instance on a shared store must have the same ones \
+            "keys.encryption: {source} seals what it keeps, which needs encryption keys; every instance on a shared store must have the same ones \
              (make one with `mcp-oauth-gateway keys new-encryption-key`)"
         ));
     };

@@ -414,6 +414,50 @@ async fn people_connect_their_own_accounts_and_calls_carry_their_own_tokens() {
             .unwrap()
             .is_none()
     );
+
+    // The operator's view and hand: `connections list` and `connections revoke`.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\npublic_url = \"{}\"\n[store]\nurl = \"{}\"\n[keys]\nencryption = [\"{SHARED_KEY}\"]\n\
+             [broker]\nallow_http_loopback = true\n\
+             [[upstreams]]\nname = \"linear\"\nurl = \"{}\"\ncredentials = {{ type = \"oauth\" }}\n",
+            gw.base, gw.store_url, up.url
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-oauth-gateway"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, out) = cli(&["connections", "list"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("bob") && out.contains("linear") && out.contains("connected"),
+        "{out}"
+    );
+    assert!(!out.contains("alice"), "{out}");
+    let (ok, out) = cli(&["connections", "revoke", "--user", "bob", "linear"]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&["connections", "revoke", "--user", "bob", "linear"]);
+    assert!(!ok && out.contains("no connection"), "{out}");
+    let b = tool(&gw, &bob.access_token, "2025-11-25", "token_hint").await;
+    assert_eq!(b["error"]["code"], -32042, "{b}");
+    assert_eq!(up.stats().await["revocations"], 2);
 }
 
 #[tokio::test]
