@@ -46,7 +46,34 @@ pub async fn probe(
     .map_err(|e| e.to_string())?;
     let mut steps = Vec::new();
     let found = discovery::discover(&url, &client, &fetcher, &mut steps).await;
+    let cimd = registration::client_metadata_usable(
+        &config.public_url(),
+        config.broker.allow_http_loopback,
+    );
+    let configured = match &upstream.credentials {
+        crate::config::UpstreamCredentials::Oauth {
+            client_id: Some(id),
+            ..
+        } => Some(id.clone()),
+        _ => None,
+    };
     let registered = match &found {
+        Ok(d)
+            if configured.is_some() || (cimd && d.server.client_id_metadata_document_supported) =>
+        {
+            let client_id = configured
+                .clone()
+                .unwrap_or_else(|| registration::client_metadata_url(&config.public_url()));
+            Some(Ok(registration::Registered {
+                client_id,
+                method: if configured.is_some() {
+                    "configured".into()
+                } else {
+                    "cimd".into()
+                },
+                reused: true,
+            }))
+        }
         Ok(d) => {
             let keys = config.keys.encryption_keys().map_err(|e| e.to_string())?;
             let public = config.public_url();
@@ -108,7 +135,15 @@ pub async fn probe(
                         &m.registration_endpoint,
                         m.client_id_metadata_document_supported
                     ) {
-                        (_, true) => "Client ID Metadata Documents".to_string(),
+                        (_, true) => format!(
+                            "Client ID Metadata Documents (the gateway's is {}{})",
+                            registration::client_metadata_url(&config.public_url()),
+                            if cimd {
+                                ""
+                            } else {
+                                ", but it must be on https to be fetched"
+                            }
+                        ),
                         (Some(r), false) => format!("dynamic registration at {r}"),
                         (None, false) =>
                             "none offered: configure a client id and secret".to_string(),
@@ -148,10 +183,10 @@ pub async fn probe(
                             "client_id                        {} ({}{})",
                             crate::text::printable(&r.client_id),
                             r.method,
-                            if r.reused {
-                                ", stored"
-                            } else {
-                                ", registered now"
+                            match (r.method.as_str(), r.reused) {
+                                ("configured" | "cimd", _) => "",
+                                (_, true) => ", stored",
+                                (_, false) => ", registered now",
                             }
                         ),
                     );

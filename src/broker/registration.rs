@@ -60,6 +60,40 @@ pub fn redirect_uri(public_url: &str) -> String {
     format!("{}/connect/callback", public_url.trim_end_matches('/'))
 }
 
+/// The gateway's Client ID Metadata Document: its address is its client id at servers that
+/// accept such documents.
+pub fn client_metadata_url(public_url: &str) -> String {
+    format!(
+        "{}/connect/client-metadata.json",
+        public_url.trim_end_matches('/')
+    )
+}
+
+/// The document itself: a public client using PKCE, with the connect flow's redirect URI.
+pub fn client_metadata(public_url: &str) -> Value {
+    json!({
+        "client_id": client_metadata_url(public_url),
+        "client_name": "mcp-oauth-gateway",
+        "client_uri": public_url,
+        "redirect_uris": [redirect_uri(public_url)],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "none",
+        "software_id": "mcp-oauth-gateway",
+        "software_version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// Whether a server can fetch the gateway's document: an https public URL (or, where the
+/// operator allows loopback for development, a loopback one).
+pub fn client_metadata_usable(public_url: &str, allow_http_loopback: bool) -> bool {
+    let Ok(u) = url::Url::parse(public_url) else {
+        return false;
+    };
+    u.scheme() == "https"
+        || (allow_http_loopback && crate::authorization::redirect::is_loopback(&u))
+}
+
 fn row(upstream: &str, issuer: &str) -> String {
     format!("upstream-client\n{upstream}\n{issuer}")
 }

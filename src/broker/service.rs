@@ -152,6 +152,7 @@ pub struct Broker {
     /// For the upstream's own origin (configured, so as trusted as the proxy's target).
     client: reqwest::Client,
     discovered: Mutex<HashMap<String, (Arc<Discovered>, Timestamp)>>,
+    allow_http_loopback: bool,
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// Refreshes performed by this instance (for tests and metrics).
     refreshes: std::sync::atomic::AtomicU64,
@@ -268,6 +269,7 @@ impl Broker {
             fetcher,
             client,
             discovered: Mutex::new(HashMap::new()),
+            allow_http_loopback: config.broker.allow_http_loopback,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             refreshes: std::sync::atomic::AtomicU64::new(0),
         })))
@@ -372,6 +374,15 @@ impl Broker {
             return Ok(ClientIdentity {
                 client_id: id.clone(),
                 secret: u.client_secret.as_ref().map(|s| s.expose().to_string()),
+            });
+        }
+        // The specification's order: configured, then the gateway's own document, then DCR.
+        if d.server.client_id_metadata_document_supported
+            && registration::client_metadata_usable(&self.public_url, self.allow_http_loopback)
+        {
+            return Ok(ClientIdentity {
+                client_id: registration::client_metadata_url(&self.public_url),
+                secret: None,
             });
         }
         let mut steps = Vec::new();

@@ -469,3 +469,16 @@ pub async fn api_disconnect(
         Err(e) => api_error(e),
     }
 }
+
+/// `GET /connect/client-metadata.json`: the gateway's Client ID Metadata Document, which
+/// upstream authorization servers fetch when its address is the client id.
+pub async fn client_metadata(State(app): State<App>) -> Response {
+    let public = app.auth.settings.issuer.clone();
+    let mut resp =
+        axum::Json(crate::broker::registration::client_metadata(&public)).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("public, max-age=3600"),
+    );
+    resp
+}

@@ -388,6 +388,10 @@ impl Gateway {
                 .route(&format!("{base}/introspect"), post(oauth::introspect))
                 .route(&format!("{base}/connections"), get(connect::api_list))
                 .route(
+                    &format!("{base}/connect/client-metadata.json"),
+                    get(connect::client_metadata),
+                )
+                .route(
                     &format!("{base}/connections/{{upstream}}"),
                     post(connect::api_start).delete(connect::api_disconnect),
                 )

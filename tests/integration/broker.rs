@@ -699,3 +699,41 @@ async fn two_instances_on_one_store_refresh_once_between_them() {
         "the kept refresh token still works"
     );
 }
+
+#[tokio::test]
+async fn a_server_that_takes_client_metadata_documents_reads_the_gateways_own() {
+    let Some(up) = Upstream::start(&[("CIMD", "1")]).await else {
+        return;
+    };
+    let gw = TestGateway::start_with(with_oauth_upstream(&up.url, None)).await;
+    let doc: Value = reqwest::get(gw.url("/connect/client-metadata.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = format!("{}/connect/client-metadata.json", gw.base);
+    assert_eq!(doc["client_id"], id.as_str());
+    assert_eq!(
+        doc["redirect_uris"],
+        json!([format!("{}/connect/callback", gw.base)])
+    );
+    assert_eq!(doc["token_endpoint_auth_method"], "none");
+    let alice = authorize_for(&gw, "alice", &format!("{}/mcp/linear", gw.base)).await;
+    let browser = TestGateway::browser();
+    let authorize = start_connect(&gw, &browser, "alice").await;
+    let client_id = url::Url::parse(&authorize)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "client_id")
+        .unwrap()
+        .1
+        .to_string();
+    assert_eq!(client_id, id, "the document's address is the client id");
+    let (s, page) = finish_connect(&gw, &browser, &authorize).await;
+    assert_eq!(s, 200, "{page}");
+    hint_of(&tool(&gw, &alice.access_token, "2025-11-25", "token_hint").await);
+    let stats = up.stats().await;
+    assert_eq!(stats["registrations"], 0, "no dynamic registration");
+    assert!(stats["documents"].as_u64().unwrap() >= 1, "{stats}");
+}

@@ -7,6 +7,7 @@
 //   MCP_PORT, AUTH_PORT   where to listen (127.0.0.1)
 //   ROTATE=1              rotate refresh tokens on use
 //   NO_REFRESH=1          issue no refresh tokens
+//   CIMD=1                accept Client ID Metadata Documents (fetched from the client id URL)
 //
 // The test reads and steers it at the authorization server's /test/* paths: `stats`
 // (counts, and a hint of each access token the MCP server saw), `expire-access` (every
@@ -25,11 +26,12 @@ const MCP_PORT = Number(process.env.MCP_PORT);
 const AUTH_PORT = Number(process.env.AUTH_PORT);
 const ROTATE = process.env.ROTATE === '1';
 const NO_REFRESH = process.env.NO_REFRESH === '1';
+const CIMD = process.env.CIMD === '1';
 const mcpUrl = new URL(`http://127.0.0.1:${MCP_PORT}/mcp`);
 const issuer = new URL(`http://127.0.0.1:${AUTH_PORT}`);
 
 const hint = (t) => createHash('sha256').update(t).digest('hex').slice(0, 16);
-const stats = { registrations: 0, codes: 0, refreshes: 0, revocations: 0, seen: [] };
+const stats = { registrations: 0, codes: 0, refreshes: 0, revocations: 0, documents: 0, seen: [] };
 const clients = new Map();
 const codes = new Map();
 const access = new Map();
@@ -49,7 +51,16 @@ const issue = (clientId, scopes, resource) => {
 
 const provider = {
   clientsStore: {
-    async getClient(id) { return clients.get(id); },
+    async getClient(id) {
+      if (CIMD && /^https?:\/\//.test(id)) {
+        // A Client ID Metadata Document: the id is where it lives, and it must name itself.
+        const doc = await (await fetch(id)).json();
+        stats.documents++;
+        if (doc.client_id !== id) return undefined;
+        return { ...doc, token_endpoint_auth_method: 'none' };
+      }
+      return clients.get(id);
+    },
     async registerClient(c) { stats.registrations++; clients.set(c.client_id, c); return c; },
   },
   async authorize(client, params, res) {
@@ -104,6 +115,21 @@ const provider = {
 const off = { rateLimit: false };
 const auth = express();
 auth.use(express.json());
+if (CIMD) {
+  // The SDK's router does not advertise it: the metadata, amended.
+  auth.get('/.well-known/oauth-authorization-server', (_req, res) => res.json({
+    issuer: issuer.href,
+    authorization_endpoint: `${issuer.href}authorize`,
+    token_endpoint: `${issuer.href}token`,
+    revocation_endpoint: `${issuer.href}revoke`,
+    response_types_supported: ['code'],
+    grant_types_supported: ['authorization_code', 'refresh_token'],
+    code_challenge_methods_supported: ['S256'],
+    token_endpoint_auth_methods_supported: ['none'],
+    scopes_supported: ['mcp:tools'],
+    client_id_metadata_document_supported: true,
+  }));
+}
 auth.use(mcpAuthRouter({
   provider,
   issuerUrl: issuer,
