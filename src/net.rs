@@ -306,31 +306,41 @@ impl SafeFetcher {
         max_bytes: usize,
     ) -> Result<(u16, Vec<u8>), FetchError> {
         self.check_url(url)?;
-        let mut request = self
-            .client
-            .post(url.clone())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .body(
-                form_urlencoded::Serializer::new(String::new())
-                    .extend_pairs(form)
-                    .finish(),
-            );
-        if let Some((id, secret)) = basic {
-            // RFC 6749 §2.3.1: each part form-encoded before Basic.
-            let enc = |v: &str| form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
-            request = request.basic_auth(enc(id), Some(enc(secret)));
-        }
-        bounded(request, max_bytes).await
+        bounded(form_request(&self.client, url, form, basic), max_bytes).await
     }
+}
+
+/// A form POST (token and revocation requests), with HTTP Basic client authentication when
+/// `basic` is given, on any client: the safe one above, or one for a configured origin.
+pub fn form_request(
+    client: &reqwest::Client,
+    url: &Url,
+    form: &[(&str, &str)],
+    basic: Option<(&str, &str)>,
+) -> reqwest::RequestBuilder {
+    let mut request = client
+        .post(url.clone())
+        .header(reqwest::header::ACCEPT, "application/json")
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .body(
+            form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(form)
+                .finish(),
+        );
+    if let Some((id, secret)) = basic {
+        // RFC 6749 §2.3.1: each part form-encoded before Basic.
+        let enc = |v: &str| form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+        request = request.basic_auth(enc(id), Some(enc(secret)));
+    }
+    request
 }
 
 /// Sends a request and reads its answer, any status, at most `max_bytes` of it (declared or
 /// streamed).
-async fn bounded(
+pub async fn bounded(
     request: reqwest::RequestBuilder,
     max_bytes: usize,
 ) -> Result<(u16, Vec<u8>), FetchError> {
@@ -339,6 +349,11 @@ async fn bounded(
         .await
         .map_err(|e| FetchError::Failed(without_url(&e)))?;
     let status = resp.status().as_u16();
+    Ok((status, read_capped(resp, max_bytes).await?))
+}
+
+/// A response's body, at most `max_bytes` of it whether declared or streamed.
+pub async fn read_capped(resp: reqwest::Response, max_bytes: usize) -> Result<Vec<u8>, FetchError> {
     if resp.content_length().is_some_and(|n| n > max_bytes as u64) {
         return Err(FetchError::TooLarge(max_bytes));
     }
@@ -351,7 +366,7 @@ async fn bounded(
         }
         out.extend_from_slice(&chunk);
     }
-    Ok((status, out))
+    Ok(out)
 }
 
 /// A description of a failed fetch that names neither the URL nor anything it returned, but

@@ -324,17 +324,8 @@ async fn fetch_json(
         if !r.status().is_success() {
             return Err(FetchError::Status(r.status().as_u16()).into());
         }
-        if r.content_length().is_some_and(|n| n > MAX_METADATA as u64) {
-            return Err(FetchError::TooLarge(MAX_METADATA).into());
-        }
-        let bytes = r
-            .bytes()
-            .await
-            .map_err(|e| FetchError::Failed(e.without_url().to_string()))?;
-        if bytes.len() > MAX_METADATA {
-            return Err(FetchError::TooLarge(MAX_METADATA).into());
-        }
-        bytes.to_vec()
+        // Bounded while it streams, not only by what it declares.
+        crate::net::read_capped(r, MAX_METADATA).await?
     } else {
         fetcher
             .get(url, "application/json", MAX_METADATA)

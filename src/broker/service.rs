@@ -617,6 +617,7 @@ impl Broker {
         let redirect = registration::redirect_uri(&self.public_url);
         let answer = self
             .token_request(
+                &u.url,
                 &d,
                 &client,
                 &[
@@ -691,6 +692,7 @@ impl Broker {
 
     async fn token_request(
         &self,
+        upstream: &Url,
         d: &Discovered,
         client: &ClientIdentity,
         fields: &[(&str, &str)],
@@ -719,8 +721,7 @@ impl Broker {
             Some(secret) => Some((client.client_id.as_str(), secret.as_str())),
         };
         let (status, body) = self
-            .fetcher
-            .post_form(&endpoint, &form, basic, MAX_TOKEN_RESPONSE)
+            .post_form(upstream, &endpoint, &form, basic, MAX_TOKEN_RESPONSE)
             .await
             .map_err(|e| BrokerError::TokenFailed(e.to_string()))?;
         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -740,6 +741,24 @@ impl Broker {
             );
         }
         TokenAnswer::read(&v)
+    }
+
+    /// POSTs a form: on the upstream's own origin like the upstream itself (configured, so
+    /// an internal address is fine), anywhere else through the guarded fetcher.
+    async fn post_form(
+        &self,
+        upstream: &Url,
+        url: &Url,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+        max: usize,
+    ) -> Result<(u16, Vec<u8>), crate::net::FetchError> {
+        if url.origin() == upstream.origin() {
+            let request = crate::net::form_request(&self.client, url, form, basic);
+            crate::net::bounded(request, max).await
+        } else {
+            self.fetcher.post_form(url, form, basic, max).await
+        }
     }
 
     /// The access token to send for `user_id`: refreshed first when it is about to expire.
@@ -908,6 +927,7 @@ impl Broker {
         let resource = d.resource.clone();
         let answer = self
             .token_request(
+                &u.url,
                 &d,
                 &client,
                 &[
@@ -992,8 +1012,7 @@ impl Broker {
                 Some(s) => Some((client.client_id.as_str(), s.as_str())),
             };
             match self
-                .fetcher
-                .post_form(&endpoint, &form, basic, 16 * 1024)
+                .post_form(&u.url, &endpoint, &form, basic, 16 * 1024)
                 .await
             {
                 Ok((200, _)) => {}
