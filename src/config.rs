@@ -439,6 +439,10 @@ pub struct BrokerConfig {
     /// Fetch http:// metadata on loopback addresses (local development and tests only; every
     /// other URL an upstream names must be https on a public address).
     pub allow_http_loopback: bool,
+    /// Where the gateway's Client ID Metadata Document is published, when not at its own
+    /// `<public_url>/connect/client-metadata.json` (an https URL; the document there must be
+    /// the gateway's, with this URL as its `client_id`).
+    pub client_metadata_url: Option<String>,
 }
 
 /// `[trust]`: who else's signed statements the gateway acts on.
@@ -1096,6 +1100,21 @@ impl Config {
     /// Each upstream, then what involves others: names used once, paths that no other
     /// resource (`whoami` included) has, scopes the authorization server knows.
     fn check_upstreams(&self) -> Checked {
+        if let Some(u) = &self.broker.client_metadata_url {
+            let ok = Url::parse(u).is_ok_and(|p| {
+                p.scheme() == "https"
+                    && p.path() != "/"
+                    && p.fragment().is_none()
+                    && p.username().is_empty()
+                    && p.password().is_none()
+            });
+            if !ok {
+                return Err(Invalid::at(
+                    "broker.client_metadata_url",
+                    "an https URL with a path (the document's address is the client id)",
+                ));
+            }
+        }
         let known = &self.authorization.scopes;
         let mut paths = HashSet::new();
         if self.whoami.enabled {

@@ -289,13 +289,22 @@ pub fn server_metadata_urls(issuer: &Url) -> Vec<Url> {
 }
 
 /// The metadata's resource is this upstream: the same URL, a trailing slash aside.
+/// Whether a protected resource named `resource` covers the upstream: the same origin, and
+/// the upstream's path is the resource's path or below it (whole segments; a root document
+/// names the origin, RFC 9728 §3), with no query or fragment beyond the upstream's.
 fn same_resource(resource: &str, upstream: &Url) -> bool {
     let Ok(r) = Url::parse(resource) else {
         return false;
     };
-    r.origin() == upstream.origin()
-        && r.path().trim_end_matches('/') == upstream.path().trim_end_matches('/')
-        && r.query() == upstream.query()
+    if r.origin() != upstream.origin() || r.fragment().is_some() {
+        return false;
+    }
+    let (rp, up) = (
+        r.path().trim_end_matches('/'),
+        upstream.path().trim_end_matches('/'),
+    );
+    let covers = rp == up || (up.starts_with(rp) && up[rp.len()..].starts_with('/'));
+    covers && (r.query().is_none() || r.query() == upstream.query())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -373,6 +382,12 @@ mod tests {
         assert!(same_resource("https://mcp.example/mcp", &up));
         assert!(same_resource("https://mcp.example/mcp/", &up));
         assert!(!same_resource("https://mcp.example/other", &up));
+        // A root document names the origin, which covers every path on it.
+        assert!(same_resource("https://mcp.example", &up));
+        assert!(same_resource("https://mcp.example/", &up));
+        assert!(!same_resource("https://mcp.example/mc", &up));
+        assert!(!same_resource("https://mcp.example/mcp/deeper", &up));
+        assert!(!same_resource("https://mcp.example/?x=1", &up));
         assert!(!same_resource("https://evil.example/mcp", &up));
         assert!(!same_resource("http://mcp.example/mcp", &up));
     }

@@ -46,8 +46,10 @@ pub async fn probe(
     .map_err(|e| e.to_string())?;
     let mut steps = Vec::new();
     let found = discovery::discover(&url, &client, &fetcher, &mut steps).await;
+    let published = config.broker.client_metadata_url.as_deref();
     let cimd = registration::client_metadata_usable(
         &config.public_url(),
+        published,
         config.broker.allow_http_loopback,
     );
     let configured = match &upstream.credentials {
@@ -61,9 +63,9 @@ pub async fn probe(
         Ok(d)
             if configured.is_some() || (cimd && d.server.client_id_metadata_document_supported) =>
         {
-            let client_id = configured
-                .clone()
-                .unwrap_or_else(|| registration::client_metadata_url(&config.public_url()));
+            let client_id = configured.clone().unwrap_or_else(|| {
+                registration::client_metadata_url(&config.public_url(), published)
+            });
             Some(Ok(registration::Registered {
                 client_id,
                 method: if configured.is_some() {
@@ -137,7 +139,7 @@ pub async fn probe(
                     ) {
                         (_, true) => format!(
                             "Client ID Metadata Documents (the gateway's is {}{})",
-                            registration::client_metadata_url(&config.public_url()),
+                            registration::client_metadata_url(&config.public_url(), published),
                             if cimd {
                                 ""
                             } else {

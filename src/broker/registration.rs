@@ -61,18 +61,22 @@ pub fn redirect_uri(public_url: &str) -> String {
 }
 
 /// The gateway's Client ID Metadata Document: its address is its client id at servers that
-/// accept such documents.
-pub fn client_metadata_url(public_url: &str) -> String {
-    format!(
-        "{}/connect/client-metadata.json",
-        public_url.trim_end_matches('/')
-    )
+/// accept such documents. `configured`: `[broker] client_metadata_url`, when the operator
+/// publishes it elsewhere.
+pub fn client_metadata_url(public_url: &str, configured: Option<&str>) -> String {
+    match configured {
+        Some(u) => u.to_string(),
+        None => format!(
+            "{}/connect/client-metadata.json",
+            public_url.trim_end_matches('/')
+        ),
+    }
 }
 
 /// The document itself: a public client using PKCE, with the connect flow's redirect URI.
-pub fn client_metadata(public_url: &str) -> Value {
+pub fn client_metadata(public_url: &str, configured: Option<&str>) -> Value {
     json!({
-        "client_id": client_metadata_url(public_url),
+        "client_id": client_metadata_url(public_url, configured),
         "client_name": "mcp-oauth-gateway",
         "client_uri": public_url,
         "redirect_uris": [redirect_uri(public_url)],
@@ -84,9 +88,17 @@ pub fn client_metadata(public_url: &str) -> Value {
     })
 }
 
-/// Whether a server can fetch the gateway's document: an https public URL (or, where the
-/// operator allows loopback for development, a loopback one).
-pub fn client_metadata_usable(public_url: &str, allow_http_loopback: bool) -> bool {
+/// Whether a server can fetch the gateway's document: published elsewhere by the operator
+/// (https, checked at start), or at an https `public_url` (or, where the operator allows
+/// loopback for development, a loopback one).
+pub fn client_metadata_usable(
+    public_url: &str,
+    configured: Option<&str>,
+    allow_http_loopback: bool,
+) -> bool {
+    if configured.is_some() {
+        return true;
+    }
     let Ok(u) = url::Url::parse(public_url) else {
         return false;
     };

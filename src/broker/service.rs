@@ -153,6 +153,7 @@ pub struct Broker {
     client: reqwest::Client,
     discovered: Mutex<HashMap<String, (Arc<Discovered>, Timestamp)>>,
     allow_http_loopback: bool,
+    client_metadata_url: Option<String>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// Refreshes performed by this instance (for tests and metrics).
     refreshes: std::sync::atomic::AtomicU64,
@@ -270,6 +271,7 @@ impl Broker {
             client,
             discovered: Mutex::new(HashMap::new()),
             allow_http_loopback: config.broker.allow_http_loopback,
+            client_metadata_url: config.broker.client_metadata_url.clone(),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             refreshes: std::sync::atomic::AtomicU64::new(0),
         })))
@@ -307,6 +309,11 @@ impl Broker {
 
     pub fn has(&self, name: &str) -> bool {
         self.upstreams.contains_key(name)
+    }
+
+    /// Where the operator publishes the gateway's client metadata document, if elsewhere.
+    pub fn published_client_metadata_url(&self) -> Option<&str> {
+        self.client_metadata_url.as_deref()
     }
 
     /// Refreshes this instance has made.
@@ -377,11 +384,16 @@ impl Broker {
             });
         }
         // The specification's order: configured, then the gateway's own document, then DCR.
+        let published = self.client_metadata_url.as_deref();
         if d.server.client_id_metadata_document_supported
-            && registration::client_metadata_usable(&self.public_url, self.allow_http_loopback)
+            && registration::client_metadata_usable(
+                &self.public_url,
+                published,
+                self.allow_http_loopback,
+            )
         {
             return Ok(ClientIdentity {
-                client_id: registration::client_metadata_url(&self.public_url),
+                client_id: registration::client_metadata_url(&self.public_url, published),
                 secret: None,
             });
         }
@@ -809,6 +821,46 @@ impl Broker {
         Ok(set.access_token)
     }
 
+    /// "Connect first" for `user_id`, after the upstream refused a request that carried no
+    /// token: the connect page's address, with the scope the upstream's challenge named.
+    pub async fn connect_first(
+        &self,
+        name: &str,
+        user_id: &str,
+        scope: Option<&str>,
+    ) -> crate::proxy::CredentialError {
+        let row = self
+            .store
+            .upstream_token(user_id, name)
+            .await
+            .ok()
+            .flatten();
+        let why = match row {
+            Some(r) if r.status != CONNECTED => "Your connection to this upstream stopped working.",
+            Some(_) => "Your connection to this upstream expired.",
+            None => "Your account at this upstream is not connected yet.",
+        };
+        let url = self.connect_url(name, scope);
+        crate::proxy::CredentialError::ConnectFirst {
+            message: format!(
+                "{why} Open this address to connect your account at `{name}`, then try again: {url}"
+            ),
+            url,
+        }
+    }
+
+    /// The upstream refused even a renewed token: the connection is marked broken and the
+    /// person asked to reconnect (discovery is done afresh: its server may have moved).
+    pub async fn give_up(&self, name: &str, user_id: &str) -> crate::proxy::CredentialError {
+        self.forget_discovery(name);
+        let _ = self
+            .store
+            .set_upstream_token_status(user_id, name, BROKEN, self.clock.now())
+            .await;
+        tracing::info!(target: "audit", event = "upstream.connection_broken", upstream = name, user = user_id);
+        self.connect_first(name, user_id, None).await
+    }
+
     /// The upstream refused `used` (a `401`): one refresh unless another call refreshed
     /// already. `Ok(())` means try again; an error is what to answer.
     pub async fn refused(
@@ -820,6 +872,9 @@ impl Broker {
         let Ok(u) = self.upstream(name) else {
             return Err(unavailable("no such upstream"));
         };
+        // A refusal may mean the upstream moved to another authorization server: the next
+        // look at its metadata is fresh.
+        self.forget_discovery(name);
         match self.refresh(u, user_id, used).await {
             Refreshed::Token(_) => Ok(()),
             Refreshed::Broken => Err(crate::proxy::CredentialError::ConnectFirst {
@@ -1047,6 +1102,10 @@ impl Broker {
             .flatten()
             .map(|r| r.scope)
             .unwrap_or_default();
+        // Granted already and still refused: asking again would loop; the refusal stands.
+        if wanted.split(' ').all(|w| held.split(' ').any(|h| h == w)) {
+            return None;
+        }
         tracing::info!(target: "audit", event = "upstream.step_up", upstream = name, user = user_id);
         Some(self.connect_url(name, Some(&union_scopes(&held, wanted))))
     }

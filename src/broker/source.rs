@@ -36,8 +36,16 @@ fn person(p: &Principal) -> Result<&str, CredentialError> {
 
 #[async_trait]
 impl CredentialSource for VaultCredential {
+    /// Without a usable connection the request goes as any client's first one would, with
+    /// no token: an upstream that lets it through answers it; one that wants a token says so
+    /// in its `401` challenge (with the scope it wants), and the person is asked to connect.
     async fn apply(&self, p: &Principal, h: &mut HeaderMap) -> Result<(), CredentialError> {
-        let token = self.broker.access_token(&self.upstream, person(p)?).await?;
+        let token = match self.broker.access_token(&self.upstream, person(p)?).await {
+            Ok(t) => t,
+            Err(CredentialError::ConnectFirst { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        tracing::debug!(target: "audit", event = "upstream.token_used", upstream = %self.upstream, user = ?p.user_id, client_id = %p.client_id);
         let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| CredentialError::Unavailable("unusable upstream token".into()))?;
         value.set_sensitive(true);
@@ -47,19 +55,37 @@ impl CredentialSource for VaultCredential {
 
     /// Refused: one refresh (unless another call did it already), then one retry; a refresh
     /// the upstream refuses marks the connection broken and asks the person to reconnect.
-    async fn unauthorized(&self, p: &Principal, sent: &HeaderMap) -> AfterUnauthorized {
+    async fn unauthorized(
+        &self,
+        p: &Principal,
+        sent: &HeaderMap,
+        challenge: Option<&str>,
+    ) -> AfterUnauthorized {
         let Ok(user) = person(p) else {
             return AfterUnauthorized::GiveUp;
         };
-        let used = sent
+        let Some(used) = sent
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+        else {
+            // It went without a token (not connected): connect, for what the challenge asks.
+            return AfterUnauthorized::Fail(
+                self.broker
+                    .connect_first(&self.upstream, user, challenge)
+                    .await,
+            );
+        };
         match self.broker.refused(&self.upstream, user, used).await {
             Ok(()) => AfterUnauthorized::Retry,
             Err(e) => AfterUnauthorized::Fail(e),
         }
+    }
+
+    /// Refused even with fresh tokens: the connection is broken; the person reconnects.
+    async fn still_unauthorized(&self, p: &Principal) -> Option<CredentialError> {
+        let user = person(p).ok()?;
+        Some(self.broker.give_up(&self.upstream, user).await)
     }
 
     /// A step-up: the connect page again, asking for what the person has and what the

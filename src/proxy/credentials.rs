@@ -62,9 +62,19 @@ pub trait CredentialSource: Send + Sync {
         Ok(Vec::new())
     }
     /// The upstream answered `401` to a request that carried `sent` (the request's headers
-    /// as they went).
-    async fn unauthorized(&self, _principal: &Principal, _sent: &HeaderMap) -> AfterUnauthorized {
+    /// as they went); `scope` is what its Bearer challenge asked for, if anything.
+    async fn unauthorized(
+        &self,
+        _principal: &Principal,
+        _sent: &HeaderMap,
+        _scope: Option<&str>,
+    ) -> AfterUnauthorized {
         AfterUnauthorized::GiveUp
+    }
+    /// The upstream refused the retried request too (`401` after a renewal): an error to
+    /// answer instead of relaying it, or `None`.
+    async fn still_unauthorized(&self, _principal: &Principal) -> Option<CredentialError> {
+        None
     }
     /// The upstream answered `403` with `insufficient_scope`, asking for `scope`: an error to
     /// answer instead of relaying it (a step-up the person must confirm), or `None`.

@@ -580,12 +580,22 @@ impl Proxy {
             )
             .await?;
         if parts.status == StatusCode::UNAUTHORIZED {
-            match upstream.credential.unauthorized(principal, &sent).await {
+            let scope = bearer_challenge(&parts.headers, None).and_then(|c| c);
+            match upstream
+                .credential
+                .unauthorized(principal, &sent, scope.as_deref())
+                .await
+            {
                 AfterUnauthorized::Retry => {
                     drop(incoming);
                     let (parts, incoming, _) = self
                         .send_once(upstream, principal, method, uri, headers, body)
                         .await?;
+                    if parts.status == StatusCode::UNAUTHORIZED
+                        && let Some(e) = upstream.credential.still_unauthorized(principal).await
+                    {
+                        return Err(ProxyError::Credential(e));
+                    }
                     return Ok((parts, incoming));
                 }
                 AfterUnauthorized::Fail(e) => return Err(ProxyError::Credential(e)),
@@ -593,7 +603,7 @@ impl Proxy {
             }
         }
         if parts.status == StatusCode::FORBIDDEN
-            && let Some(scope) = insufficient_scope(&parts.headers)
+            && let Some(scope) = bearer_challenge(&parts.headers, Some("insufficient_scope"))
             && let Some(e) = upstream
                 .credential
                 .insufficient_scope(principal, scope.as_deref())
@@ -926,9 +936,9 @@ fn response_headers(incoming: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// The scope an upstream's `403` asks for, when it is a Bearer `insufficient_scope` error
-/// (RFC 6750 §3.1): `Some(None)` without a scope.
-fn insufficient_scope(headers: &HeaderMap) -> Option<Option<String>> {
+/// The scope of an upstream's Bearer challenge (RFC 6750 §3), when there is one with the
+/// error `error` (any, when `None`): `Some(None)` for a challenge without a scope.
+fn bearer_challenge(headers: &HeaderMap, error: Option<&str>) -> Option<Option<String>> {
     headers
         .get_all(header::WWW_AUTHENTICATE)
         .iter()
@@ -937,7 +947,7 @@ fn insufficient_scope(headers: &HeaderMap) -> Option<Option<String>> {
         .flatten()
         .find(|c| {
             c.scheme.eq_ignore_ascii_case("bearer")
-                && c.param("error") == Some("insufficient_scope")
+                && error.is_none_or(|e| c.param("error") == Some(e))
         })
         .map(|c| c.param("scope").map(str::to_string))
 }

@@ -101,7 +101,12 @@ impl CredentialSource for ProviderToken {
     }
 
     /// The upstream refused the provider's token: renewed once, then retried.
-    async fn unauthorized(&self, principal: &Principal, _sent: &HeaderMap) -> AfterUnauthorized {
+    async fn unauthorized(
+        &self,
+        principal: &Principal,
+        _sent: &HeaderMap,
+        _scope: Option<&str>,
+    ) -> AfterUnauthorized {
         match &principal.grant_id {
             Some(grant) if self.token_for(grant, true).await.is_ok() => AfterUnauthorized::Retry,
             _ => AfterUnauthorized::GiveUp,

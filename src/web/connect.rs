@@ -474,8 +474,14 @@ pub async fn api_disconnect(
 /// upstream authorization servers fetch when its address is the client id.
 pub async fn client_metadata(State(app): State<App>) -> Response {
     let public = app.auth.settings.issuer.clone();
-    let mut resp =
-        axum::Json(crate::broker::registration::client_metadata(&public)).into_response();
+    let published = app
+        .broker
+        .as_ref()
+        .and_then(|b| b.published_client_metadata_url());
+    let mut resp = axum::Json(crate::broker::registration::client_metadata(
+        &public, published,
+    ))
+    .into_response();
     resp.headers_mut().insert(
         axum::http::header::CACHE_CONTROL,
         axum::http::HeaderValue::from_static("public, max-age=3600"),

@@ -71,7 +71,12 @@ impl CredentialSource for Renewable {
         h.insert("authorization", HeaderValue::from_str(&v).unwrap());
         Ok(())
     }
-    async fn unauthorized(&self, _: &Principal, _: &http::HeaderMap) -> AfterUnauthorized {
+    async fn unauthorized(
+        &self,
+        _: &Principal,
+        _: &http::HeaderMap,
+        _: Option<&str>,
+    ) -> AfterUnauthorized {
         self.renewals.fetch_add(1, Ordering::SeqCst);
         if self.always {
             *self.token.lock().unwrap() = "still-stale".into();

@@ -11,6 +11,7 @@ mod cimd_fixture;
 mod cli;
 mod cluster;
 mod conformance;
+mod conformance_client;
 mod dbtools;
 mod everything;
 mod external_mode;
