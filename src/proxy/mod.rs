@@ -370,6 +370,7 @@ impl Proxy {
         let id = message
             .as_ref()
             .map_or(Value::Null, message::Body::reply_id);
+        let body = without_gateway_state(body, message.as_ref());
         self.forward_read(
             upstream,
             principal,
@@ -936,6 +937,49 @@ fn response_headers(incoming: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// The `requestState` the gateway gives a 2026-07-28 client that must connect first (an
+/// `InputRequiredResult`): the client sends it back on its retry, with its `inputResponses`.
+pub const GATEWAY_REQUEST_STATE: &str = "mcp-oauth-gateway/connect:";
+
+/// A retried request carrying the gateway's own `requestState` goes upstream without it and
+/// without the `inputResponses` that answered the gateway: the upstream never issued them.
+/// Every other value is kept byte for byte (numbers are not re-read).
+fn without_gateway_state(body: Bytes, message: Option<&message::Body>) -> Bytes {
+    type Object = std::collections::BTreeMap<String, Box<serde_json::value::RawValue>>;
+    let request = message
+        .and_then(message::Body::single)
+        .is_some_and(|m| m.method.is_some() && !m.is_response);
+    let marker = GATEWAY_REQUEST_STATE.as_bytes();
+    if !request || !body.windows(marker.len()).any(|w| w == marker) {
+        return body;
+    }
+    let Ok(mut top) = serde_json::from_slice::<Object>(&body) else {
+        return body;
+    };
+    let Some(Ok(mut params)) = top
+        .get("params")
+        .map(|p| serde_json::from_str::<Object>(p.get()))
+    else {
+        return body;
+    };
+    let ours = params
+        .get("requestState")
+        .and_then(|s| serde_json::from_str::<String>(s.get()).ok())
+        .is_some_and(|s| s.starts_with(GATEWAY_REQUEST_STATE));
+    if !ours {
+        return body;
+    }
+    params.remove("requestState");
+    params.remove("inputResponses");
+    let rebuilt = serde_json::value::to_raw_value(&params)
+        .map(|p| {
+            top.insert("params".into(), p);
+            top
+        })
+        .and_then(|t| serde_json::to_vec(&t));
+    rebuilt.map(Bytes::from).unwrap_or(body)
+}
+
 /// The scope of an upstream's Bearer challenge (RFC 6750 §3), when there is one with the
 /// error `error` (any, when `None`): `Some(None)` for a challenge without a scope.
 fn bearer_challenge(headers: &HeaderMap, error: Option<&str>) -> Option<Option<String>> {
@@ -954,6 +998,32 @@ fn bearer_challenge(headers: &HeaderMap, error: Option<&str>) -> Option<Option<S
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_gateways_request_state_is_taken_off_a_retried_call_and_nothing_else() {
+        let read = |b: &[u8]| crate::mcp::message::read(b).unwrap();
+        let retried = br#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"t","arguments":{"n":123456789012345678901234567890,"f":0.1},"requestState":"mcp-oauth-gateway/connect:up","inputResponses":{"connect":{"action":"accept"}}}}"#;
+        let out =
+            super::without_gateway_state(bytes::Bytes::from_static(retried), Some(&read(retried)));
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(
+            !text.contains("requestState") && !text.contains("inputResponses"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""n":123456789012345678901234567890"#),
+            "{text}"
+        );
+        assert!(text.contains(r#""f":0.1"#), "{text}");
+        // Another server's state, or none: the bytes are untouched.
+        for keep in [
+            &br#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"t","requestState":"theirs"}}"#[..],
+            &br#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"mcp-oauth-gateway/connect:x"}}"#[..],
+        ] {
+            let out = super::without_gateway_state(bytes::Bytes::copy_from_slice(keep), Some(&read(keep)));
+            assert_eq!(&out[..], keep);
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -151,7 +151,7 @@ pub fn connect_first(
                 "inputRequests": {
                     "connect": {"method": "elicitation/create", "params": elicitation},
                 },
-                "requestState": format!("mcp-oauth-gateway/connect:{upstream}"),
+                "requestState": format!("{}{upstream}", crate::proxy::GATEWAY_REQUEST_STATE),
             },
         }),
         Some(r) if r >= "2025-11-25" => {

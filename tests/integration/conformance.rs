@@ -37,7 +37,7 @@ async fn conformance_authorization_server_scenarios_pass_without_warnings() {
         std::env::var("PATH").unwrap_or_default()
     );
     let mut child = Command::new(&node)
-        .arg(bin_dir.join("conformance"))
+        .arg(js_dir().join("node_modules/@modelcontextprotocol/conformance/dist/index.js"))
         .args([
             "authorization",
             "--url",
@@ -150,7 +150,7 @@ async fn server_suite_checks(
     let out = tokio::time::timeout(
         Duration::from_secs(300),
         Command::new(node)
-            .arg(bin_dir.join("conformance"))
+            .arg(js_dir().join("node_modules/@modelcontextprotocol/conformance/dist/index.js"))
             .args(["server", "--url", url])
             .args(extra)
             .arg("-o")
