@@ -711,6 +711,15 @@ fn default_idle_secs() -> i64 {
     600
 }
 
+/// How the gateway obtains an OAuth upstream's tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OauthGrant {
+    #[default]
+    AuthorizationCode,
+    ClientCredentials,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum UpstreamCredentials {
@@ -758,6 +767,11 @@ pub enum UpstreamCredentials {
         client_id: Option<String>,
         #[serde(default)]
         client_secret: Option<Secret>,
+        /// `authorization_code` (the default): each person connects their own account.
+        /// `client_credentials`: one service identity for everyone (the configured client),
+        /// its token kept in one shared vault slot; nobody connects anything.
+        #[serde(default)]
+        grant: OauthGrant,
     },
     /// The user's own database username and password, from the `[[login.database]]` named
     /// `source` they signed in with, in two headers (for an operator's own database MCP
@@ -1795,7 +1809,16 @@ impl UpstreamCredentials {
                 scopes,
                 client_id,
                 client_secret,
+                grant,
             } => {
+                if *grant == OauthGrant::ClientCredentials
+                    && (client_id.is_none() || client_secret.is_none())
+                {
+                    return Err(Invalid::at(
+                        key("grant"),
+                        "client_credentials needs the client_id and client_secret of the gateway's service identity",
+                    ));
+                }
                 if let Some(s) = scopes
                     .iter()
                     .find(|s| s.is_empty() || s.contains(' ') || s.chars().any(|c| c.is_control()))

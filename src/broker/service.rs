@@ -49,7 +49,12 @@ pub struct OAuthUpstream {
     pub client_secret: Option<Secret>,
     /// A fingerprint of what the tokens and registrations depend on.
     pub settings: String,
+    /// One service identity for everyone (`client_credentials`), in the slot [`SHARED`].
+    pub shared: bool,
 }
+
+/// The vault slot of an upstream reached with the gateway's own service identity.
+pub const SHARED: &str = "*";
 
 /// What went wrong, in words a person or an operator can act on; never a token.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +81,10 @@ pub enum BrokerError {
     TokenFailed(String),
     #[error("the scope asked for is not valid")]
     BadScope,
+    #[error(
+        "`{0}` is reached with the gateway's own service identity: there is nothing to connect"
+    )]
+    Shared(String),
     #[error("tokens cannot be sealed: {0}")]
     Sealing(String),
     #[error(transparent)]
@@ -220,17 +229,28 @@ impl Broker {
                 scopes,
                 client_id,
                 client_secret,
+                grant,
             } = &u.credentials
             else {
                 continue;
             };
+            let shared = *grant == crate::config::OauthGrant::ClientCredentials;
+            // The grant is part of what the stored tokens depend on.
+            let client_key = client_id.as_deref().map(|c| {
+                if shared {
+                    format!("{c}#client_credentials")
+                } else {
+                    c.to_string()
+                }
+            });
             let Some(raw) = &u.url else { continue };
             let url = Url::parse(raw).map_err(|e| format!("upstream `{}`: url: {e}", u.name))?;
             upstreams.insert(
                 u.name.clone(),
                 OAuthUpstream {
                     name: u.name.clone(),
-                    settings: settings_of(url.as_str(), &public_url, scopes, client_id.as_deref()),
+                    settings: settings_of(url.as_str(), &public_url, scopes, client_key.as_deref()),
+                    shared,
                     url,
                     scopes: scopes.clone(),
                     client_id: client_id.clone(),
@@ -309,6 +329,11 @@ impl Broker {
 
     pub fn has(&self, name: &str) -> bool {
         self.upstreams.contains_key(name)
+    }
+
+    /// Reached with the gateway's own service identity (nobody connects).
+    pub fn is_shared(&self, name: &str) -> bool {
+        self.upstreams.get(name).is_some_and(|u| u.shared)
     }
 
     /// Where the operator publishes the gateway's client metadata document, if elsewhere.
@@ -465,6 +490,9 @@ impl Broker {
             return Err(BrokerError::BadScope);
         }
         let u = self.upstream(name)?;
+        if u.shared {
+            return Err(BrokerError::Shared(name.to_string()));
+        }
         let d = self.discovery(name).await?;
         Ok(ConnectPlan {
             upstream: name.to_string(),
@@ -487,6 +515,9 @@ impl Broker {
             return Err(BrokerError::BadScope);
         }
         let u = self.upstream(name)?;
+        if u.shared {
+            return Err(BrokerError::Shared(name.to_string()));
+        }
         let d = self.discovery(name).await?;
         let client = self.identity(u, &d).await?;
         let endpoint = d
@@ -755,6 +786,102 @@ impl Broker {
         TokenAnswer::read(&v)
     }
 
+    /// The shared slot's token (`client_credentials`): the kept one while it is fresh,
+    /// renewed under the same lease as any refresh, obtained on first use.
+    async fn shared_token(
+        &self,
+        u: &OAuthUpstream,
+    ) -> Result<String, crate::proxy::CredentialError> {
+        let row = self
+            .store
+            .upstream_token(SHARED, &u.name)
+            .await
+            .map_err(|_| unavailable("the vault cannot be read now"))?;
+        let now = self.clock.now();
+        match row.filter(|r| r.settings == u.settings && r.status == CONNECTED) {
+            Some(r) => {
+                let Some(set) = self.open(&r) else {
+                    return Err(unavailable("the shared token cannot be read"));
+                };
+                if r.expires_at.is_some_and(|e| e - REFRESH_AHEAD <= now) {
+                    return match self.refresh(u, SHARED, &set.access_token).await {
+                        Refreshed::Token(t) => Ok(t),
+                        Refreshed::Broken => Err(unavailable(
+                            "the upstream refuses the gateway's service identity",
+                        )),
+                        Refreshed::Unavailable(why) => Err(unavailable(&why)),
+                    };
+                }
+                Ok(set.access_token)
+            }
+            None => {
+                // First use (or after a refusal): one fetch at a time in this process; another
+                // instance may fetch too, which a client_credentials grant tolerates.
+                let _guard = self.stripe(SHARED, &u.name).lock().await;
+                if let Ok(Some(r)) = self.store.upstream_token(SHARED, &u.name).await
+                    && r.settings == u.settings
+                    && r.status == CONNECTED
+                    && let Some(set) = self.open(&r)
+                {
+                    return Ok(set.access_token);
+                }
+                self.fetch_shared(u)
+                    .await
+                    .map_err(|e| unavailable(&e.to_string()))
+            }
+        }
+    }
+
+    /// A `client_credentials` token for the shared slot, stored.
+    async fn fetch_shared(&self, u: &OAuthUpstream) -> Result<String, BrokerError> {
+        let d = self.discovery(&u.name).await?;
+        let client = self.identity(u, &d).await?;
+        let scope = if u.scopes.is_empty() {
+            d.challenge_scope
+                .clone()
+                .unwrap_or_else(|| d.resource_scopes.join(" "))
+        } else {
+            u.scopes.join(" ")
+        };
+        let mut fields = vec![
+            ("grant_type", "client_credentials"),
+            ("resource", d.resource.as_str()),
+        ];
+        if !scope.is_empty() {
+            fields.push(("scope", scope.as_str()));
+        }
+        let answer = self.token_request(&u.url, &d, &client, &fields).await?;
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = self.clock.now();
+        let token = answer.access_token.clone();
+        self.store_tokens(
+            u,
+            SHARED,
+            &d.server.issuer,
+            TokenSet {
+                access_token: answer.access_token,
+                refresh_token: None,
+                client_id: client.client_id,
+            },
+            &answer.scope.unwrap_or(scope),
+            answer.expires_in.map(|s| now + s),
+            now,
+        )
+        .await?;
+        tracing::info!(target: "audit", event = "upstream.service_token", upstream = %u.name);
+        Ok(token)
+    }
+
+    fn stripe(&self, user_id: &str, upstream: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (user_id, upstream).hash(&mut h);
+        let i = (h.finish() as usize) % STRIPES;
+        // `STRIPES` locks are made in `from_config`, so `i` is in range.
+        &self.stripes[i]
+    }
+
     /// POSTs a form: on the upstream's own origin like the upstream itself (configured, so
     /// an internal address is fine), anywhere else through the guarded fetcher.
     async fn post_form(
@@ -792,6 +919,9 @@ impl Broker {
                 "no OAuth upstream `{name}`"
             )));
         };
+        if u.shared {
+            return self.shared_token(u).await;
+        }
         let row = self
             .store
             .upstream_token(user_id, name)
@@ -853,6 +983,13 @@ impl Broker {
     /// person asked to reconnect (discovery is done afresh: its server may have moved).
     pub async fn give_up(&self, name: &str, user_id: &str) -> crate::proxy::CredentialError {
         self.forget_discovery(name);
+        if self.is_shared(name) {
+            let _ = self
+                .store
+                .set_upstream_token_status(SHARED, name, BROKEN, self.clock.now())
+                .await;
+            return unavailable("the upstream refuses the gateway's service identity");
+        }
         let _ = self
             .store
             .set_upstream_token_status(user_id, name, BROKEN, self.clock.now())
@@ -875,7 +1012,11 @@ impl Broker {
         // A refusal may mean the upstream moved to another authorization server: the next
         // look at its metadata is fresh.
         self.forget_discovery(name);
+        let user_id = if u.shared { SHARED } else { user_id };
         match self.refresh(u, user_id, used).await {
+            Refreshed::Broken if u.shared => Err(unavailable(
+                "the upstream refuses the gateway's service identity",
+            )),
             Refreshed::Token(_) => Ok(()),
             Refreshed::Broken => Err(crate::proxy::CredentialError::ConnectFirst {
                 url: self.connect_url(name, None),
@@ -892,16 +1033,7 @@ impl Broker {
     /// `stale` (someone else refreshed): one refresh at a time per row, in this process by a
     /// striped lock, across instances by the row's lease.
     async fn refresh(&self, u: &OAuthUpstream, user_id: &str, stale: &str) -> Refreshed {
-        let stripe = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (user_id, &u.name).hash(&mut h);
-            (h.finish() as usize) % STRIPES
-        };
-        let Some(lock) = self.stripes.get(stripe) else {
-            return Refreshed::Unavailable("internal".into());
-        };
-        let _guard = lock.lock().await;
+        let _guard = self.stripe(user_id, &u.name).lock().await;
         // Another instance may hold the lease: wait for its result, up to the lease's length.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(LEASE_SECS as u64);
         loop {
@@ -958,6 +1090,16 @@ impl Broker {
             tracing::info!(target: "audit", event = "upstream.refresh_failed", upstream = %u.name, user = user_id, reason = why);
             Refreshed::Broken
         };
+        if u.shared {
+            // A service identity asks again; a refusal is the operator's to mend.
+            return match self.fetch_shared(u).await {
+                Ok(t) => Refreshed::Token(t),
+                Err(e) => {
+                    release().await;
+                    Refreshed::Unavailable(e.to_string())
+                }
+            };
+        }
         let Some(refresh_token) = set.refresh_token.clone() else {
             return broken("no_refresh_token").await;
         };
@@ -1119,6 +1261,16 @@ impl Broker {
             .into_iter()
             .filter_map(|name| self.upstreams.get(name).map(|u| (name, u)))
             .map(|(name, u)| {
+                if u.shared {
+                    return ConnectionStatus {
+                        upstream: name.to_string(),
+                        state: "shared",
+                        issuer: None,
+                        scope: None,
+                        connected_at: None,
+                        expires_at: None,
+                    };
+                }
                 match rows
                     .iter()
                     .find(|r| r.upstream == name && r.settings == u.settings)

@@ -737,3 +737,71 @@ async fn a_server_that_takes_client_metadata_documents_reads_the_gateways_own() 
     assert_eq!(stats["registrations"], 0, "no dynamic registration");
     assert!(stats["documents"].as_u64().unwrap() >= 1, "{stats}");
 }
+
+#[tokio::test]
+async fn an_upstream_reached_with_the_gateways_service_identity_needs_no_connecting() {
+    let Some(up) = Upstream::start(&[("SERVICE", "gw-service:s3cret")]).await else {
+        return;
+    };
+    let url = up.url.clone();
+    let gw = TestGateway::start_with(move |c| {
+        c.keys.encryption = vec![SHARED_KEY.into()];
+        c.broker.allow_http_loopback = true;
+        c.upstreams.push(
+            serde_json::from_value(json!({
+                "name": "linear",
+                "url": url,
+                "credentials": {
+                    "type": "oauth",
+                    "grant": "client_credentials",
+                    "client_id": "gw-service",
+                    "client_secret": "s3cret",
+                },
+            }))
+            .unwrap(),
+        );
+    })
+    .await;
+    let resource = format!("{}/mcp/linear", gw.base);
+    let alice = authorize_for(&gw, "alice", &resource).await;
+    let bob = authorize_for(&gw, "bob", &resource).await;
+    let ha = hint_of(&tool(&gw, &alice.access_token, "2025-11-25", "token_hint").await);
+    let hb = hint_of(&tool(&gw, &bob.access_token, "2025-11-25", "token_hint").await);
+    assert_eq!(ha, hb, "one shared service token");
+    assert_eq!(up.stats().await["services"], 1, "fetched once, then kept");
+    // Sealed in the shared slot, like any other vault row.
+    assert!(
+        gw.store
+            .upstream_token("*", "linear")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Refused upstream: fetched again, the call retried.
+    up.steer("expire-access").await;
+    let again = hint_of(&tool(&gw, &alice.access_token, "2025-11-25", "token_hint").await);
+    assert_ne!(again, ha);
+    assert_eq!(up.stats().await["services"], 2);
+    // Expiring by the gateway's clock: renewed before use.
+    gw.clock.advance(3550);
+    let later = hint_of(&tool(&gw, &alice.access_token, "2025-11-25", "token_hint").await);
+    assert_ne!(later, again);
+    assert_eq!(up.stats().await["services"], 3);
+    // Nothing to connect, and the connections list says so.
+    let (s, list) = api(
+        &gw,
+        &alice.access_token,
+        reqwest::Method::GET,
+        "/connections",
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(list["connections"][0]["state"], "shared");
+    let browser = TestGateway::browser();
+    let r = browser
+        .get(gw.url("/authorize/connect/linear"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "sign-in first");
+}

@@ -8,6 +8,7 @@
 //   ROTATE=1              rotate refresh tokens on use
 //   NO_REFRESH=1          issue no refresh tokens
 //   CIMD=1                accept Client ID Metadata Documents (fetched from the client id URL)
+//   SERVICE=id:secret     a client that may use the client_credentials grant (Basic auth)
 //
 // The test reads and steers it at the authorization server's /test/* paths: `stats`
 // (counts, and a hint of each access token the MCP server saw), `expire-access` (every
@@ -31,7 +32,7 @@ const mcpUrl = new URL(`http://127.0.0.1:${MCP_PORT}/mcp`);
 const issuer = new URL(`http://127.0.0.1:${AUTH_PORT}`);
 
 const hint = (t) => createHash('sha256').update(t).digest('hex').slice(0, 16);
-const stats = { registrations: 0, codes: 0, refreshes: 0, revocations: 0, documents: 0, seen: [] };
+const stats = { registrations: 0, codes: 0, refreshes: 0, revocations: 0, documents: 0, services: 0, seen: [] };
 const clients = new Map();
 const codes = new Map();
 const access = new Map();
@@ -129,6 +130,24 @@ if (CIMD) {
     scopes_supported: ['mcp:tools'],
     client_id_metadata_document_supported: true,
   }));
+}
+if (process.env.SERVICE) {
+  // The SDK's token handler has no client_credentials: this one does, for one client.
+  const [id, secret] = process.env.SERVICE.split(':');
+  auth.post('/token', express.urlencoded({ extended: false }), (req, res, next) => {
+    if (req.body.grant_type !== 'client_credentials') return next();
+    // client_secret_post, as the metadata advertises (or Basic).
+    const basic = (req.headers.authorization || '').replace(/^Basic /, '');
+    const [cid, csecret] = basic
+      ? Buffer.from(basic, 'base64').toString().split(':').map(decodeURIComponent)
+      : [req.body.client_id, req.body.client_secret];
+    if (cid !== id || csecret !== secret) return res.status(401).json({ error: 'invalid_client' });
+    if (req.body.resource !== mcpUrl.href) return res.status(400).json({ error: 'invalid_target' });
+    stats.services++;
+    const out = issue(id, (req.body.scope || '').split(' ').filter(Boolean), mcpUrl.href);
+    delete out.refresh_token;
+    res.json(out);
+  });
 }
 auth.use(mcpAuthRouter({
   provider,
