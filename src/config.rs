@@ -718,6 +718,9 @@ pub enum OauthGrant {
     #[default]
     AuthorizationCode,
     ClientCredentials,
+    /// RFC 8693: the upstream's authorization server trusts the gateway as a token issuer;
+    /// each person's upstream token is obtained for them, no connecting.
+    TokenExchange,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -1811,6 +1814,12 @@ impl UpstreamCredentials {
                 client_secret,
                 grant,
             } => {
+                if *grant == OauthGrant::TokenExchange && client_id.is_none() {
+                    return Err(Invalid::at(
+                        key("grant"),
+                        "token_exchange needs the client_id the gateway has at the upstream's authorization server",
+                    ));
+                }
                 if *grant == OauthGrant::ClientCredentials
                     && (client_id.is_none() || client_secret.is_none())
                 {

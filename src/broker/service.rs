@@ -51,6 +51,9 @@ pub struct OAuthUpstream {
     pub settings: String,
     /// One service identity for everyone (`client_credentials`), in the slot [`SHARED`].
     pub shared: bool,
+    /// Each person's token obtained by token exchange (RFC 8693) with the gateway's
+    /// assertion about them as the subject token.
+    pub exchange: bool,
 }
 
 /// The vault slot of an upstream reached with the gateway's own service identity.
@@ -82,7 +85,7 @@ pub enum BrokerError {
     #[error("the scope asked for is not valid")]
     BadScope,
     #[error(
-        "`{0}` is reached with the gateway's own service identity: there is nothing to connect"
+        "`{0}` is reached without connecting (the gateway's service identity, or token exchange)"
     )]
     Shared(String),
     #[error("tokens cannot be sealed: {0}")]
@@ -163,6 +166,8 @@ pub struct Broker {
     discovered: Mutex<HashMap<String, (Arc<Discovered>, Timestamp)>>,
     allow_http_loopback: bool,
     client_metadata_url: Option<String>,
+    /// Signs the subject tokens of token exchange.
+    signer: Option<Arc<crate::proxy::Signer>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// Refreshes performed by this instance (for tests and metrics).
     refreshes: std::sync::atomic::AtomicU64,
@@ -221,6 +226,7 @@ impl Broker {
         store: SharedStore,
         contexts: LoginContexts,
         clock: SharedClock,
+        signer: Option<Arc<crate::proxy::Signer>>,
     ) -> Result<Option<Arc<Self>>, String> {
         let public_url = config.public_url();
         let mut upstreams = HashMap::new();
@@ -235,10 +241,13 @@ impl Broker {
                 continue;
             };
             let shared = *grant == crate::config::OauthGrant::ClientCredentials;
+            let exchange = *grant == crate::config::OauthGrant::TokenExchange;
             // The grant is part of what the stored tokens depend on.
             let client_key = client_id.as_deref().map(|c| {
                 if shared {
                     format!("{c}#client_credentials")
+                } else if exchange {
+                    format!("{c}#token_exchange")
                 } else {
                     c.to_string()
                 }
@@ -251,6 +260,7 @@ impl Broker {
                     name: u.name.clone(),
                     settings: settings_of(url.as_str(), &public_url, scopes, client_key.as_deref()),
                     shared,
+                    exchange,
                     url,
                     scopes: scopes.clone(),
                     client_id: client_id.clone(),
@@ -292,6 +302,7 @@ impl Broker {
             discovered: Mutex::new(HashMap::new()),
             allow_http_loopback: config.broker.allow_http_loopback,
             client_metadata_url: config.broker.client_metadata_url.clone(),
+            signer,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             refreshes: std::sync::atomic::AtomicU64::new(0),
         })))
@@ -334,6 +345,11 @@ impl Broker {
     /// Reached with the gateway's own service identity (nobody connects).
     pub fn is_shared(&self, name: &str) -> bool {
         self.upstreams.get(name).is_some_and(|u| u.shared)
+    }
+
+    /// Each person's token comes from token exchange (nobody connects).
+    pub fn is_exchanged(&self, name: &str) -> bool {
+        self.upstreams.get(name).is_some_and(|u| u.exchange)
     }
 
     /// Where the operator publishes the gateway's client metadata document, if elsewhere.
@@ -490,7 +506,7 @@ impl Broker {
             return Err(BrokerError::BadScope);
         }
         let u = self.upstream(name)?;
-        if u.shared {
+        if u.shared || u.exchange {
             return Err(BrokerError::Shared(name.to_string()));
         }
         let d = self.discovery(name).await?;
@@ -515,7 +531,7 @@ impl Broker {
             return Err(BrokerError::BadScope);
         }
         let u = self.upstream(name)?;
-        if u.shared {
+        if u.shared || u.exchange {
             return Err(BrokerError::Shared(name.to_string()));
         }
         let d = self.discovery(name).await?;
@@ -829,6 +845,123 @@ impl Broker {
                     .await
                     .map_err(|e| unavailable(&e.to_string()))
             }
+        }
+    }
+
+    /// The person's token at a token-exchange upstream: the kept one while it is fresh, else
+    /// exchanged now for the gateway's assertion about them (RFC 8693), one exchange at a
+    /// time per person in this process.
+    pub async fn exchanged_token(
+        &self,
+        name: &str,
+        principal: &crate::authorization::token::Principal,
+    ) -> Result<String, crate::proxy::CredentialError> {
+        let u = self
+            .upstream(name)
+            .map_err(|e| unavailable(&e.to_string()))?;
+        let Some(user) = principal.user_id.as_deref() else {
+            return Err(unavailable(
+                "token exchange needs a person: a client acting for nobody has none",
+            ));
+        };
+        let fresh = |r: &UpstreamTokenRecord, now: Timestamp| {
+            r.settings == u.settings
+                && r.status == CONNECTED
+                && r.expires_at.is_none_or(|e| e - REFRESH_AHEAD > now)
+        };
+        let kept = |r: Option<UpstreamTokenRecord>| {
+            r.filter(|r| fresh(r, self.clock.now()))
+                .and_then(|r| self.open(&r))
+                .map(|s| s.access_token)
+        };
+        let read = || async {
+            self.store
+                .upstream_token(user, name)
+                .await
+                .map_err(|_| unavailable("the vault cannot be read now"))
+        };
+        if let Some(t) = kept(read().await?) {
+            return Ok(t);
+        }
+        let _guard = self.stripe(user, name).lock().await;
+        if let Some(t) = kept(read().await?) {
+            return Ok(t);
+        }
+        self.exchange(u, user, principal)
+            .await
+            .map_err(|e| unavailable(&e.to_string()))
+    }
+
+    async fn exchange(
+        &self,
+        u: &OAuthUpstream,
+        user: &str,
+        principal: &crate::authorization::token::Principal,
+    ) -> Result<String, BrokerError> {
+        let d = self.discovery(&u.name).await?;
+        let client = self.identity(u, &d).await?;
+        let now = self.clock.now();
+        // Addressed to the upstream's authorization server, valid a minute.
+        let assertion = self
+            .signer
+            .as_ref()
+            .and_then(|s| s.assert(&self.public_url, &d.server.issuer, principal, now, 60))
+            .ok_or_else(|| {
+                BrokerError::Sealing("the identity assertion could not be signed".into())
+            })?;
+        let scope = if u.scopes.is_empty() {
+            d.challenge_scope
+                .clone()
+                .unwrap_or_else(|| d.resource_scopes.join(" "))
+        } else {
+            u.scopes.join(" ")
+        };
+        let mut fields = vec![
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", assertion.as_str()),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            (
+                "requested_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
+            ("resource", d.resource.as_str()),
+        ];
+        if !scope.is_empty() {
+            fields.push(("scope", scope.as_str()));
+        }
+        let answer = self.token_request(&u.url, &d, &client, &fields).await?;
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let token = answer.access_token.clone();
+        self.store_tokens(
+            u,
+            user,
+            &d.server.issuer,
+            TokenSet {
+                access_token: answer.access_token,
+                refresh_token: None,
+                client_id: client.client_id,
+            },
+            &answer.scope.unwrap_or(scope),
+            answer.expires_in.map(|s| now + s),
+            now,
+        )
+        .await?;
+        tracing::info!(target: "audit", event = "upstream.token_exchanged", upstream = %u.name, user);
+        Ok(token)
+    }
+
+    /// The upstream refused an exchanged token: it is forgotten (unless another call has
+    /// replaced it already), so that the retry exchanges afresh.
+    pub async fn forget_exchanged(&self, name: &str, user_id: &str, used: &str) {
+        self.forget_discovery(name);
+        if let Ok(Some(r)) = self.store.upstream_token(user_id, name).await
+            && self.open(&r).is_none_or(|s| s.access_token == used)
+        {
+            let _ = self.store.delete_upstream_token(user_id, name).await;
         }
     }
 
@@ -1261,10 +1394,10 @@ impl Broker {
             .into_iter()
             .filter_map(|name| self.upstreams.get(name).map(|u| (name, u)))
             .map(|(name, u)| {
-                if u.shared {
+                if u.shared || u.exchange {
                     return ConnectionStatus {
                         upstream: name.to_string(),
-                        state: "shared",
+                        state: if u.shared { "shared" } else { "exchanged" },
                         issuer: None,
                         scope: None,
                         connected_at: None,

@@ -34,41 +34,69 @@ fn person(p: &Principal) -> Result<&str, CredentialError> {
     })
 }
 
+/// The `Authorization` header for `token`, marked sensitive.
+fn put(h: &mut HeaderMap, token: &str) -> Result<(), CredentialError> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| CredentialError::Unavailable("unusable upstream token".into()))?;
+    value.set_sensitive(true);
+    h.insert(header::AUTHORIZATION, value);
+    Ok(())
+}
+
+fn bearer(sent: &HeaderMap) -> Option<&str> {
+    sent.get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+impl VaultCredential {
+    /// Whose vault slot a call uses: the person's, or the shared one of a service identity
+    /// (which serves everyone, clients acting for nobody included).
+    fn slot<'a>(&self, p: &'a Principal) -> Result<&'a str, CredentialError> {
+        if self.broker.is_shared(&self.upstream) {
+            Ok(super::service::SHARED)
+        } else {
+            person(p)
+        }
+    }
+}
+
 #[async_trait]
 impl CredentialSource for VaultCredential {
     /// Without a usable connection the request goes as any client's first one would, with
     /// no token: an upstream that lets it through answers it; one that wants a token says so
     /// in its `401` challenge (with the scope it wants), and the person is asked to connect.
     async fn apply(&self, p: &Principal, h: &mut HeaderMap) -> Result<(), CredentialError> {
-        let token = match self.broker.access_token(&self.upstream, person(p)?).await {
-            Ok(t) => t,
-            Err(CredentialError::ConnectFirst { .. }) => return Ok(()),
-            Err(e) => return Err(e),
+        let token = if self.broker.is_exchanged(&self.upstream) {
+            self.broker.exchanged_token(&self.upstream, p).await?
+        } else {
+            match self
+                .broker
+                .access_token(&self.upstream, self.slot(p)?)
+                .await
+            {
+                Ok(t) => t,
+                Err(CredentialError::ConnectFirst { .. }) => return Ok(()),
+                Err(e) => return Err(e),
+            }
         };
         tracing::debug!(target: "audit", event = "upstream.token_used", upstream = %self.upstream, user = ?p.user_id, client_id = %p.client_id);
-        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| CredentialError::Unavailable("unusable upstream token".into()))?;
-        value.set_sensitive(true);
-        h.insert(header::AUTHORIZATION, value);
-        Ok(())
+        put(h, &token)
     }
 
     /// Refused: one refresh (unless another call did it already), then one retry; a refresh
     /// the upstream refuses marks the connection broken and asks the person to reconnect.
+    /// An exchanged token is forgotten and exchanged afresh for the retry.
     async fn unauthorized(
         &self,
         p: &Principal,
         sent: &HeaderMap,
         challenge: Option<&str>,
     ) -> AfterUnauthorized {
-        let Ok(user) = person(p) else {
+        let Ok(user) = self.slot(p) else {
             return AfterUnauthorized::GiveUp;
         };
-        let Some(used) = sent
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        else {
+        let Some(used) = bearer(sent) else {
             // It went without a token (not connected): connect, for what the challenge asks.
             return AfterUnauthorized::Fail(
                 self.broker
@@ -76,6 +104,12 @@ impl CredentialSource for VaultCredential {
                     .await,
             );
         };
+        if self.broker.is_exchanged(&self.upstream) {
+            self.broker
+                .forget_exchanged(&self.upstream, user, used)
+                .await;
+            return AfterUnauthorized::Retry;
+        }
         match self.broker.refused(&self.upstream, user, used).await {
             Ok(()) => AfterUnauthorized::Retry,
             Err(e) => AfterUnauthorized::Fail(e),
@@ -84,7 +118,12 @@ impl CredentialSource for VaultCredential {
 
     /// Refused even with fresh tokens: the connection is broken; the person reconnects.
     async fn still_unauthorized(&self, p: &Principal) -> Option<CredentialError> {
-        let user = person(p).ok()?;
+        if self.broker.is_exchanged(&self.upstream) {
+            return Some(CredentialError::Unavailable(
+                "the upstream refuses the token its authorization server exchanged".into(),
+            ));
+        }
+        let user = self.slot(p).ok()?;
         Some(self.broker.give_up(&self.upstream, user).await)
     }
 
@@ -95,6 +134,9 @@ impl CredentialSource for VaultCredential {
         p: &Principal,
         scope: Option<&str>,
     ) -> Option<CredentialError> {
+        if self.broker.is_shared(&self.upstream) || self.broker.is_exchanged(&self.upstream) {
+            return None;
+        }
         let user = person(p).ok()?;
         let wanted = scope?;
         let url = self

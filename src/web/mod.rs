@@ -222,6 +222,7 @@ impl Gateway {
             store.clone(),
             auth.contexts.clone(),
             clock.clone(),
+            Some(signer.clone()),
         )?;
         if let Some(b) = &broker {
             b.purge_changed().await.map_err(|e| e.to_string())?;

@@ -805,3 +805,86 @@ async fn an_upstream_reached_with_the_gateways_service_identity_needs_no_connect
         .unwrap();
     assert_eq!(r.status(), 303, "sign-in first");
 }
+
+#[tokio::test]
+async fn token_exchange_gets_each_person_their_own_upstream_token_without_connecting() {
+    let Some(up) = Upstream::start(&[("EXCHANGE", "gw-exchange")]).await else {
+        return;
+    };
+    let url = up.url.clone();
+    let gw = TestGateway::start_with(move |c| {
+        c.keys.encryption = vec![SHARED_KEY.into()];
+        c.broker.allow_http_loopback = true;
+        c.upstreams.push(
+            serde_json::from_value(json!({
+                "name": "linear",
+                "url": url,
+                "credentials": {
+                    "type": "oauth",
+                    "grant": "token_exchange",
+                    "client_id": "gw-exchange",
+                },
+            }))
+            .unwrap(),
+        );
+    })
+    .await;
+    let resource = format!("{}/mcp/linear", gw.base);
+    let alice = authorize_for(&gw, "alice", &resource).await;
+    let bob = authorize_for(&gw, "bob", &resource).await;
+    // The upstream's server does not trust the gateway yet: the exchange is refused, and the
+    // call says so (nothing the person could connect would help).
+    let r = TestGateway::http()
+        .post(gw.url("/mcp/linear"))
+        .bearer_auth(&alice.access_token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "token_hint", "arguments": {}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let a: Value = r.json().await.unwrap();
+    assert!(
+        a["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("token endpoint refused: HTTP 400: invalid_grant no trusted issuer"),
+        "{a}"
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{}/test/trust", up.auth))
+        .json(&json!({"issuer": gw.base}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ha = hint_of(&tool(&gw, &alice.access_token, "2025-11-25", "token_hint").await);
+    let hb = hint_of(&tool(&gw, &bob.access_token, "2025-11-25", "token_hint").await);
+    assert_ne!(ha, hb, "each person their own token");
+    assert_eq!(
+        hint_of(&tool(&gw, &alice.access_token, "2025-11-25", "token_hint").await),
+        ha,
+        "kept, not exchanged on every call"
+    );
+    let stats = up.stats().await;
+    assert_eq!(stats["exchanges"], 2);
+    let alice_id = gw.store.user_by_name("alice").await.unwrap().unwrap().id;
+    assert_eq!(
+        stats["subjects"][0],
+        alice_id.as_str(),
+        "the subject is the person"
+    );
+    // Refused upstream: exchanged afresh for the retry.
+    up.steer("expire-access").await;
+    let again = hint_of(&tool(&gw, &alice.access_token, "2025-11-25", "token_hint").await);
+    assert_ne!(again, ha);
+    assert_eq!(up.stats().await["exchanges"], 3);
+    let (_, list) = api(
+        &gw,
+        &alice.access_token,
+        reqwest::Method::GET,
+        "/connections",
+    )
+    .await;
+    assert_eq!(list["connections"][0]["state"], "exchanged");
+}

@@ -8,7 +8,9 @@
 //   ROTATE=1              rotate refresh tokens on use
 //   NO_REFRESH=1          issue no refresh tokens
 //   CIMD=1                accept Client ID Metadata Documents (fetched from the client id URL)
-//   SERVICE=id:secret     a client that may use the client_credentials grant (Basic auth)
+//   SERVICE=id:secret     a client that may use the client_credentials grant
+//   EXCHANGE=id           a client that may use token exchange (RFC 8693) with a JWT subject
+//                         token from the issuer the test names at POST /test/trust
 //
 // The test reads and steers it at the authorization server's /test/* paths: `stats`
 // (counts, and a hint of each access token the MCP server saw), `expire-access` (every
@@ -22,6 +24,7 @@ import { InvalidGrantError, InvalidTokenError } from '@modelcontextprotocol/sdk/
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import { z } from 'zod';
+import { createRemoteJWKSet, jwtVerify } from 'jose';
 
 const MCP_PORT = Number(process.env.MCP_PORT);
 const AUTH_PORT = Number(process.env.AUTH_PORT);
@@ -32,7 +35,8 @@ const mcpUrl = new URL(`http://127.0.0.1:${MCP_PORT}/mcp`);
 const issuer = new URL(`http://127.0.0.1:${AUTH_PORT}`);
 
 const hint = (t) => createHash('sha256').update(t).digest('hex').slice(0, 16);
-const stats = { registrations: 0, codes: 0, refreshes: 0, revocations: 0, documents: 0, services: 0, seen: [] };
+const stats = { registrations: 0, codes: 0, refreshes: 0, revocations: 0, documents: 0, services: 0, exchanges: 0, subjects: [], seen: [] };
+let trusted = null;
 const clients = new Map();
 const codes = new Map();
 const access = new Map();
@@ -147,6 +151,33 @@ if (process.env.SERVICE) {
     const out = issue(id, (req.body.scope || '').split(' ').filter(Boolean), mcpUrl.href);
     delete out.refresh_token;
     res.json(out);
+  });
+}
+if (process.env.EXCHANGE) {
+  auth.use(express.json());
+  auth.post('/test/trust', (req, res) => {
+    trusted = { issuer: req.body.issuer, keys: createRemoteJWKSet(new URL(`${req.body.issuer}/.well-known/jwks.json`)) };
+    res.json({ ok: true });
+  });
+  auth.post('/token', express.urlencoded({ extended: false }), async (req, res, next) => {
+    if (req.body.grant_type !== 'urn:ietf:params:oauth:grant-type:token-exchange') return next();
+    if (req.body.client_id !== process.env.EXCHANGE) return res.status(401).json({ error: 'invalid_client' });
+    if (req.body.subject_token_type !== 'urn:ietf:params:oauth:token-type:jwt') {
+      return res.status(400).json({ error: 'invalid_request' });
+    }
+    if (!trusted) return res.status(400).json({ error: 'invalid_grant', error_description: 'no trusted issuer' });
+    if (req.body.resource !== mcpUrl.href) return res.status(400).json({ error: 'invalid_target' });
+    try {
+      // The subject token must be the trusted issuer's, addressed to this server.
+      const { payload } = await jwtVerify(req.body.subject_token, trusted.keys, { issuer: trusted.issuer, audience: issuer.href });
+      stats.exchanges++;
+      stats.subjects.push(payload.sub);
+      const out = issue(process.env.EXCHANGE, (req.body.scope || '').split(' ').filter(Boolean), mcpUrl.href);
+      delete out.refresh_token;
+      res.json({ ...out, issued_token_type: 'urn:ietf:params:oauth:token-type:access_token' });
+    } catch (e) {
+      res.status(400).json({ error: 'invalid_grant', error_description: String(e.message) });
+    }
   });
 }
 auth.use(mcpAuthRouter({
