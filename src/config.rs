@@ -1235,6 +1235,14 @@ impl Config {
                     ));
                 }
             }
+            if matches!(u.credentials, UpstreamCredentials::Oauth { .. })
+                && self.authorization.mode == AuthorizationMode::External
+            {
+                return Err(Invalid::at(
+                    key("credentials"),
+                    "OAuth upstreams need the gateway's own sign-in and pages, which the external mode does not serve",
+                ));
+            }
             if matches!(u.credentials, UpstreamCredentials::Oauth { .. }) && u.url.is_none() {
                 return Err(Invalid::at(
                     key("credentials"),

@@ -64,7 +64,7 @@ pub async fn probe(
             if configured.is_some() || (cimd && d.server.client_id_metadata_document_supported) =>
         {
             let client_id = configured.clone().unwrap_or_else(|| {
-                registration::client_metadata_url(&config.public_url(), published)
+                registration::client_metadata_url(&config.public_url(), published, name)
             });
             Some(Ok(registration::Registered {
                 client_id,
@@ -79,7 +79,8 @@ pub async fn probe(
         Ok(d) => {
             let keys = config.keys.encryption_keys().map_err(|e| e.to_string())?;
             let public = config.public_url();
-            let settings = registration::settings_fingerprint(url.as_str(), &public);
+            let settings = service::oauth_settings(config, upstream)
+                .unwrap_or_else(|| registration::settings_fingerprint(url.as_str(), &public));
             Some(
                 registration::register(
                     name,
@@ -139,7 +140,11 @@ pub async fn probe(
                     ) {
                         (_, true) => format!(
                             "Client ID Metadata Documents (the gateway's is {}{})",
-                            registration::client_metadata_url(&config.public_url(), published),
+                            registration::client_metadata_url(
+                                &config.public_url(),
+                                published,
+                                name
+                            ),
                             if cimd {
                                 ""
                             } else {

@@ -55,31 +55,41 @@ pub fn settings_fingerprint(upstream_url: &str, public_url: &str) -> String {
     crate::crypto::hex(&h.finalize()[..16])
 }
 
-/// Where the upstream's authorization server sends the browser back to the gateway.
-pub fn redirect_uri(public_url: &str) -> String {
-    format!("{}/connect/callback", public_url.trim_end_matches('/'))
+/// Where the upstream's authorization server sends the browser back to the gateway: one
+/// address per upstream, so that an answer arriving at another upstream's address (a mix-up,
+/// RFC 9700 §4.4) is refused.
+pub fn redirect_uri(public_url: &str, upstream: &str) -> String {
+    format!(
+        "{}/connect/callback/{upstream}",
+        public_url.trim_end_matches('/')
+    )
 }
 
-/// The gateway's Client ID Metadata Document: its address is its client id at servers that
-/// accept such documents. `configured`: `[broker] client_metadata_url`, when the operator
-/// publishes it elsewhere.
-pub fn client_metadata_url(public_url: &str, configured: Option<&str>) -> String {
+/// The gateway's Client ID Metadata Document for `upstream`: its address is the client id
+/// at servers that accept such documents, one per upstream (each names only that upstream's
+/// redirect URI). `configured`: `[broker] client_metadata_url`, one document the operator
+/// publishes elsewhere, naming every upstream's redirect URI.
+pub fn client_metadata_url(public_url: &str, configured: Option<&str>, upstream: &str) -> String {
     match configured {
         Some(u) => u.to_string(),
         None => format!(
-            "{}/connect/client-metadata.json",
+            "{}/connect/clients/{upstream}",
             public_url.trim_end_matches('/')
         ),
     }
 }
 
-/// The document itself: a public client using PKCE, with the connect flow's redirect URI.
-pub fn client_metadata(public_url: &str, configured: Option<&str>) -> Value {
+/// The document itself: a public client using PKCE, with the redirect URIs of `upstreams`.
+pub fn client_metadata(public_url: &str, client_id: &str, upstreams: &[&str]) -> Value {
+    let redirects: Vec<String> = upstreams
+        .iter()
+        .map(|u| redirect_uri(public_url, u))
+        .collect();
     json!({
-        "client_id": client_metadata_url(public_url, configured),
+        "client_id": client_id,
         "client_name": "mcp-oauth-gateway",
         "client_uri": public_url,
-        "redirect_uris": [redirect_uri(public_url)],
+        "redirect_uris": redirects,
         "grant_types": ["authorization_code", "refresh_token"],
         "response_types": ["code"],
         "token_endpoint_auth_method": "none",
@@ -151,7 +161,7 @@ pub async fn register(
     })?;
     let mut body = json!({
         "client_name": "mcp-oauth-gateway",
-        "redirect_uris": [redirect_uri(public_url)],
+        "redirect_uris": [redirect_uri(public_url, upstream)],
         "grant_types": ["authorization_code", "refresh_token"],
         "response_types": ["code"],
         "token_endpoint_auth_method": "none",

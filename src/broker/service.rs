@@ -74,6 +74,8 @@ pub enum BrokerError {
     OtherSession,
     #[error("the authorization server answered as `{found}`, not as `{expected}`")]
     WrongIssuer { expected: String, found: String },
+    #[error("the answer arrived at another upstream's address; nothing was stored")]
+    WrongRedirect,
     #[error("the authorization server did not say who it is (`iss`), as it promised to")]
     MissingIssuer,
     #[error("the authorization was not given: {0}")]
@@ -155,6 +157,8 @@ pub struct ConnectPlan {
 
 /// The gateway as an OAuth client of its upstreams.
 pub struct Broker {
+    /// Itself, for work that must outlive the call that started it (a leased refresh).
+    me: std::sync::Weak<Broker>,
     upstreams: HashMap<String, OAuthUpstream>,
     store: SharedStore,
     contexts: LoginContexts,
@@ -189,6 +193,35 @@ pub fn settings_of(
     sha2::Digest::update(&mut h, [0]);
     sha2::Digest::update(&mut h, client_id.unwrap_or("").as_bytes());
     crypto::hex(&sha2::Digest::finalize(h)[..16])
+}
+
+/// The settings fingerprint of an OAuth upstream as configured (the running gateway and the
+/// operator's probe must agree, or each would forget the other's registration): its URL, the
+/// gateway's address, the scopes, the client (configured, or where the gateway's metadata
+/// document is published) and the grant.
+pub fn oauth_settings(config: &Config, u: &crate::config::UpstreamConfig) -> Option<String> {
+    let UpstreamCredentials::Oauth {
+        scopes,
+        client_id,
+        grant,
+        ..
+    } = &u.credentials
+    else {
+        return None;
+    };
+    let url = Url::parse(u.url.as_deref()?).ok()?;
+    // `v2`: one redirect URI per upstream (registrations made with the shared one go).
+    let client = format!(
+        "v2#{}#{grant:?}#{}",
+        client_id.as_deref().unwrap_or(""),
+        config.broker.client_metadata_url.as_deref().unwrap_or("")
+    );
+    Some(settings_of(
+        url.as_str(),
+        &config.public_url(),
+        scopes,
+        Some(&client),
+    ))
 }
 
 fn token_row(user: &str, upstream: &str, issuer: &str) -> String {
@@ -242,23 +275,16 @@ impl Broker {
             };
             let shared = *grant == crate::config::OauthGrant::ClientCredentials;
             let exchange = *grant == crate::config::OauthGrant::TokenExchange;
-            // The grant is part of what the stored tokens depend on.
-            let client_key = client_id.as_deref().map(|c| {
-                if shared {
-                    format!("{c}#client_credentials")
-                } else if exchange {
-                    format!("{c}#token_exchange")
-                } else {
-                    c.to_string()
-                }
-            });
+            let Some(settings) = oauth_settings(config, u) else {
+                continue;
+            };
             let Some(raw) = &u.url else { continue };
             let url = Url::parse(raw).map_err(|e| format!("upstream `{}`: url: {e}", u.name))?;
             upstreams.insert(
                 u.name.clone(),
                 OAuthUpstream {
                     name: u.name.clone(),
-                    settings: settings_of(url.as_str(), &public_url, scopes, client_key.as_deref()),
+                    settings,
                     shared,
                     exchange,
                     url,
@@ -291,7 +317,8 @@ impl Broker {
             config.server.egress_proxy.as_deref(),
         )
         .map_err(|e| e.to_string())?;
-        Ok(Some(Arc::new(Self {
+        Ok(Some(Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             upstreams,
             store,
             contexts,
@@ -352,9 +379,28 @@ impl Broker {
         self.upstreams.get(name).is_some_and(|u| u.exchange)
     }
 
-    /// Where the operator publishes the gateway's client metadata document, if elsewhere.
-    pub fn published_client_metadata_url(&self) -> Option<&str> {
-        self.client_metadata_url.as_deref()
+    /// The gateway's client metadata document: for `upstream`, or (`None`) the one the
+    /// operator publishes elsewhere, naming every upstream's redirect URI.
+    pub fn client_metadata(&self, upstream: Option<&str>) -> Option<serde_json::Value> {
+        match upstream {
+            Some(name) => {
+                let u = self.upstreams.get(name)?;
+                let id = registration::client_metadata_url(&self.public_url, None, &u.name);
+                Some(registration::client_metadata(
+                    &self.public_url,
+                    &id,
+                    &[&u.name],
+                ))
+            }
+            None => {
+                let id = self.client_metadata_url.as_deref()?;
+                Some(registration::client_metadata(
+                    &self.public_url,
+                    id,
+                    &self.names(),
+                ))
+            }
+        }
     }
 
     /// Refreshes this instance has made.
@@ -434,7 +480,7 @@ impl Broker {
             )
         {
             return Ok(ClientIdentity {
-                client_id: registration::client_metadata_url(&self.public_url, published),
+                client_id: registration::client_metadata_url(&self.public_url, published, &u.name),
                 secret: None,
             });
         }
@@ -579,7 +625,7 @@ impl Broker {
                 .append_pair("client_id", &client.client_id)
                 .append_pair(
                     "redirect_uri",
-                    &registration::redirect_uri(&self.public_url),
+                    &registration::redirect_uri(&self.public_url, name),
                 )
                 .append_pair("code_challenge", &crypto::pkce_s256_challenge(&verifier))
                 .append_pair("code_challenge_method", "S256")
@@ -593,10 +639,25 @@ impl Broker {
         Ok(url.into())
     }
 
+    /// A way back in a browser that is not signed in: the flow its `state` names is used up
+    /// (nobody can finish it later, in any browser), and nothing is stored.
+    pub async fn abandon(&self, params: &HashMap<String, String>) {
+        if let Some(state) = params
+            .get("state")
+            .filter(|s| !s.is_empty() && s.len() <= 200)
+        {
+            let _ = self
+                .store
+                .take_upstream_connect(&crypto::hash_secret(state), self.clock.now())
+                .await;
+        }
+    }
+
     /// The way back from the upstream's authorization server, in the browser session
     /// `session_hash`: the upstream's name once the tokens are in the vault.
     pub async fn finish(
         &self,
+        via: &str,
         params: &HashMap<String, String>,
         session_hash: &str,
     ) -> Result<String, BrokerError> {
@@ -614,6 +675,11 @@ impl Broker {
         };
         if !crypto::constant_time_eq(rec.session_hash.as_bytes(), session_hash.as_bytes()) {
             return Err(BrokerError::OtherSession);
+        }
+        // The answer came back at another upstream's address: a mix-up (or a mistake).
+        if rec.upstream != via {
+            tracing::warn!(target: "audit", event = "upstream.connect_failed", upstream = %rec.upstream, arrived_for = via, reason = "wrong_redirect_uri");
+            return Err(BrokerError::WrongRedirect);
         }
         let name = rec.upstream.clone();
         let audit_fail = |reason: &str| {
@@ -673,7 +739,7 @@ impl Broker {
                 "the gateway's registration changed during the flow; start again".into(),
             ));
         }
-        let redirect = registration::redirect_uri(&self.public_url);
+        let redirect = registration::redirect_uri(&self.public_url, &name);
         let answer = self
             .token_request(
                 &u.url,
@@ -719,26 +785,57 @@ impl Broker {
         expires_at: Option<Timestamp>,
         connected_at: Timestamp,
     ) -> Result<(), BrokerError> {
+        self.write_tokens(
+            u,
+            user_id,
+            issuer,
+            set,
+            scope,
+            expires_at,
+            connected_at,
+            false,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Seals and stores a token set: a new row (or replacing one) after a connect flow, or
+    /// with `refreshed`, only into the row that still exists (false when it is gone).
+    #[allow(clippy::too_many_arguments)]
+    async fn write_tokens(
+        &self,
+        u: &OAuthUpstream,
+        user_id: &str,
+        issuer: &str,
+        set: TokenSet,
+        scope: &str,
+        expires_at: Option<Timestamp>,
+        connected_at: Timestamp,
+        refreshed: bool,
+    ) -> Result<bool, BrokerError> {
         let plain = serde_json::to_vec(&set).map_err(|e| BrokerError::Sealing(e.to_string()))?;
         let sealed = self
             .contexts
             .seal_as(&token_row(user_id, &u.name, issuer), &plain)
             .map_err(|e| BrokerError::Sealing(e.to_string()))?;
-        self.store
-            .put_upstream_token(&UpstreamTokenRecord {
-                user_id: user_id.to_string(),
-                upstream: u.name.clone(),
-                issuer: issuer.to_string(),
-                sealed,
-                status: CONNECTED.into(),
-                scope: scope.to_string(),
-                expires_at,
-                settings: u.settings.clone(),
-                connected_at,
-                updated_at: self.clock.now(),
-            })
-            .await?;
-        Ok(())
+        let record = UpstreamTokenRecord {
+            user_id: user_id.to_string(),
+            upstream: u.name.clone(),
+            issuer: issuer.to_string(),
+            sealed,
+            status: CONNECTED.into(),
+            scope: scope.to_string(),
+            expires_at,
+            settings: u.settings.clone(),
+            connected_at,
+            updated_at: self.clock.now(),
+        };
+        if refreshed {
+            Ok(self.store.update_upstream_token(&record).await?)
+        } else {
+            self.store.put_upstream_token(&record).await?;
+            Ok(true)
+        }
     }
 
     fn open(&self, r: &UpstreamTokenRecord) -> Option<TokenSet> {
@@ -780,7 +877,14 @@ impl Broker {
             Some(secret) => Some((client.client_id.as_str(), secret.as_str())),
         };
         let (status, body) = self
-            .post_form(upstream, &endpoint, &form, basic, MAX_TOKEN_RESPONSE)
+            .post_form(
+                upstream,
+                &d.server.issuer,
+                &endpoint,
+                &form,
+                basic,
+                MAX_TOKEN_RESPONSE,
+            )
             .await
             .map_err(|e| BrokerError::TokenFailed(e.to_string()))?;
         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -1020,12 +1124,16 @@ impl Broker {
     async fn post_form(
         &self,
         upstream: &Url,
+        issuer: &str,
         url: &Url,
         form: &[(&str, &str)],
         basic: Option<(&str, &str)>,
         max: usize,
     ) -> Result<(u16, Vec<u8>), crate::net::FetchError> {
-        if url.origin() == upstream.origin() {
+        // Only when the authorization server itself lives there: a stranger's document
+        // naming an address on the upstream's origin gets the guarded fetcher.
+        let own = Url::parse(issuer).is_ok_and(|i| i.origin() == upstream.origin());
+        if own && url.origin() == upstream.origin() {
             let request = crate::net::form_request(&self.client, url, form, basic);
             crate::net::bounded(request, max).await
         } else {
@@ -1034,12 +1142,13 @@ impl Broker {
     }
 
     /// The access token to send for `user_id`: refreshed first when it is about to expire.
-    /// `Err(ConnectFirst)` when there is no usable connection.
+    /// `Ok(None)` when the person has never connected (the request may go without a token);
+    /// `Err(ConnectFirst)` when a connection exists but cannot be used.
     pub async fn access_token(
         &self,
         name: &str,
         user_id: &str,
-    ) -> Result<String, crate::proxy::CredentialError> {
+    ) -> Result<Option<String>, crate::proxy::CredentialError> {
         let connect = |why: &str| crate::proxy::CredentialError::ConnectFirst {
             url: self.connect_url(name, None),
             message: format!(
@@ -1053,7 +1162,7 @@ impl Broker {
             )));
         };
         if u.shared {
-            return self.shared_token(u).await;
+            return self.shared_token(u).await.map(Some);
         }
         let row = self
             .store
@@ -1061,9 +1170,7 @@ impl Broker {
             .await
             .map_err(|_| unavailable("the vault cannot be read now"))?;
         let Some(row) = row.filter(|r| r.settings == u.settings) else {
-            return Err(connect(
-                "Your account at this upstream is not connected yet.",
-            ));
+            return Ok(None);
         };
         if row.status != CONNECTED {
             return Err(connect("Your connection to this upstream stopped working."));
@@ -1074,14 +1181,20 @@ impl Broker {
             ));
         };
         let now = self.clock.now();
-        if row.expires_at.is_some_and(|e| e - REFRESH_AHEAD <= now) {
+        // Without a refresh token the token is used until it really expires.
+        let margin = if set.refresh_token.is_some() {
+            REFRESH_AHEAD
+        } else {
+            0
+        };
+        if row.expires_at.is_some_and(|e| e - margin <= now) {
             return match self.refresh(u, user_id, &set.access_token).await {
-                Refreshed::Token(t) => Ok(t),
+                Refreshed::Token(t) => Ok(Some(t)),
                 Refreshed::Broken => Err(connect("Your connection to this upstream expired.")),
                 Refreshed::Unavailable(why) => Err(unavailable(&why)),
             };
         }
-        Ok(set.access_token)
+        Ok(Some(set.access_token))
     }
 
     /// "Connect first" for `user_id`, after the upstream refused a request that carried no
@@ -1191,7 +1304,37 @@ impl Broker {
                 .lease_upstream_token(user_id, &u.name, now, now + LEASE_SECS)
                 .await;
             match leased {
-                Ok(true) => return self.refresh_leased(u, user_id, &row, set).await,
+                Ok(true) => {
+                    // What another instance stored between our read and our lease counts.
+                    let again = self.store.upstream_token(user_id, &u.name).await;
+                    let Ok(Some(row)) = again else {
+                        let _ = self.store.release_upstream_token(user_id, &u.name).await;
+                        return Refreshed::Broken;
+                    };
+                    let Some(set) = self.open(&row) else {
+                        let _ = self.store.release_upstream_token(user_id, &u.name).await;
+                        return Refreshed::Broken;
+                    };
+                    let now = self.clock.now();
+                    if set.access_token != stale
+                        && row.status == CONNECTED
+                        && row.expires_at.is_none_or(|e| e - REFRESH_AHEAD > now)
+                    {
+                        let _ = self.store.release_upstream_token(user_id, &u.name).await;
+                        return Refreshed::Token(set.access_token);
+                    }
+                    // In a task of its own: a caller that goes away (the client hung up)
+                    // must not lose a rotated refresh token or leave the lease held.
+                    let Some(me) = self.me.upgrade() else {
+                        return self.refresh_leased(u, user_id, &row, set).await;
+                    };
+                    let (u, user) = (u.clone(), user_id.to_string());
+                    let task =
+                        tokio::spawn(async move { me.refresh_leased(&u, &user, &row, set).await });
+                    return task.await.unwrap_or_else(|_| {
+                        Refreshed::Unavailable("the refresh did not finish".into())
+                    });
+                }
                 Ok(false) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -1275,7 +1418,7 @@ impl Broker {
                 let scope = a.scope.clone().unwrap_or_else(|| row.scope.clone());
                 let token = a.access_token.clone();
                 let stored = self
-                    .store_tokens(
+                    .write_tokens(
                         u,
                         user_id,
                         &row.issuer,
@@ -1288,10 +1431,13 @@ impl Broker {
                         &scope,
                         a.expires_in.map(|s| now + s),
                         row.connected_at,
+                        true,
                     )
                     .await;
                 match stored {
-                    Ok(()) => {
+                    // Disconnected (or removed) while this refresh ran: it stays gone.
+                    Ok(false) => Refreshed::Broken,
+                    Ok(true) => {
                         tracing::info!(target: "audit", event = "upstream.refreshed", upstream = %u.name, user = user_id);
                         Refreshed::Token(token)
                     }
@@ -1342,7 +1488,7 @@ impl Broker {
                 Some(s) => Some((client.client_id.as_str(), s.as_str())),
             };
             match self
-                .post_form(&u.url, &endpoint, &form, basic, 16 * 1024)
+                .post_form(&u.url, &d.server.issuer, &endpoint, &form, basic, 16 * 1024)
                 .await
             {
                 Ok((200, _)) => {}

@@ -63,9 +63,11 @@ impl VaultCredential {
 
 #[async_trait]
 impl CredentialSource for VaultCredential {
-    /// Without a usable connection the request goes as any client's first one would, with
-    /// no token: an upstream that lets it through answers it; one that wants a token says so
-    /// in its `401` challenge (with the scope it wants), and the person is asked to connect.
+    /// Without a connection the request goes as any client's first one would, with no token:
+    /// an upstream that lets it through answers it; one that wants a token says so in its
+    /// `401` challenge (with the scope it wants), and the person is asked to connect. A
+    /// connection that exists but cannot be used asks to reconnect at once (never a silent
+    /// anonymous call).
     async fn apply(&self, p: &Principal, h: &mut HeaderMap) -> Result<(), CredentialError> {
         let token = if self.broker.is_exchanged(&self.upstream) {
             self.broker.exchanged_token(&self.upstream, p).await?
@@ -73,11 +75,11 @@ impl CredentialSource for VaultCredential {
             match self
                 .broker
                 .access_token(&self.upstream, self.slot(p)?)
-                .await
+                .await?
             {
-                Ok(t) => t,
-                Err(CredentialError::ConnectFirst { .. }) => return Ok(()),
-                Err(e) => return Err(e),
+                Some(t) => t,
+                // Never connected: as any client's first request, without a token.
+                None => return Ok(()),
             }
         };
         tracing::debug!(target: "audit", event = "upstream.token_used", upstream = %self.upstream, user = ?p.user_id, client_id = %p.client_id);

@@ -647,6 +647,9 @@ pub trait BrokerStore: Send + Sync {
     ) -> StoreResult<Option<UpstreamTokenRecord>>;
     /// Stores a token set, replacing the row of the same user and upstream (and its lease).
     async fn put_upstream_token(&self, record: &UpstreamTokenRecord) -> StoreResult<()>;
+    /// Replaces an existing row's token set (a refresh), freeing its lease; false when the row
+    /// is gone (disconnected or removed meanwhile), which it does not bring back.
+    async fn update_upstream_token(&self, record: &UpstreamTokenRecord) -> StoreResult<bool>;
     /// Marks a row `connected` or `broken`; false when there is none.
     async fn set_upstream_token_status(
         &self,

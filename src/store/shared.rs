@@ -1413,6 +1413,27 @@ impl BrokerStore for $store {
         .map(|_| ())
     }
 
+    async fn update_upstream_token(&self, t: &UpstreamTokenRecord) -> StoreResult<bool> {
+        sqlx::query(
+            "UPDATE upstream_tokens SET issuer = $3, sealed = $4, status = $5, scope = $6,
+               expires_at = $7, settings = $8, updated_at = $9, lease_until = 0
+             WHERE user_id = $1 AND upstream = $2",
+        )
+        .bind(&t.user_id)
+        .bind(&t.upstream)
+        .bind(&t.issuer)
+        .bind(&t.sealed)
+        .bind(&t.status)
+        .bind(&t.scope)
+        .bind(t.expires_at)
+        .bind(&t.settings)
+        .bind(t.updated_at)
+        .execute(self.writer())
+        .await
+        .map_err(backend)
+        .map(|r| r.rows_affected() == 1)
+    }
+
     async fn set_upstream_token_status(
         &self,
         user_id: &str,

@@ -303,10 +303,13 @@ pub async fn connect_start(
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// `GET /connect/callback` (the redirect URI registered upstream): bounced under the
-/// browser path, where the session cookie goes.
-pub async fn callback(State(app): State<App>, uri: Uri) -> Response {
-    let mut to = format!("{}/connect-return", app.auth.browser_path());
+/// `GET /connect/callback/{upstream}` (the redirect URI registered upstream): bounced under
+/// the browser path, where the session cookie goes.
+pub async fn callback(State(app): State<App>, Path(upstream): Path<String>, uri: Uri) -> Response {
+    if !app.broker.as_ref().is_some_and(|b| b.has(&upstream)) {
+        return broker_page_error(BrokerError::UnknownUpstream(upstream)).into_response();
+    }
+    let mut to = format!("{}/connect-return/{upstream}", app.auth.browser_path());
     if let Some(q) = uri.query() {
         to.push('?');
         to.push_str(q);
@@ -316,17 +319,24 @@ pub async fn callback(State(app): State<App>, uri: Uri) -> Response {
 
 /// `GET …/authorize/connect-return`: the code becomes tokens in the vault, for the person
 /// of this browser session who started it, or nothing is stored.
-pub async fn connect_return(State(app): State<App>, headers: HeaderMap, uri: Uri) -> Response {
+pub async fn connect_return(
+    State(app): State<App>,
+    Path(via): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
     let result: Result<Response, PageError> = async {
         let b = broker(&app)?;
         let Some((secret, _)) = signed_in(&app, &headers).await? else {
+            // Used up here, so that the address cannot be finished in another browser.
+            b.abandon(&query(&uri)).await;
             return Err(PageError {
                 status: 403,
                 message: "This browser is not signed in to the gateway, or not as the person who started this connection.".into(),
             });
         };
         let name = b
-            .finish(&query(&uri), &crate::crypto::hash_secret(&secret))
+            .finish(&via, &query(&uri), &crate::crypto::hash_secret(&secret))
             .await
             .map_err(broker_page_error)?;
         Ok(page(
@@ -372,8 +382,10 @@ pub async fn disconnect(
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// The JSON API's caller: a gateway access token for any of its resources.
-async fn api_user(app: &App, headers: &HeaderMap) -> Result<String, Response> {
+/// The JSON API's caller: a gateway access token for an OAuth upstream's resource, which
+/// speaks for that person about that upstream only (a token for another resource — one an
+/// unrelated client holds — cannot list or end this connection). Returns (person, upstream).
+async fn api_user(app: &App, headers: &HeaderMap) -> Result<(String, String), Response> {
     let unauthorized = |m: &str| {
         (
             StatusCode::UNAUTHORIZED,
@@ -386,11 +398,13 @@ async fn api_user(app: &App, headers: &HeaderMap) -> Result<String, Response> {
     if token.is_none() {
         return Err(unauthorized("a bearer token is required"));
     }
-    for r in &app.auth.resources {
-        match app.auth.check_bearer(token, &r.url, &[]).await {
+    let oauth = |name: &str| app.broker.as_ref().is_some_and(|b| b.has(name));
+    for r in app.auth.resources.iter().filter(|r| oauth(&r.name)) {
+        match app.auth.check_bearer(token, &r.url, &r.scopes).await {
             Ok(p) => {
                 return p
                     .user_id
+                    .map(|u| (u, r.name.clone()))
                     .ok_or_else(|| unauthorized("this token acts for no person"));
             }
             Err(crate::authorization::token::BearerError::Unavailable) => {
@@ -403,7 +417,9 @@ async fn api_user(app: &App, headers: &HeaderMap) -> Result<String, Response> {
             Err(_) => {}
         }
     }
-    Err(unauthorized("the access token is not valid"))
+    Err(unauthorized(
+        "the access token is not valid for an upstream that needs a connected account",
+    ))
 }
 
 fn api_error(e: BrokerError) -> Response {
@@ -420,7 +436,7 @@ fn api_error(e: BrokerError) -> Response {
 
 /// `GET /connections`: this person's connections.
 pub async fn api_list(State(app): State<App>, headers: HeaderMap) -> Response {
-    let user = match api_user(&app, &headers).await {
+    let (user, upstream) = match api_user(&app, &headers).await {
         Ok(u) => u,
         Err(r) => return r,
     };
@@ -428,7 +444,13 @@ pub async fn api_list(State(app): State<App>, headers: HeaderMap) -> Response {
         return no_store(axum::Json(json!({"connections": []})).into_response());
     };
     match b.statuses(&user).await {
-        Ok(list) => no_store(axum::Json(json!({"connections": list})).into_response()),
+        Ok(list) => {
+            let list: Vec<_> = list
+                .into_iter()
+                .filter(|c| c.upstream == upstream)
+                .collect();
+            no_store(axum::Json(json!({"connections": list})).into_response())
+        }
         Err(e) => api_error(e),
     }
 }
@@ -440,8 +462,12 @@ pub async fn api_start(
     Path(upstream): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = api_user(&app, &headers).await {
-        return r;
+    match api_user(&app, &headers).await {
+        Err(r) => return r,
+        Ok((_, allowed)) if allowed != upstream => {
+            return api_error(BrokerError::UnknownUpstream(upstream));
+        }
+        Ok(_) => {}
     }
     match &app.broker {
         Some(b) if b.has(&upstream) => no_store(
@@ -458,7 +484,8 @@ pub async fn api_disconnect(
     headers: HeaderMap,
 ) -> Response {
     let user = match api_user(&app, &headers).await {
-        Ok(u) => u,
+        Ok((u, allowed)) if allowed == upstream => u,
+        Ok(_) => return api_error(BrokerError::UnknownUpstream(upstream)),
         Err(r) => return r,
     };
     let Some(b) = &app.broker else {
@@ -470,18 +497,27 @@ pub async fn api_disconnect(
     }
 }
 
-/// `GET /connect/client-metadata.json`: the gateway's Client ID Metadata Document, which
-/// upstream authorization servers fetch when its address is the client id.
-pub async fn client_metadata(State(app): State<App>) -> Response {
-    let public = app.auth.settings.issuer.clone();
-    let published = app
-        .broker
-        .as_ref()
-        .and_then(|b| b.published_client_metadata_url());
-    let mut resp = axum::Json(crate::broker::registration::client_metadata(
-        &public, published,
-    ))
-    .into_response();
+/// `GET /connect/clients/{upstream}`: the gateway's Client ID Metadata Document for one
+/// upstream, which its authorization server fetches when this address is the client id.
+pub async fn client_metadata(State(app): State<App>, Path(upstream): Path<String>) -> Response {
+    document(
+        app.broker
+            .as_ref()
+            .and_then(|b| b.client_metadata(Some(&upstream))),
+    )
+}
+
+/// `GET /connect/client-metadata.json`: the one document naming every upstream's redirect
+/// URI, for an operator who publishes it at `[broker] client_metadata_url`.
+pub async fn published_client_metadata(State(app): State<App>) -> Response {
+    document(app.broker.as_ref().and_then(|b| b.client_metadata(None)))
+}
+
+fn document(doc: Option<serde_json::Value>) -> Response {
+    let Some(doc) = doc else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let mut resp = axum::Json(doc).into_response();
     resp.headers_mut().insert(
         axum::http::header::CACHE_CONTROL,
         axum::http::HeaderValue::from_static("public, max-age=3600"),

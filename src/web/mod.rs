@@ -389,8 +389,12 @@ impl Gateway {
                 .route(&format!("{base}/introspect"), post(oauth::introspect))
                 .route(&format!("{base}/connections"), get(connect::api_list))
                 .route(
-                    &format!("{base}/connect/client-metadata.json"),
+                    &format!("{base}/connect/clients/{{upstream}}"),
                     get(connect::client_metadata),
+                )
+                .route(
+                    &format!("{base}/connect/client-metadata.json"),
+                    get(connect::published_client_metadata),
                 )
                 .route(
                     &format!("{base}/connections/{{upstream}}"),
@@ -443,10 +447,13 @@ impl Gateway {
                 get(connect::connect_page).post(connect::connect_start),
             )
             .route(
-                &format!("{base}/authorize/connect-return"),
+                &format!("{base}/authorize/connect-return/{{upstream}}"),
                 get(connect::connect_return),
             )
-            .route(&format!("{base}/connect/callback"), get(connect::callback));
+            .route(
+                &format!("{base}/connect/callback/{{upstream}}"),
+                get(connect::callback),
+            );
         let browser = if external { Router::new() } else { browser };
         let mut protected = Router::new();
         for r in &app.auth.resources {

@@ -186,7 +186,7 @@ pub async fn finish_connect(
     assert_eq!(r.status(), 302, "{}", r.text().await.unwrap());
     let callback = location(&r);
     assert!(
-        callback.starts_with(&format!("{}/connect/callback?", gw.base)),
+        callback.starts_with(&format!("{}/connect/callback/linear?", gw.base)),
         "{callback}"
     );
     come_back(gw, browser, &callback).await
@@ -343,6 +343,17 @@ async fn people_connect_their_own_accounts_and_calls_carry_their_own_tokens() {
     assert_eq!(started["connect_url"], connect_url.as_str());
     let (s, _) = api(&gw, "mog_at_forged", reqwest::Method::GET, "/connections").await;
     assert_eq!(s, 401);
+    // A token for another resource (whoami) speaks for nobody about this connection.
+    let whoami = crate::support::authorize_user(&gw, "alice").await;
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let path = if method == reqwest::Method::GET {
+            "/connections"
+        } else {
+            "/connections/linear"
+        };
+        let (s, _) = api(&gw, &whoami.access_token, method, path).await;
+        assert_eq!(s, 401);
+    }
     let (s, _) = api(
         &gw,
         &alice.access_token,
@@ -465,7 +476,20 @@ async fn a_way_back_in_another_browser_replayed_forged_or_denied_stores_nothing(
     let Some(up) = Upstream::start(&[]).await else {
         return;
     };
-    let gw = TestGateway::start_with(with_oauth_upstream(&up.url, None)).await;
+    let configure = with_oauth_upstream(&up.url, None);
+    let other = up.url.clone();
+    let gw = TestGateway::start_with(move |c| {
+        configure(c);
+        c.upstreams.push(
+            serde_json::from_value(json!({
+                "name": "other",
+                "url": other,
+                "credentials": {"type": "oauth"},
+            }))
+            .unwrap(),
+        );
+    })
+    .await;
     let (alice_browser, mallory_browser) = (TestGateway::browser(), TestGateway::browser());
     let alice_id = |gw: &TestGateway| {
         let store = gw.store.clone();
@@ -493,6 +517,20 @@ async fn a_way_back_in_another_browser_replayed_forged_or_denied_stores_nothing(
     let callback = location(&r);
     let (s, _) = come_back(&gw, &TestGateway::browser(), &callback).await;
     assert_eq!(s, 403);
+    // ... and that used the flow up: pasted into the browser that started it, it is void.
+    let (s, page) = come_back(&gw, &alice_browser, &callback).await;
+    assert_eq!(s, 400, "{page}");
+    assert!(page.contains("expired or was already used"), "{page}");
+
+    // An answer arriving at another upstream's address (a mix-up): refused, used up.
+    let authorize = start_connect(&gw, &alice_browser, "alice").await;
+    let r = alice_browser.get(&authorize).send().await.unwrap();
+    let mixed = location(&r).replace("/connect/callback/linear?", "/connect/callback/other?");
+    let (s, page) = come_back(&gw, &alice_browser, &mixed).await;
+    assert_eq!(s, 400, "{page}");
+    assert!(page.contains("another upstream"), "{page}");
+    let (s, _) = come_back(&gw, &alice_browser, &location(&r)).await;
+    assert_eq!(s, 400, "the flow is void afterwards");
 
     // Denied at the upstream, with markup in the description: shown inert, nothing stored.
     let authorize = start_connect(&gw, &alice_browser, "alice").await;
@@ -504,7 +542,7 @@ async fn a_way_back_in_another_browser_replayed_forged_or_denied_stores_nothing(
         .1
         .to_string();
     let forged = format!(
-        "{}/connect/callback?{}",
+        "{}/connect/callback/linear?{}",
         gw.base,
         url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs([
@@ -706,17 +744,17 @@ async fn a_server_that_takes_client_metadata_documents_reads_the_gateways_own() 
         return;
     };
     let gw = TestGateway::start_with(with_oauth_upstream(&up.url, None)).await;
-    let doc: Value = reqwest::get(gw.url("/connect/client-metadata.json"))
+    let doc: Value = reqwest::get(gw.url("/connect/clients/linear"))
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let id = format!("{}/connect/client-metadata.json", gw.base);
+    let id = format!("{}/connect/clients/linear", gw.base);
     assert_eq!(doc["client_id"], id.as_str());
     assert_eq!(
         doc["redirect_uris"],
-        json!([format!("{}/connect/callback", gw.base)])
+        json!([format!("{}/connect/callback/linear", gw.base)])
     );
     assert_eq!(doc["token_endpoint_auth_method"], "none");
     let alice = authorize_for(&gw, "alice", &format!("{}/mcp/linear", gw.base)).await;
