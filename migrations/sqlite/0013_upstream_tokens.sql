@@ -26,5 +26,6 @@ CREATE TABLE upstream_connects (
     upstream TEXT NOT NULL,
     issuer TEXT NOT NULL,
     sealed BLOB NOT NULL,
+    settings TEXT NOT NULL,
     expires_at INTEGER NOT NULL
 );

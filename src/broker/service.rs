@@ -615,6 +615,7 @@ impl Broker {
                 upstream: name.to_string(),
                 issuer: d.server.issuer.clone(),
                 sealed,
+                settings: u.settings.clone(),
                 expires_at: self.clock.now() + CONNECT_TTL,
             })
             .await?;

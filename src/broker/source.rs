@@ -63,6 +63,10 @@ impl VaultCredential {
 
 #[async_trait]
 impl CredentialSource for VaultCredential {
+    fn hides_challenge(&self) -> bool {
+        true
+    }
+
     /// Without a connection the request goes as any client's first one would, with no token:
     /// an upstream that lets it through answers it; one that wants a token says so in its
     /// `401` challenge (with the scope it wants), and the person is asked to connect. A

@@ -71,6 +71,11 @@ pub trait CredentialSource: Send + Sync {
     ) -> AfterUnauthorized {
         AfterUnauthorized::GiveUp
     }
+    /// Whether the upstream's `WWW-Authenticate` challenges are its business with this
+    /// source (kept from the MCP client), as with an upstream's own OAuth.
+    fn hides_challenge(&self) -> bool {
+        false
+    }
     /// The upstream refused the retried request too (`401` after a renewal): an error to
     /// answer instead of relaying it, or `None`.
     async fn still_unauthorized(&self, _principal: &Principal) -> Option<CredentialError> {

@@ -570,7 +570,7 @@ impl Proxy {
         headers: &HeaderMap,
         body: Bytes,
     ) -> Result<(http::response::Parts, hyper::body::Incoming), ProxyError> {
-        let (parts, incoming, sent) = self
+        let (mut parts, incoming, sent) = self
             .send_once(
                 upstream,
                 principal,
@@ -611,6 +611,15 @@ impl Proxy {
                 .await
         {
             return Err(ProxyError::Credential(e));
+        }
+        // The upstream's own challenge names its own authorization server: relayed, it would
+        // send the MCP client off to a sign-in that is the gateway's business.
+        if matches!(
+            parts.status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        ) && upstream.credential.hides_challenge()
+        {
+            parts.headers.remove(header::WWW_AUTHENTICATE);
         }
         Ok((parts, incoming))
     }

@@ -234,6 +234,7 @@ pub const TABLES: &[Table] = &[
             ("upstream", Text),
             ("issuer", Text),
             ("sealed", Bytes),
+            ("settings", Text),
             ("expires_at", Int),
         ],
     },

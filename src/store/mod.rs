@@ -623,6 +623,8 @@ pub struct UpstreamConnectRecord {
     pub issuer: String,
     /// The PKCE verifier and what the token request needs, sealed.
     pub sealed: Vec<u8>,
+    /// The upstream's settings fingerprint when it began.
+    pub settings: String,
     pub expires_at: Timestamp,
 }
 
@@ -662,7 +664,7 @@ pub trait BrokerStore: Send + Sync {
     /// One person's rows, or everyone's.
     async fn upstream_tokens(&self, user_id: Option<&str>)
     -> StoreResult<Vec<UpstreamTokenRecord>>;
-    /// Forgets an upstream's tokens (and connect flows) made under other settings.
+    /// Forgets an upstream's tokens and connect flows made under other settings.
     async fn purge_upstream_tokens(&self, upstream: &str, settings: &str) -> StoreResult<u64>;
     /// Takes the row's refresh lease until `until` when nobody holds it at `now`: true when
     /// taken. Held across instances; released by [`Self::put_upstream_token`] or
@@ -675,6 +677,7 @@ pub trait BrokerStore: Send + Sync {
         until: Timestamp,
     ) -> StoreResult<bool>;
     async fn release_upstream_token(&self, user_id: &str, upstream: &str) -> StoreResult<()>;
+    /// Stores a connect flow; a person has at most five under way per upstream (the oldest go).
     async fn put_upstream_connect(&self, record: &UpstreamConnectRecord) -> StoreResult<()>;
     /// Removes and returns the connect flow of `state_hash` if it has not expired: once.
     async fn take_upstream_connect(

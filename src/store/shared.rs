@@ -1486,9 +1486,11 @@ impl BrokerStore for $store {
             .await
             .map_err(backend)?
             .rows_affected();
-        // A flow begun under the old settings would store a token under the new ones.
-        sqlx::query("DELETE FROM upstream_connects WHERE upstream = $1")
+        // A flow begun under the old settings would store a token under the new ones; flows
+        // under the current ones (a rolling restart) go on.
+        sqlx::query("DELETE FROM upstream_connects WHERE upstream = $1 AND settings <> $2")
             .bind(upstream)
+            .bind(settings)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
@@ -1528,9 +1530,20 @@ impl BrokerStore for $store {
     }
 
     async fn put_upstream_connect(&self, c: &UpstreamConnectRecord) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
         sqlx::query(
-            "INSERT INTO upstream_connects (state_hash, user_id, session_hash, upstream, issuer, sealed, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "DELETE FROM upstream_connects WHERE user_id = $1 AND upstream = $2
+               AND state_hash NOT IN (SELECT state_hash FROM upstream_connects
+                 WHERE user_id = $1 AND upstream = $2 ORDER BY expires_at DESC LIMIT 4)",
+        )
+        .bind(&c.user_id)
+        .bind(&c.upstream)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        sqlx::query(
+            "INSERT INTO upstream_connects (state_hash, user_id, session_hash, upstream, issuer, sealed, settings, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&c.state_hash)
         .bind(&c.user_id)
@@ -1538,11 +1551,12 @@ impl BrokerStore for $store {
         .bind(&c.upstream)
         .bind(&c.issuer)
         .bind(&c.sealed)
+        .bind(&c.settings)
         .bind(c.expires_at)
-        .execute(self.writer())
+        .execute(&mut *tx)
         .await
-        .map_err(backend)
-        .map(|_| ())
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)
     }
 
     async fn take_upstream_connect(
@@ -1552,7 +1566,7 @@ impl BrokerStore for $store {
     ) -> StoreResult<Option<UpstreamConnectRecord>> {
         let row = sqlx::query(
             "DELETE FROM upstream_connects WHERE state_hash = $1
-             RETURNING user_id, session_hash, upstream, issuer, sealed, expires_at",
+             RETURNING user_id, session_hash, upstream, issuer, sealed, settings, expires_at",
         )
         .bind(state_hash)
         .fetch_optional(self.writer())
@@ -1570,6 +1584,7 @@ impl BrokerStore for $store {
             upstream: r.try_get("upstream").map_err(backend)?,
             issuer: r.try_get("issuer").map_err(backend)?,
             sealed: r.try_get("sealed").map_err(backend)?,
+            settings: r.try_get("settings").map_err(backend)?,
             expires_at,
         }))
     }

@@ -47,11 +47,18 @@ async fn signed_in(app: &App, headers: &HeaderMap) -> Result<Option<(String, Str
     let Some(secret) = oauth::session_cookie(app, headers) else {
         return Ok(None);
     };
-    Ok(app
+    let Some(session) = app.auth.session(&secret).await? else {
+        return Ok(None);
+    };
+    // A person removed or disabled since (their sessions end then; this closes the race).
+    let live = app
         .auth
-        .session(&secret)
-        .await?
-        .map(|s| (secret, s.user_id)))
+        .store
+        .user_by_id(&session.user_id)
+        .await
+        .map_err(crate::authorization::OAuthError::from)?
+        .is_some_and(|u| u.disabled_at.is_none());
+    Ok(live.then_some((secret, session.user_id)))
 }
 
 fn page(status: StatusCode, body: String) -> Response {

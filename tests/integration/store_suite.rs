@@ -804,6 +804,7 @@ async fn the_vault_leases_refreshes_and_takes_connect_flows_once() {
             upstream: "linear".into(),
             issuer: "https://a.example".into(),
             sealed: vec![4],
+            settings: "s1".into(),
             expires_at,
         };
         s.put_upstream_connect(&flow("h1", NOW + 600))
@@ -830,18 +831,37 @@ async fn the_vault_leases_refreshes_and_takes_connect_flows_once() {
             s.take_upstream_connect("h2", NOW).await.unwrap().is_none(),
             "and gone"
         );
-        // Changed settings: rows made under the old ones go, and flows under way with them.
+        // At most five flows per person and upstream: the oldest go.
+        for i in 0..7 {
+            s.put_upstream_connect(&flow(&format!("m{i}"), NOW + 600 + i))
+                .await
+                .unwrap();
+        }
+        assert!(s.take_upstream_connect("m0", NOW).await.unwrap().is_none());
+        assert!(s.take_upstream_connect("m1", NOW).await.unwrap().is_none());
+        for i in 2..7 {
+            let taken = s
+                .take_upstream_connect(&format!("m{i}"), NOW)
+                .await
+                .unwrap();
+            assert!(taken.is_some(), "{} m{i}", e.name);
+        }
+        // Unchanged settings (a restart) keep flows under way; changed ones forget them.
         s.put_upstream_connect(&flow("h3", NOW + 600))
             .await
             .unwrap();
         assert_eq!(s.purge_upstream_tokens("linear", "s1").await.unwrap(), 0);
-        assert!(s.take_upstream_connect("h3", NOW).await.unwrap().is_none());
+        assert!(s.take_upstream_connect("h3", NOW).await.unwrap().is_some());
+        s.put_upstream_connect(&flow("h4", NOW + 600))
+            .await
+            .unwrap();
         assert_eq!(
             s.purge_upstream_tokens("linear", "s2").await.unwrap(),
             2,
             "{}",
             e.name
         );
+        assert!(s.take_upstream_connect("h4", NOW).await.unwrap().is_none());
         assert!(s.upstream_tokens(None).await.unwrap().is_empty());
         // Disconnecting deletes one row.
         s.put_upstream_token(&row(&user, "s2")).await.unwrap();
@@ -1203,6 +1223,7 @@ async fn store_copy_moves_a_sqlite_installation_to_postgres_losing_nothing() {
             upstream: "linear".into(),
             issuer: "https://mcp.linear.app".into(),
             sealed: vec![1],
+            settings: "s1".into(),
             expires_at: a.now() + 600,
         })
         .await
