@@ -926,3 +926,80 @@ async fn token_exchange_gets_each_person_their_own_upstream_token_without_connec
     .await;
     assert_eq!(list["connections"][0]["state"], "exchanged");
 }
+
+#[tokio::test]
+async fn a_real_client_is_told_to_connect_in_its_own_protocol_and_then_just_works() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let Some(up) = Upstream::start(&[("ANON_INIT", "1")]).await else {
+        return;
+    };
+    let Some(node) = crate::js::node() else {
+        return;
+    };
+    let gw = TestGateway::start_with(with_oauth_upstream(&up.url, None)).await;
+    let resource = format!("{}/mcp/linear", gw.base);
+    let alice = authorize_for(&gw, "alice", &resource).await;
+    let mut child = tokio::process::Command::new(node)
+        .arg(crate::js::js_dir().join("connect-required.mjs"))
+        .current_dir(crate::js::js_dir())
+        .env("MCP_URL", &resource)
+        .env("MCP_TOKEN", &alice.access_token)
+        .env("MCP_TOOL", "token_hint")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    // The SDK initialized (the upstream lets anyone), then its tool call was answered with
+    // MCP's URL-elicitation-required error, which the SDK surfaces as such.
+    assert_eq!(first["code"], -32042, "{first}");
+    assert_eq!(first["name"], "UrlElicitationRequiredError", "{first}");
+    let url = first["elicitations"][0]["url"].as_str().unwrap();
+    assert_eq!(url, format!("{}/authorize/connect/linear", gw.base));
+    // The person opens it and connects; the same client session then just works.
+    connect(&gw, &TestGateway::browser(), "alice").await;
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"go\n")
+        .await
+        .unwrap();
+    let second: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    let text = second["text"].as_str().unwrap();
+    assert_eq!(text.len(), 16, "a token's hint, not anonymous: {second}");
+}
+
+#[tokio::test]
+async fn a_token_endpoint_that_redirects_is_not_followed() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // A listener that only counts who connects: where the redirect points.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    let _task = tokio::spawn(async move {
+        while let Ok((_c, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let target = format!("http://127.0.0.1:{port}/steal");
+    let Some(up) = Upstream::start(&[("TOKEN_REDIRECT", target.as_str())]).await else {
+        return;
+    };
+    let gw = TestGateway::start_with(with_oauth_upstream(&up.url, None)).await;
+    let browser = TestGateway::browser();
+    let authorize = start_connect(&gw, &browser, "alice").await;
+    let (s, page) = finish_connect(&gw, &browser, &authorize).await;
+    assert_eq!(s, 502, "{page}");
+    assert!(page.contains("HTTP 302"), "{page}");
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        0,
+        "the redirect was not followed"
+    );
+    assert!(gw.store.upstream_tokens(None).await.unwrap().is_empty());
+}

@@ -9,6 +9,8 @@
 //   NO_REFRESH=1          issue no refresh tokens
 //   CIMD=1                accept Client ID Metadata Documents (fetched from the client id URL)
 //   SERVICE=id:secret     a client that may use the client_credentials grant
+//   TOKEN_REDIRECT=url    the token endpoint answers 302 to url (a client must not follow)
+//   ANON_INIT=1           initialize and notifications need no token (tools do)
 //   EXCHANGE=id           a client that may use token exchange (RFC 8693) with a JWT subject
 //                         token from the issuer the test names at POST /test/trust
 //
@@ -153,6 +155,9 @@ if (process.env.SERVICE) {
     res.json(out);
   });
 }
+if (process.env.TOKEN_REDIRECT) {
+  auth.post('/token', (_req, res) => res.redirect(302, process.env.TOKEN_REDIRECT));
+}
 if (process.env.EXCHANGE) {
   auth.use(express.json());
   auth.post('/test/trust', (req, res) => {
@@ -212,13 +217,18 @@ const bearer = requireBearerAuth({
   requiredScopes: [],
   resourceMetadataUrl: getOAuthProtectedResourceMetadataUrl(mcpUrl),
 });
-app.post('/mcp', bearer, async (req, res) => {
-  stats.seen.push(hint(req.auth.token));
+const maybeBearer = (req, res, next) => {
+  const m = req.body?.method;
+  if (process.env.ANON_INIT === '1' && (m === 'initialize' || m?.startsWith('notifications/'))) return next();
+  return bearer(req, res, next);
+};
+app.post('/mcp', maybeBearer, async (req, res) => {
+  if (req.auth) stats.seen.push(hint(req.auth.token));
   const server = new McpServer({ name: 'broker-upstream', version: '1.0.0' });
   server.registerTool('token_hint', {
     description: 'A hint of the access token this call carried',
     inputSchema: {},
-  }, async (_args, extra) => ({ content: [{ type: 'text', text: hint(extra.authInfo.token) }] }));
+  }, async (_args, extra) => ({ content: [{ type: 'text', text: extra.authInfo ? hint(extra.authInfo.token) : 'anonymous' }] }));
   server.registerTool('echo', {
     description: 'Echoes its text',
     inputSchema: { text: z.string() },
