@@ -770,6 +770,10 @@ pub enum UpstreamCredentials {
         client_id: Option<String>,
         #[serde(default)]
         client_secret: Option<Secret>,
+        /// Ask each person to connect right after they consent to a client for this
+        /// upstream (before the client gets its code), rather than at their first call.
+        #[serde(default)]
+        connect_on_consent: bool,
         /// `authorization_code` (the default): each person connects their own account.
         /// `client_credentials`: one service identity for everyone (the configured client),
         /// its token kept in one shared vault slot; nobody connects anything.
@@ -1821,7 +1825,14 @@ impl UpstreamCredentials {
                 client_id,
                 client_secret,
                 grant,
+                connect_on_consent,
             } => {
+                if *connect_on_consent && *grant != OauthGrant::AuthorizationCode {
+                    return Err(Invalid::at(
+                        key("connect_on_consent"),
+                        "only people who connect their own account (grant = authorization_code) connect anything",
+                    ));
+                }
                 if *grant == OauthGrant::TokenExchange && client_id.is_none() {
                     return Err(Invalid::at(
                         key("grant"),

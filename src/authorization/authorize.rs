@@ -967,6 +967,18 @@ impl AuthorizationServer {
         self.session_ttl
     }
 
+    /// The resource of a pending request, checked as its forms are (handle, form token, this
+    /// browser); `None` for none.
+    pub async fn pending_resource(
+        &self,
+        handle: &str,
+        csrf: &str,
+        binding: Option<&str>,
+    ) -> Result<Option<String>, PageError> {
+        let (p, _) = self.pending_for_form(handle, csrf, binding).await?;
+        Ok(Some(p.resource))
+    }
+
     /// POST of the consent form.
     pub async fn submit_consent(
         &self,

@@ -54,6 +54,8 @@ pub struct OAuthUpstream {
     /// Each person's token obtained by token exchange (RFC 8693) with the gateway's
     /// assertion about them as the subject token.
     pub exchange: bool,
+    /// Connect right after consenting to a client for this upstream.
+    pub connect_on_consent: bool,
 }
 
 /// The vault slot of an upstream reached with the gateway's own service identity.
@@ -122,6 +124,9 @@ struct Leg {
     client_id: String,
     scope: String,
     resource: String,
+    /// The authorization request (handle and form token) whose code waits for this flow.
+    #[serde(default)]
+    then: Option<(String, String)>,
 }
 
 /// The client the gateway is at an authorization server.
@@ -144,6 +149,14 @@ pub struct ConnectionStatus {
     pub connected_at: Option<Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
+}
+
+/// A connect flow that ended well: the upstream, and the authorization request whose code
+/// was waiting for it, if any.
+#[derive(Debug)]
+pub struct Finished {
+    pub upstream: String,
+    pub then: Option<(String, String)>,
 }
 
 /// What the confirmation page names before a connect flow starts.
@@ -269,6 +282,7 @@ impl Broker {
                 client_id,
                 client_secret,
                 grant,
+                connect_on_consent,
             } = &u.credentials
             else {
                 continue;
@@ -287,6 +301,7 @@ impl Broker {
                     settings,
                     shared,
                     exchange,
+                    connect_on_consent: *connect_on_consent && !shared && !exchange,
                     url,
                     scopes: scopes.clone(),
                     client_id: client_id.clone(),
@@ -372,6 +387,20 @@ impl Broker {
     /// Reached with the gateway's own service identity (nobody connects).
     pub fn is_shared(&self, name: &str) -> bool {
         self.upstreams.get(name).is_some_and(|u| u.shared)
+    }
+
+    /// Whether `user_id`, having just consented to a client for `name`, should connect it
+    /// first: the upstream asks for it and they have no connection yet.
+    pub async fn connect_before_code(&self, name: &str, user_id: &str) -> bool {
+        let Some(u) = self.upstreams.get(name).filter(|u| u.connect_on_consent) else {
+            return false;
+        };
+        match self.store.upstream_token(user_id, name).await {
+            Ok(None) => true,
+            Ok(Some(r)) => r.settings != u.settings || r.status != CONNECTED,
+            // The vault cannot be read: the code is not held back for it.
+            Err(_) => false,
+        }
     }
 
     /// Each person's token comes from token exchange (nobody connects).
@@ -572,6 +601,7 @@ impl Broker {
         user_id: &str,
         session_hash: &str,
         more: Option<&str>,
+        then: Option<(String, String)>,
     ) -> Result<String, BrokerError> {
         if more.is_some_and(|s| !valid_scope(s)) {
             return Err(BrokerError::BadScope);
@@ -601,6 +631,7 @@ impl Broker {
             client_id: client.client_id.clone(),
             scope: scope.clone(),
             resource: d.resource.clone(),
+            then,
         };
         let plain = serde_json::to_vec(&leg).map_err(|e| BrokerError::Sealing(e.to_string()))?;
         let sealed = self
@@ -661,7 +692,7 @@ impl Broker {
         via: &str,
         params: &HashMap<String, String>,
         session_hash: &str,
-    ) -> Result<String, BrokerError> {
+    ) -> Result<Finished, BrokerError> {
         let state = params.get("state").map(String::as_str).unwrap_or("");
         if state.is_empty() || state.len() > 200 {
             return Err(BrokerError::UnknownState);
@@ -772,7 +803,10 @@ impl Broker {
         )
         .await?;
         tracing::info!(target: "audit", event = "upstream.connected", upstream = %name, user = %rec.user_id, issuer = %rec.issuer);
-        Ok(name)
+        Ok(Finished {
+            upstream: name,
+            then: leg.then,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -268,11 +268,41 @@ pub async fn connect_page(
         let action = format!("{}/connect/{}", app.auth.browser_path(), upstream);
         Ok(page(
             StatusCode::OK,
-            pages::connect(&plan, &action, &form_token("page", &secret), scope),
+            pages::connect(&plan, &action, &form_token("page", &secret), scope, None),
         ))
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Right after the person consented to a client for `upstream`: the connect page, with the
+/// authorization request that waits for it (its code is issued when the flow comes back, or
+/// at once if the person goes on without connecting).
+pub(super) async fn connect_first_page(
+    app: &App,
+    b: &Broker,
+    upstream: &str,
+    secret: &str,
+    request: &str,
+    csrf: &str,
+) -> Response {
+    match b.plan(upstream, None).await {
+        Ok(plan) => page(
+            StatusCode::OK,
+            pages::connect(
+                &plan,
+                &format!("{}/connect/{upstream}", app.auth.browser_path()),
+                &form_token("page", secret),
+                None,
+                Some((
+                    request,
+                    csrf,
+                    &format!("{}/consent", app.auth.browser_path()),
+                )),
+            ),
+        ),
+        Err(e) => broker_page_error(e).into_response(),
+    }
 }
 
 /// `POST …/authorize/connect/{upstream}`: confirmed; off to the upstream's server.
@@ -295,12 +325,17 @@ pub async fn connect_start(
             });
         }
         let session_hash = crate::crypto::hash_secret(&secret);
+        let then = match (p.get("then_request"), p.get("then_csrf")) {
+            (Some(r), Some(c)) if r.len() <= 100 && c.len() <= 100 => Some((r.clone(), c.clone())),
+            _ => None,
+        };
         let url = b
             .start(
                 &upstream,
                 &user,
                 &session_hash,
                 p.get("scope").map(String::as_str),
+                then,
             )
             .await
             .map_err(broker_page_error)?;
@@ -342,13 +377,20 @@ pub async fn connect_return(
                 message: "This browser is not signed in to the gateway, or not as the person who started this connection.".into(),
             });
         };
-        let name = b
+        let done = b
             .finish(&via, &query(&uri), &crate::crypto::hash_secret(&secret))
             .await
             .map_err(broker_page_error)?;
+        // An application's code was waiting for this connection: on to it.
+        if let Some((request, csrf)) = &done.then {
+            return Ok(oauth::approve_waiting(&app, &headers, request, csrf).await);
+        }
         Ok(page(
             StatusCode::OK,
-            pages::connected(&name, &format!("{}/connections", app.auth.browser_path())),
+            pages::connected(
+                &done.upstream,
+                &format!("{}/connections", app.auth.browser_path()),
+            ),
         ))
     }
     .await;

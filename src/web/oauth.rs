@@ -309,7 +309,15 @@ pub(super) async fn read_page_form(
 ) -> Result<std::collections::HashMap<String, String>, PageError> {
     let p = read_form(app, headers, body).await.map_err(page_error)?;
     let mut out = std::collections::HashMap::new();
-    for k in ["csrf", "source", "username", "password", "scope"] {
+    for k in [
+        "csrf",
+        "source",
+        "username",
+        "password",
+        "scope",
+        "then_request",
+        "then_csrf",
+    ] {
         if let Some(v) = p.get(k).map_err(page_error)? {
             out.insert(k.to_string(), v.to_string());
         }
@@ -581,16 +589,60 @@ pub async fn consent(State(app): State<App>, headers: HeaderMap, body: Body) -> 
         };
         let user = session_user(&app, &headers).await?;
         let binding = cookie(&app, &headers, BINDING_COOKIE);
+        // An upstream that wants its connection made first: the connect page now, the code
+        // once it is done (the request waits, unused).
+        let later = p.get("connect").map_err(page_error)? == Some("later");
+        if allow
+            && !later
+            && let (Some(session), Some(secret)) = (&user, session_cookie(&app, &headers))
+            && let Some(upstream) = app
+                .auth
+                .pending_resource(request, csrf, binding.as_deref())
+                .await?
+                .and_then(|r| app.auth.resources.iter().find(|x| x.url == r))
+                .map(|r| r.name.clone())
+            && let Some(b) = &app.broker
+            && b.connect_before_code(&upstream, &session.user_id).await
+        {
+            return Ok(Err(super::connect::connect_first_page(
+                &app, b, &upstream, &secret, request, csrf,
+            )
+            .await));
+        }
         app.auth
             .submit_consent(request, csrf, allow, user, binding.as_deref())
             .await
+            .map(Ok)
     }
     .await;
     let resp = match result {
-        Ok(step) => render_step(&app, step, true),
+        Ok(Ok(step)) => render_step(&app, step, true),
+        Ok(Err(page)) => page,
         Err(e) => e.into_response(),
     };
     forget_stale_cookies(&app, &headers, resp)
+}
+
+/// After a connect flow that an authorization request waited for: the request is approved
+/// now, as its consent form would have, and the client gets its code.
+pub(super) async fn approve_waiting(
+    app: &App,
+    headers: &HeaderMap,
+    handle: &str,
+    csrf: &str,
+) -> Response {
+    let result = async {
+        let user = session_user(app, headers).await?;
+        let binding = cookie(app, headers, BINDING_COOKIE);
+        app.auth
+            .submit_consent(handle, csrf, true, user, binding.as_deref())
+            .await
+    }
+    .await;
+    match result {
+        Ok(step) => render_step(app, step, false),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// `GET /logout`: the sign-out page lives under the browser path, where the cookies are.

@@ -274,6 +274,7 @@ pub fn connect(
     action: &str,
     csrf: &str,
     more_scope: Option<&str>,
+    then: Option<(&str, &str, &str)>,
 ) -> String {
     let scopes: String = plan
         .scope
@@ -289,6 +290,24 @@ pub fn connect(
             )
         })
         .unwrap_or_default();
+    // Right after consenting to a client: the client's code waits for this, and the person
+    // may go on without connecting.
+    let (waiting, skip) = match then {
+        Some((request, then_csrf, consent_action)) => (
+            format!(
+                r#"<input type="hidden" name="then_request" value="{r}"><input type="hidden" name="then_csrf" value="{c}">"#,
+                r = escape(request),
+                c = escape(then_csrf)
+            ),
+            format!(
+                r#"<form method="post" action="{a}"><input type="hidden" name="request" value="{r}"><input type="hidden" name="csrf" value="{c}"><input type="hidden" name="connect" value="later"><button type="submit" name="decision" value="allow">Not now: continue to the application</button></form>"#,
+                a = escape(consent_action),
+                r = escape(request),
+                c = escape(then_csrf)
+            ),
+        ),
+        None => (String::new(), String::new()),
+    };
     layout(
         "Connect an account",
         &format!(
@@ -296,9 +315,10 @@ pub fn connect(
 <p>The gateway will call <code>{url}</code> for you with your own account there. You sign in at its authorization server, <strong>{issuer}</strong>, next.</p>
 <p>It asks for:</p><ul>{scopes}</ul>
 <form method="post" action="{action}">
-<input type="hidden" name="csrf" value="{csrf}">{more}
+<input type="hidden" name="csrf" value="{csrf}">{more}{waiting}
 <button type="submit">Connect</button>
 </form>
+{skip}
 <p class="muted">Started this yourself? If you did not expect this page, close it.</p>"#,
             name = escape(&plan.upstream),
             url = escape(&plan.upstream_url),

@@ -1003,3 +1003,134 @@ async fn a_token_endpoint_that_redirects_is_not_followed() {
     );
     assert!(gw.store.upstream_tokens(None).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn an_upstream_marked_so_is_connected_right_after_consent_before_the_client_gets_its_code() {
+    use crate::support::{Pkce, authorize_params, query_of};
+    let Some(up) = Upstream::start(&[]).await else {
+        return;
+    };
+    let configure = with_oauth_upstream(&up.url, None);
+    let gw = TestGateway::start_with(move |c| {
+        configure(c);
+        if let Some(mcp_oauth_gateway::config::UpstreamCredentials::Oauth {
+            connect_on_consent,
+            ..
+        }) = c.upstreams.last_mut().map(|u| &mut u.credentials)
+        {
+            *connect_on_consent = true;
+        }
+    })
+    .await;
+    let resource = format!("{}/mcp/linear", gw.base);
+    let redirect = "http://127.0.0.1:9999/callback";
+    let client_id = gw.register_public(redirect).await;
+    // Up to the consent page, then "allow".
+    let consent = |user: &'static str| {
+        let (gw, client_id, resource) = (&gw, client_id.clone(), resource.clone());
+        async move {
+            let browser = TestGateway::browser();
+            let pkce = Pkce::new();
+            let params = authorize_params(&client_id, redirect, &pkce, &resource);
+            let url = url::Url::parse_with_params(&gw.url("/authorize"), &params).unwrap();
+            let page = browser.get(url).send().await.unwrap().text().await.unwrap();
+            let (request, csrf) = (
+                hidden(&page, "request").unwrap(),
+                hidden(&page, "csrf").unwrap(),
+            );
+            let r = browser
+                .post(gw.url("/authorize/login"))
+                .form(&[
+                    ("request", request.as_str()),
+                    ("csrf", csrf.as_str()),
+                    ("username", user),
+                    ("password", PASSWORD),
+                ])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let r = browser
+                .post(gw.url("/authorize/consent"))
+                .form(&[
+                    ("request", request.as_str()),
+                    ("csrf", csrf.as_str()),
+                    ("decision", "allow"),
+                ])
+                .send()
+                .await
+                .unwrap();
+            // Not back to the client yet: the connect page, its code waiting.
+            assert_eq!(r.status(), 200);
+            let page = r.text().await.unwrap();
+            assert!(page.contains("Connect your account at linear"), "{page}");
+            assert!(page.contains("Not now"), "{page}");
+            (browser, page, pkce)
+        }
+    };
+    let token_for = |location: String, pkce: Pkce| {
+        let (gw, client_id, resource) = (&gw, client_id.clone(), resource.clone());
+        async move {
+            let q = query_of(&location);
+            let (s, t) = gw
+                .post_form(
+                    "/token",
+                    &[
+                        ("grant_type", "authorization_code"),
+                        ("code", q.get("code").expect("a code")),
+                        ("redirect_uri", redirect),
+                        ("client_id", &client_id),
+                        ("code_verifier", &pkce.verifier),
+                        ("resource", &resource),
+                    ],
+                )
+                .await;
+            assert_eq!(s, 200, "{t}");
+            t["access_token"].as_str().unwrap().to_string()
+        }
+    };
+
+    // Alice connects there and then; her client gets its code afterwards, and its first call
+    // goes out with her upstream token.
+    let (browser, page, pkce) = consent("alice").await;
+    let r = browser
+        .post(gw.url("/authorize/connect/linear"))
+        .form(&[
+            ("csrf", hidden(&page, "csrf").unwrap().as_str()),
+            (
+                "then_request",
+                hidden(&page, "then_request").unwrap().as_str(),
+            ),
+            ("then_csrf", hidden(&page, "then_csrf").unwrap().as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let r = browser.get(location(&r)).send().await.unwrap();
+    let r = browser.get(location(&r)).send().await.unwrap();
+    let back = gw.url(&location(&r));
+    let r = browser.get(back).send().await.unwrap();
+    let to_client = location(&r);
+    assert!(to_client.starts_with(redirect), "{to_client}");
+    let token = token_for(to_client, pkce).await;
+    hint_of(&tool(&gw, &token, "2025-11-25", "token_hint").await);
+
+    // Bob goes on without connecting: his client gets its code at once; he connects later.
+    let (browser, page, pkce) = consent("bob").await;
+    let r = browser
+        .post(gw.url("/authorize/consent"))
+        .form(&[
+            ("request", hidden(&page, "then_request").unwrap().as_str()),
+            ("csrf", hidden(&page, "then_csrf").unwrap().as_str()),
+            ("connect", "later"),
+            ("decision", "allow"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let token = token_for(location(&r), pkce).await;
+    let b = tool(&gw, &token, "2025-11-25", "token_hint").await;
+    assert_eq!(b["error"]["code"], -32042, "{b}");
+}
