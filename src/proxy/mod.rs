@@ -146,6 +146,14 @@ pub enum ProxyError {
     /// No credential could be put on the request.
     #[error(transparent)]
     Credential(CredentialError),
+    /// The person must connect at `url` first; `declared`: whether this client said at
+    /// `initialize` that it opens URLs for the user (URL-mode elicitation), when known.
+    #[error("{message}")]
+    ConnectRequired {
+        url: String,
+        message: String,
+        declared: Option<bool>,
+    },
 }
 
 impl ProxyError {
@@ -168,7 +176,8 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             // A JSON-RPC error that says where to go, read like any answer to the call.
-            Self::Credential(CredentialError::ConnectFirst { .. }) => StatusCode::OK,
+            Self::Credential(CredentialError::ConnectFirst { .. })
+            | Self::ConnectRequired { .. } => StatusCode::OK,
             Self::Credential(CredentialError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -189,6 +198,8 @@ pub struct Proxy {
     /// never changes owner, so the cache can only be stale about a session that has ended
     /// (on another instance), for at most its lifetime — and then the upstream refuses it.
     sessions_seen: std::sync::Arc<crate::cache::TtlCache<String>>,
+    /// Per (owner, upstream, session): whether the client declared URL-mode elicitation.
+    url_elicitation: crate::cache::TtlCache<bool>,
 }
 
 /// How long a confirmed session binding is trusted without asking the store.
@@ -329,6 +340,7 @@ impl Proxy {
             limits: Limits::new(&config.proxy),
             signer,
             sessions_seen,
+            url_elicitation: crate::cache::TtlCache::new(24 * 3600, 100_000),
             settings: config.proxy.clone(),
             body_timeout: Duration::from_secs(config.server.body_read_timeout_secs),
             store,
@@ -371,16 +383,60 @@ impl Proxy {
             .as_ref()
             .map_or(Value::Null, message::Body::reply_id);
         let body = without_gateway_state(body, message.as_ref());
-        self.forward_read(
-            upstream,
-            principal,
-            parts,
-            body,
-            message.as_ref(),
-            in_flight,
-        )
-        .await
-        .map_err(|e| (e, id))
+        // What an `initialize` declares (URL-mode elicitation), and the session it belongs to
+        // afterwards: how a later "connect first" is answered.
+        let initialize = message
+            .as_ref()
+            .and_then(message::Body::single)
+            .is_some_and(|m| m.method.as_deref() == Some("initialize"));
+        let declared_now = initialize.then(|| declares_url_elicitation(&body));
+        let session_key = |sid: &str| format!("{}\n{}\n{sid}", owner_of(principal), upstream.name);
+        let asked_session = parts
+            .headers
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let result = self
+            .forward_read(
+                upstream,
+                principal,
+                parts,
+                body,
+                message.as_ref(),
+                in_flight,
+            )
+            .await;
+        match result {
+            Ok(resp) => {
+                if let Some(declared) = declared_now
+                    && let Some(sid) = resp
+                        .headers()
+                        .get(SESSION_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                {
+                    self.url_elicitation
+                        .put(session_key(sid), declared, self.clock.now());
+                }
+                Ok(resp)
+            }
+            Err(ProxyError::Credential(CredentialError::ConnectFirst { url, message })) => {
+                let declared = declared_now.or_else(|| {
+                    asked_session.and_then(|sid| {
+                        self.url_elicitation
+                            .get(&session_key(&sid), self.clock.now())
+                    })
+                });
+                Err((
+                    ProxyError::ConnectRequired {
+                        url,
+                        message,
+                        declared,
+                    },
+                    id,
+                ))
+            }
+            Err(e) => Err((e, id)),
+        }
     }
 
     async fn forward_read(
@@ -944,6 +1000,15 @@ fn response_headers(incoming: &HeaderMap) -> HeaderMap {
         }
     }
     out
+}
+
+/// Whether an `initialize` body declares URL-mode elicitation
+/// (`params.capabilities.elicitation.url`).
+fn declares_url_elicitation(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body).is_ok_and(|v| {
+        v.pointer("/params/capabilities/elicitation/url")
+            .is_some_and(Value::is_object)
+    })
 }
 
 /// The `requestState` the gateway gives a 2026-07-28 client that must connect first (an

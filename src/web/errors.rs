@@ -126,10 +126,12 @@ pub const URL_ELICITATION_REQUIRED: i64 = -32042;
 /// "Connect your account first", in the form the client's protocol revision understands:
 /// from 2026-07-28 an `InputRequiredResult` asking for a URL elicitation (with the gateway's
 /// `requestState`, so that the retried call is recognised); in 2025-11-25 the
-/// URL-elicitation-required error (`-32042`); before, a plain error. The message carries the
+/// URL-elicitation-required error (`-32042`) when the client declared URL-mode elicitation
+/// (or this instance did not see its `initialize`); otherwise a plain error. The message carries the
 /// URL in every form, for clients that show only the message.
 pub fn connect_first(
     revision: Option<&str>,
+    declared: Option<bool>,
     upstream: &str,
     url: &str,
     message: &str,
@@ -154,7 +156,9 @@ pub fn connect_first(
                 "requestState": format!("{}{upstream}", crate::proxy::GATEWAY_REQUEST_STATE),
             },
         }),
-        Some(r) if r >= "2025-11-25" => {
+        // A client known not to open URLs gets the plain error (one whose `initialize` this
+        // instance did not see is given the benefit of the doubt).
+        Some(r) if r >= "2025-11-25" && declared != Some(false) => {
             let mut body = error_response(id, URL_ELICITATION_REQUIRED, message);
             if let Some(error) = body.get_mut("error") {
                 error["data"] = json!({"elicitations": [elicitation]});

@@ -206,9 +206,20 @@ async fn protected_inner(app: App, req: Request) -> Response {
             )
         }
         Err((
-            ProxyError::Credential(crate::proxy::CredentialError::ConnectFirst { url, message }),
+            ProxyError::ConnectRequired {
+                url,
+                message,
+                declared,
+            },
             id,
-        )) => errors::connect_first(revision.as_deref(), &upstream.name, &url, &message, id),
+        )) => errors::connect_first(
+            revision.as_deref(),
+            declared,
+            &upstream.name,
+            &url,
+            &message,
+            id,
+        ),
         Err((e, id)) => errors::proxy(e, id),
     }
 }

@@ -1134,3 +1134,55 @@ async fn an_upstream_marked_so_is_connected_right_after_consent_before_the_clien
     let b = tool(&gw, &token, "2025-11-25", "token_hint").await;
     assert_eq!(b["error"]["code"], -32042, "{b}");
 }
+
+#[tokio::test]
+async fn a_client_that_did_not_declare_url_elicitation_gets_the_plain_error() {
+    let Some(up) = Upstream::start(&[("ANON_INIT", "1"), ("SESSIONS", "1")]).await else {
+        return;
+    };
+    let gw = TestGateway::start_with(with_oauth_upstream(&up.url, None)).await;
+    let resource = format!("{}/mcp/linear", gw.base);
+    let alice = authorize_for(&gw, "alice", &resource).await;
+    let post = |body: Value, session: Option<String>| {
+        let mut r = TestGateway::http()
+            .post(gw.url("/mcp/linear"))
+            .bearer_auth(&alice.access_token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&body);
+        if let Some(s) = session {
+            r = r.header("mcp-session-id", s);
+        }
+        r.send()
+    };
+    for (capabilities, code) in [
+        (json!({}), -32000),
+        (json!({"elicitation": {"url": {}}}), -32042),
+    ] {
+        let r = post(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": capabilities,
+                "clientInfo": {"name": "t", "version": "1"}}}),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
+        let r = post(
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "token_hint", "arguments": {}}}),
+            Some(sid),
+        )
+        .await
+        .unwrap();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], code, "{capabilities}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("/authorize/connect/linear"),
+            "{v}"
+        );
+    }
+}

@@ -10,6 +10,7 @@
 //   CIMD=1                accept Client ID Metadata Documents (fetched from the client id URL)
 //   SERVICE=id:secret     a client that may use the client_credentials grant
 //   TOKEN_REDIRECT=url    the token endpoint answers 302 to url (a client must not follow)
+//   SESSIONS=1            a stateful server (Mcp-Session-Id), not a stateless one
 //   ANON_INIT=1           initialize and notifications need no token (tools do)
 //   EXCHANGE=id           a client that may use token exchange (RFC 8693) with a JWT subject
 //                         token from the issuer the test names at POST /test/trust
@@ -233,9 +234,24 @@ app.post('/mcp', maybeBearer, async (req, res) => {
     description: 'Echoes its text',
     inputSchema: { text: z.string() },
   }, async ({ text }) => ({ content: [{ type: 'text', text }] }));
+  if (process.env.SESSIONS === '1') {
+    const sid = req.headers['mcp-session-id'];
+    let transport = sid ? sessions.get(sid) : undefined;
+    if (!transport) {
+      transport = new StreamableHTTPServerTransport({
+        sessionIdGenerator: () => randomUUID(),
+        enableJsonResponse: true,
+        onsessioninitialized: (id) => sessions.set(id, transport),
+      });
+      await server.connect(transport);
+    }
+    await transport.handleRequest(req, res, req.body);
+    return;
+  }
   const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined, enableJsonResponse: true });
   res.on('close', () => { transport.close(); server.close(); });
   await server.connect(transport);
   await transport.handleRequest(req, res, req.body);
 });
+const sessions = new Map();
 app.listen(MCP_PORT, '127.0.0.1', () => console.log(`ready ${MCP_PORT} ${AUTH_PORT}`));
