@@ -362,8 +362,15 @@ async fn connections(
                 Some("the vault of OAuth upstreams"),
             )?;
             let contexts = crate::login::LoginContexts::new(keys.map(Arc::new));
-            let broker = crate::broker::Broker::from_config(config, store, contexts, clock, None)?
-                .ok_or("no upstream uses OAuth in this configuration")?;
+            let broker = crate::broker::Broker::from_config(
+                config,
+                store,
+                contexts,
+                clock,
+                None,
+                &std::collections::HashMap::new(),
+            )?
+            .ok_or("no upstream uses OAuth in this configuration")?;
             if !broker.has(&upstream) {
                 return Err(format!("no OAuth upstream `{upstream}`"));
             }

@@ -770,6 +770,11 @@ pub enum UpstreamCredentials {
         client_id: Option<String>,
         #[serde(default)]
         client_secret: Option<Secret>,
+        /// With `grant = "token_exchange"`: the subject token is the person's access token from
+        /// this `[[login.oidc]]` source (which must keep provider tokens) instead of the
+        /// gateway's signed assertion about them.
+        #[serde(default)]
+        subject_source: Option<String>,
         /// Ask each person to connect right after they consent to a client for this
         /// upstream (before the client gets its code), rather than at their first call.
         #[serde(default)]
@@ -1251,6 +1256,21 @@ impl Config {
                 return Err(Invalid::at(
                     key("credentials"),
                     "OAuth is for `url` upstreams (a command is started by the gateway itself)",
+                ));
+            }
+            if let UpstreamCredentials::Oauth {
+                subject_source: Some(source),
+                ..
+            } = &u.credentials
+                && !self
+                    .login
+                    .oidc
+                    .iter()
+                    .any(|o| &o.name == source && o.keep_provider_tokens)
+            {
+                return Err(Invalid::at(
+                    key("credentials.subject_source"),
+                    format!("`{source}` is no [[login.oidc]] with keep_provider_tokens = true"),
                 ));
             }
             if let UpstreamCredentials::ProviderToken { source } = &u.credentials
@@ -1826,7 +1846,14 @@ impl UpstreamCredentials {
                 client_secret,
                 grant,
                 connect_on_consent,
+                subject_source,
             } => {
+                if subject_source.is_some() && *grant != OauthGrant::TokenExchange {
+                    return Err(Invalid::at(
+                        key("subject_source"),
+                        "only for grant = \"token_exchange\"",
+                    ));
+                }
                 if *connect_on_consent && *grant != OauthGrant::AuthorizationCode {
                     return Err(Invalid::at(
                         key("connect_on_consent"),

@@ -56,6 +56,9 @@ pub struct OAuthUpstream {
     pub exchange: bool,
     /// Connect right after consenting to a client for this upstream.
     pub connect_on_consent: bool,
+    /// Token exchange with the person's identity provider token (from this login source)
+    /// as the subject token.
+    pub subject_source: Option<Arc<crate::proxy::provider_token::ProviderToken>>,
 }
 
 /// The vault slot of an upstream reached with the gateway's own service identity.
@@ -86,6 +89,8 @@ pub enum BrokerError {
     TokenRefused(String),
     #[error("the authorization server's token endpoint could not be used: {0}")]
     TokenFailed(String),
+    #[error("this upstream is reached with your sign-in at `{0}`: sign in there")]
+    Subject(String),
     #[error("the scope asked for is not valid")]
     BadScope,
     #[error(
@@ -273,6 +278,7 @@ impl Broker {
         contexts: LoginContexts,
         clock: SharedClock,
         signer: Option<Arc<crate::proxy::Signer>>,
+        subjects: &HashMap<String, Arc<crate::proxy::provider_token::ProviderToken>>,
     ) -> Result<Option<Arc<Self>>, String> {
         let public_url = config.public_url();
         let mut upstreams = HashMap::new();
@@ -283,6 +289,7 @@ impl Broker {
                 client_secret,
                 grant,
                 connect_on_consent,
+                subject_source,
             } = &u.credentials
             else {
                 continue;
@@ -302,6 +309,15 @@ impl Broker {
                     shared,
                     exchange,
                     connect_on_consent: *connect_on_consent && !shared && !exchange,
+                    subject_source: match subject_source {
+                        None => None,
+                        Some(name) => Some(subjects.get(name).cloned().ok_or_else(|| {
+                            format!(
+                                "upstream `{}`: no login source `{name}` keeps provider tokens",
+                                u.name
+                            )
+                        })?),
+                    },
                     url,
                     scopes: scopes.clone(),
                     client_id: client_id.clone(),
@@ -1040,14 +1056,36 @@ impl Broker {
         let d = self.discovery(&u.name).await?;
         let client = self.identity(u, &d).await?;
         let now = self.clock.now();
-        // Addressed to the upstream's authorization server, valid a minute.
-        let assertion = self
-            .signer
-            .as_ref()
-            .and_then(|s| s.assert(&self.public_url, &d.server.issuer, principal, now, 60))
-            .ok_or_else(|| {
-                BrokerError::Sealing("the identity assertion could not be signed".into())
-            })?;
+        let (assertion, subject_type) = match &u.subject_source {
+            // The person's own identity provider token, from their sign-in there.
+            Some(provider) => {
+                let (Some(grant), Some(source)) = (&principal.grant_id, &principal.login_source)
+                else {
+                    return Err(BrokerError::Subject(provider.source_name().to_string()));
+                };
+                if source != provider.source_name() {
+                    return Err(BrokerError::Subject(provider.source_name().to_string()));
+                }
+                let tokens = provider
+                    .token_for(grant, false)
+                    .await
+                    .map_err(|e| BrokerError::TokenFailed(e.to_string()))?;
+                (
+                    tokens.access_token,
+                    "urn:ietf:params:oauth:token-type:access_token",
+                )
+            }
+            // The gateway's assertion, addressed to the upstream's server, valid a minute.
+            None => (
+                self.signer
+                    .as_ref()
+                    .and_then(|s| s.assert(&self.public_url, &d.server.issuer, principal, now, 60))
+                    .ok_or_else(|| {
+                        BrokerError::Sealing("the identity assertion could not be signed".into())
+                    })?,
+                "urn:ietf:params:oauth:token-type:jwt",
+            ),
+        };
         let scope = if u.scopes.is_empty() {
             d.challenge_scope
                 .clone()
@@ -1061,7 +1099,7 @@ impl Broker {
                 "urn:ietf:params:oauth:grant-type:token-exchange",
             ),
             ("subject_token", assertion.as_str()),
-            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ("subject_token_type", subject_type),
             (
                 "requested_token_type",
                 "urn:ietf:params:oauth:token-type:access_token",

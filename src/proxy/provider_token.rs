@@ -24,6 +24,15 @@ pub struct ProviderToken {
     clock: SharedClock,
 }
 
+// What it keeps is nobody's business in a log: only whose tokens.
+impl std::fmt::Debug for ProviderToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderToken")
+            .field("source", &self.source.name())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ProviderToken {
     pub fn new(
         source: Arc<dyn LoginSource>,
@@ -43,8 +52,17 @@ impl ProviderToken {
         CredentialError::Unavailable(why.to_string())
     }
 
+    /// The login source whose tokens these are.
+    pub fn source_name(&self) -> &str {
+        self.source.name()
+    }
+
     /// The grant's provider tokens, renewed first when due (or `force`d).
-    async fn token_for(&self, grant: &str, force: bool) -> Result<ProviderTokens, CredentialError> {
+    pub async fn token_for(
+        &self,
+        grant: &str,
+        force: bool,
+    ) -> Result<ProviderTokens, CredentialError> {
         let name = self.source.name();
         let kept = match self
             .contexts

@@ -217,12 +217,36 @@ impl Gateway {
             }
         }
         // Upstreams that demand OAuth of their own: each person's token from the vault.
+        // Identity provider tokens as token-exchange subjects, from the sources keeping them.
+        let mut subjects = std::collections::HashMap::new();
+        for u in &config.upstreams {
+            if let crate::config::UpstreamCredentials::Oauth {
+                subject_source: Some(source),
+                ..
+            } = &u.credentials
+            {
+                let login =
+                    auth.login.get(source).cloned().ok_or_else(|| {
+                        format!("upstream `{}`: no login source `{source}`", u.name)
+                    })?;
+                subjects.insert(
+                    source.clone(),
+                    Arc::new(crate::proxy::provider_token::ProviderToken::new(
+                        login,
+                        auth.contexts.clone(),
+                        store.clone(),
+                        clock.clone(),
+                    )),
+                );
+            }
+        }
         let broker = crate::broker::Broker::from_config(
             &config,
             store.clone(),
             auth.contexts.clone(),
             clock.clone(),
             Some(signer.clone()),
+            &subjects,
         )?;
         if let Some(b) = &broker {
             b.purge_changed().await.map_err(|e| e.to_string())?;

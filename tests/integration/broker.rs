@@ -67,6 +67,17 @@ impl Upstream {
             .unwrap()
     }
 
+    /// Tells the authorization server whom to trust for token-exchange subjects.
+    pub async fn trust(&self, body: Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/test/trust", self.auth))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
     pub async fn steer(&self, what: &str) {
         let r = reqwest::Client::new()
             .post(format!("{}/test/{what}", self.auth))

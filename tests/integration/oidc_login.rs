@@ -7,7 +7,7 @@
 use rmcp::transport::auth::{
     AuthorizationManager, AuthorizationRequest, InMemoryCredentialStore, OAuthState,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::oidc_provider::{OidcProvider, free_port, walk_through};
 use crate::support::*;
@@ -767,4 +767,70 @@ async fn entras_groups_overage_is_resolved_through_graph() {
         .expect_err("no groups");
     assert_eq!(status, 403);
     task.abort();
+}
+
+#[tokio::test]
+async fn token_exchange_with_the_persons_identity_provider_token_as_the_subject() {
+    use crate::broker::{Upstream, hint_of, tool};
+    let Some(up) = Upstream::start(&[("EXCHANGE", "gw-exchange")]).await else {
+        return;
+    };
+    let url = up.url.clone();
+    let Some(Setup { gw, op }) = setup("keep_provider_tokens = true", move |c| {
+        c.broker.allow_http_loopback = true;
+        c.upstreams.push(
+            serde_json::from_value(json!({
+                "name": "linear",
+                "url": url,
+                "credentials": {
+                    "type": "oauth",
+                    "grant": "token_exchange",
+                    "client_id": "gw-exchange",
+                    "subject_source": "corp",
+                },
+            }))
+            .unwrap(),
+        );
+    })
+    .await
+    else {
+        return;
+    };
+    // The upstream's server trusts the provider: it checks a subject token at its userinfo.
+    up.trust(json!({"userinfo": format!("{}/me", op.issuer)}))
+        .await;
+    let resource = format!("{}/mcp/linear", gw.base);
+    let (_, tokens) = authorize_via_provider_for(&gw, "ivy", &resource)
+        .await
+        .expect("signed in at the provider");
+    let token = tokens["access_token"].as_str().unwrap();
+    let first = hint_of(&tool(&gw, token, "2025-11-25", "token_hint").await);
+    assert_eq!(
+        hint_of(&tool(&gw, token, "2025-11-25", "token_hint").await),
+        first
+    );
+    let stats = up.stats().await;
+    assert_eq!(stats["exchanges"], 1, "{stats}");
+    // The subject the server saw is the person at the provider.
+    assert_eq!(stats["subjects"][0], "ivy", "{stats}");
+
+    // A local account has no provider token: the call says where to sign in.
+    let local = crate::support::authorize_for(&gw, "alice", &resource).await;
+    let r = TestGateway::http()
+        .post(gw.url("/mcp/linear"))
+        .bearer_auth(&local.access_token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "token_hint", "arguments": {}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sign in there"),
+        "{v}"
+    );
 }

@@ -162,20 +162,31 @@ if (process.env.TOKEN_REDIRECT) {
 if (process.env.EXCHANGE) {
   auth.use(express.json());
   auth.post('/test/trust', (req, res) => {
-    trusted = { issuer: req.body.issuer, keys: createRemoteJWKSet(new URL(`${req.body.issuer}/.well-known/jwks.json`)) };
+    // A token issuer whose JWTs are subjects, or an identity provider whose access tokens are
+    // (checked at its userinfo endpoint).
+    trusted = req.body.userinfo
+      ? { userinfo: req.body.userinfo }
+      : { issuer: req.body.issuer, keys: createRemoteJWKSet(new URL(`${req.body.issuer}/.well-known/jwks.json`)) };
     res.json({ ok: true });
   });
   auth.post('/token', express.urlencoded({ extended: false }), async (req, res, next) => {
     if (req.body.grant_type !== 'urn:ietf:params:oauth:grant-type:token-exchange') return next();
     if (req.body.client_id !== process.env.EXCHANGE) return res.status(401).json({ error: 'invalid_client' });
-    if (req.body.subject_token_type !== 'urn:ietf:params:oauth:token-type:jwt') {
-      return res.status(400).json({ error: 'invalid_request' });
-    }
     if (!trusted) return res.status(400).json({ error: 'invalid_grant', error_description: 'no trusted issuer' });
     if (req.body.resource !== mcpUrl.href) return res.status(400).json({ error: 'invalid_target' });
+    const type = req.body.subject_token_type;
+    const wanted = trusted.userinfo ? 'urn:ietf:params:oauth:token-type:access_token' : 'urn:ietf:params:oauth:token-type:jwt';
+    if (type !== wanted) return res.status(400).json({ error: 'invalid_request', error_description: `subject_token_type ${type}` });
     try {
-      // The subject token must be the trusted issuer's, addressed to this server.
-      const { payload } = await jwtVerify(req.body.subject_token, trusted.keys, { issuer: trusted.issuer, audience: issuer.href });
+      let payload;
+      if (trusted.userinfo) {
+        const r = await fetch(trusted.userinfo, { headers: { authorization: `Bearer ${req.body.subject_token}` } });
+        if (!r.ok) throw new Error(`userinfo answered ${r.status}`);
+        payload = await r.json();
+      } else {
+        // The subject token must be the trusted issuer's, addressed to this server.
+        ({ payload } = await jwtVerify(req.body.subject_token, trusted.keys, { issuer: trusted.issuer, audience: issuer.href }));
+      }
       stats.exchanges++;
       stats.subjects.push(payload.sub);
       const out = issue(process.env.EXCHANGE, (req.body.scope || '').split(' ').filter(Boolean), mcpUrl.href);
