@@ -770,6 +770,11 @@ pub enum UpstreamCredentials {
         client_id: Option<String>,
         #[serde(default)]
         client_secret: Option<Secret>,
+        /// The issuer of the upstream's authorization server, pinned: discovery that names
+        /// another is refused. Required for `client_credentials` and `token_exchange` (they
+        /// send a secret or a person's token without anyone looking).
+        #[serde(default)]
+        authorization_server: Option<String>,
         /// With `grant = "token_exchange"`: the subject token is the person's access token from
         /// this `[[login.oidc]]` source (which must keep provider tokens) instead of the
         /// gateway's signed assertion about them.
@@ -1847,7 +1852,20 @@ impl UpstreamCredentials {
                 grant,
                 connect_on_consent,
                 subject_source,
+                authorization_server,
             } => {
+                if *grant != OauthGrant::AuthorizationCode && authorization_server.is_none() {
+                    return Err(Invalid::at(
+                        key("authorization_server"),
+                        "client_credentials and token_exchange send a secret or a person's token: name the authorization server's issuer they may go to",
+                    ));
+                }
+                if authorization_server
+                    .as_deref()
+                    .is_some_and(|a| Url::parse(a).is_err())
+                {
+                    return Err(Invalid::at(key("authorization_server"), "not a URL"));
+                }
                 if subject_source.is_some() && *grant != OauthGrant::TokenExchange {
                     return Err(Invalid::at(
                         key("subject_source"),

@@ -974,9 +974,11 @@ impl AuthorizationServer {
         handle: &str,
         csrf: &str,
         binding: Option<&str>,
+        user_id: &str,
     ) -> Result<Option<String>, PageError> {
         let (p, _) = self.pending_for_form(handle, csrf, binding).await?;
-        Ok(Some(p.resource))
+        // Only the person the request belongs to (the consent itself checks it again).
+        Ok((p.user_id.as_deref() == Some(user_id)).then_some(p.resource))
     }
 
     /// POST of the consent form.

@@ -56,6 +56,8 @@ pub struct OAuthUpstream {
     pub exchange: bool,
     /// Connect right after consenting to a client for this upstream.
     pub connect_on_consent: bool,
+    /// The authorization server's issuer, when the operator pinned it.
+    pub pinned_issuer: Option<String>,
     /// Token exchange with the person's identity provider token (from this login source)
     /// as the subject token.
     pub subject_source: Option<Arc<crate::proxy::provider_token::ProviderToken>>,
@@ -222,6 +224,7 @@ pub fn oauth_settings(config: &Config, u: &crate::config::UpstreamConfig) -> Opt
         scopes,
         client_id,
         grant,
+        authorization_server,
         ..
     } = &u.credentials
     else {
@@ -230,9 +233,10 @@ pub fn oauth_settings(config: &Config, u: &crate::config::UpstreamConfig) -> Opt
     let url = Url::parse(u.url.as_deref()?).ok()?;
     // `v2`: one redirect URI per upstream (registrations made with the shared one go).
     let client = format!(
-        "v2#{}#{grant:?}#{}",
+        "v2#{}#{grant:?}#{}#{}",
         client_id.as_deref().unwrap_or(""),
-        config.broker.client_metadata_url.as_deref().unwrap_or("")
+        config.broker.client_metadata_url.as_deref().unwrap_or(""),
+        authorization_server.as_deref().unwrap_or("")
     );
     Some(settings_of(
         url.as_str(),
@@ -290,6 +294,7 @@ impl Broker {
                 grant,
                 connect_on_consent,
                 subject_source,
+                authorization_server,
             } = &u.credentials
             else {
                 continue;
@@ -309,6 +314,7 @@ impl Broker {
                     shared,
                     exchange,
                     connect_on_consent: *connect_on_consent && !shared && !exchange,
+                    pinned_issuer: authorization_server.clone(),
                     subject_source: match subject_source {
                         None => None,
                         Some(name) => Some(subjects.get(name).cloned().ok_or_else(|| {
@@ -481,7 +487,18 @@ impl Broker {
             return Ok(d.clone());
         }
         let mut steps = Vec::new();
-        match discovery::discover(&u.url, &self.client, &self.fetcher, &mut steps).await {
+        let found = discovery::discover(&u.url, &self.client, &self.fetcher, &mut steps)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|d| match &u.pinned_issuer {
+                // The operator named the server: another one is never used.
+                Some(pinned) if *pinned != d.server.issuer => Err(format!(
+                    "the upstream names authorization server `{}`, not the configured `{pinned}`",
+                    d.server.issuer
+                )),
+                _ => Ok(d),
+            });
+        match found {
             Ok(d) => {
                 let d = Arc::new(d);
                 if let Ok(mut cache) = self.discovered.lock() {
@@ -491,8 +508,9 @@ impl Broker {
             }
             Err(e) => {
                 self.forget_discovery(name);
+                let e = crate::text::printable(&e).into_owned();
                 tracing::warn!(upstream = name, error = %e, "upstream OAuth discovery failed");
-                Err(BrokerError::Discovery(e.to_string()))
+                Err(BrokerError::Discovery(e))
             }
         }
     }

@@ -597,7 +597,7 @@ pub async fn consent(State(app): State<App>, headers: HeaderMap, body: Body) -> 
             && let (Some(session), Some(secret)) = (&user, session_cookie(&app, &headers))
             && let Some(upstream) = app
                 .auth
-                .pending_resource(request, csrf, binding.as_deref())
+                .pending_resource(request, csrf, binding.as_deref(), &session.user_id)
                 .await?
                 .and_then(|r| app.auth.resources.iter().find(|x| x.url == r))
                 .map(|r| r.name.clone())

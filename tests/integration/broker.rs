@@ -67,6 +67,11 @@ impl Upstream {
             .unwrap()
     }
 
+    /// The authorization server's issuer.
+    pub fn issuer(&self) -> String {
+        format!("{}/", self.auth)
+    }
+
     /// Tells the authorization server whom to trust for token-exchange subjects.
     pub async fn trust(&self, body: Value) {
         let r = reqwest::Client::new()
@@ -793,6 +798,7 @@ async fn an_upstream_reached_with_the_gateways_service_identity_needs_no_connect
         return;
     };
     let url = up.url.clone();
+    let issuer = up.issuer();
     let gw = TestGateway::start_with(move |c| {
         c.keys.encryption = vec![SHARED_KEY.into()];
         c.broker.allow_http_loopback = true;
@@ -805,6 +811,7 @@ async fn an_upstream_reached_with_the_gateways_service_identity_needs_no_connect
                     "grant": "client_credentials",
                     "client_id": "gw-service",
                     "client_secret": "s3cret",
+                    "authorization_server": issuer,
                 },
             }))
             .unwrap(),
@@ -853,6 +860,57 @@ async fn an_upstream_reached_with_the_gateways_service_identity_needs_no_connect
         .await
         .unwrap();
     assert_eq!(r.status(), 303, "sign-in first");
+
+    // Pinned to another server: the service secret never goes to the one the upstream names.
+    let url = up.url.clone();
+    let elsewhere = TestGateway::start_with(move |c| {
+        c.keys.encryption = vec![SHARED_KEY.into()];
+        c.broker.allow_http_loopback = true;
+        c.upstreams.push(
+            serde_json::from_value(json!({
+                "name": "linear",
+                "url": url,
+                "credentials": {
+                    "type": "oauth",
+                    "grant": "client_credentials",
+                    "client_id": "gw-service",
+                    "client_secret": "s3cret",
+                    "authorization_server": "https://as.example.com",
+                },
+            }))
+            .unwrap(),
+        );
+    })
+    .await;
+    let before = up.stats().await["services"].clone();
+    let carol = authorize_for(
+        &elsewhere,
+        "alice",
+        &format!("{}/mcp/linear", elsewhere.base),
+    )
+    .await;
+    let r = TestGateway::http()
+        .post(elsewhere.url("/mcp/linear"))
+        .bearer_auth(&carol.access_token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "token_hint", "arguments": {}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not the configured"),
+        "{v}"
+    );
+    assert_eq!(
+        up.stats().await["services"],
+        before,
+        "no token request went there"
+    );
 }
 
 #[tokio::test]
@@ -861,6 +919,7 @@ async fn token_exchange_gets_each_person_their_own_upstream_token_without_connec
         return;
     };
     let url = up.url.clone();
+    let issuer = up.issuer();
     let gw = TestGateway::start_with(move |c| {
         c.keys.encryption = vec![SHARED_KEY.into()];
         c.broker.allow_http_loopback = true;
@@ -872,6 +931,7 @@ async fn token_exchange_gets_each_person_their_own_upstream_token_without_connec
                     "type": "oauth",
                     "grant": "token_exchange",
                     "client_id": "gw-exchange",
+                    "authorization_server": issuer,
                 },
             }))
             .unwrap(),
@@ -1196,4 +1256,173 @@ async fn a_client_that_did_not_declare_url_elicitation_gets_the_plain_error() {
             "{v}"
         );
     }
+}
+
+/// The TypeScript SDK's own example server with its demo authorization server
+/// (`simpleStreamableHttp.js --oauth`), which logs each call's token: two people connect
+/// through the gateway, and each call it logs carries that person's upstream token (as kept,
+/// sealed, in the person's vault row); one person's disconnect leaves the other connected.
+#[tokio::test]
+async fn the_sdk_example_server_sees_each_persons_own_token() {
+    use tokio::io::AsyncBufReadExt;
+    let Some(node) = crate::js::node() else {
+        return;
+    };
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (mcp_port, auth_port) = (free(), free());
+    let mut server = tokio::process::Command::new(node)
+        .arg(crate::js::js_dir().join(
+            "node_modules/@modelcontextprotocol/sdk/dist/esm/examples/server/simpleStreamableHttp.js",
+        ))
+        .arg("--oauth")
+        .env("MCP_PORT", mcp_port.to_string())
+        .env("MCP_AUTH_PORT", auth_port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Everything the server prints, kept for the assertions.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    let sink = log.clone();
+    let _reader = tokio::spawn(async move {
+        while let Ok(Some(l)) = lines.next_line().await {
+            let mut s = sink.lock().unwrap();
+            s.push_str(&l);
+            s.push('\n');
+        }
+    });
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", auth_port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let upstream = format!("http://localhost:{mcp_port}/mcp");
+    let gw = TestGateway::start_with(with_oauth_upstream(&upstream, None)).await;
+    let resource = format!("{}/mcp/linear", gw.base);
+    let vault_token = |user: String| {
+        let gw = &gw;
+        async move {
+            let row = gw
+                .store
+                .upstream_token(&user, "linear")
+                .await
+                .unwrap()
+                .expect("a vault row");
+            let plain = gw
+                .auth
+                .contexts
+                .open_as(
+                    &format!("upstream-token\n{}\nlinear\n{}", row.user_id, row.issuer),
+                    &row.sealed,
+                )
+                .expect("the row opens under its own identity");
+            let set: Value = serde_json::from_slice(&plain).unwrap();
+            set["access_token"].as_str().unwrap().to_string()
+        }
+    };
+    let greet = |token: String| {
+        let gw = &gw;
+        async move {
+            let post = |body: Value, session: Option<String>| {
+                let mut r = TestGateway::http()
+                    .post(gw.url("/mcp/linear"))
+                    .bearer_auth(&token)
+                    .header("accept", "application/json, text/event-stream")
+                    .json(&body);
+                if let Some(s) = session {
+                    r = r
+                        .header("mcp-session-id", s)
+                        .header("mcp-protocol-version", "2025-11-25");
+                }
+                r.send()
+            };
+            let r = post(
+                json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": "2025-11-25", "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"}}}),
+                None,
+            )
+            .await
+            .unwrap();
+            let sid = r
+                .headers()
+                .get("mcp-session-id")
+                .map(|v| v.to_str().unwrap().to_string());
+            let text = r.text().await.unwrap();
+            let Some(sid) = sid else { return text };
+            let r = post(
+                json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "greet", "arguments": {"name": "you"}}}),
+                Some(sid),
+            )
+            .await
+            .unwrap();
+            r.text().await.unwrap()
+        }
+    };
+    let alice = authorize_for(&gw, "alice", &resource).await;
+    let bob = authorize_for(&gw, "bob", &resource).await;
+    // Not connected: the demo server wants a token for everything, initialize included.
+    assert!(
+        greet(alice.access_token.clone())
+            .await
+            .contains("/authorize/connect/linear")
+    );
+    connect(&gw, &TestGateway::browser(), "alice").await;
+    connect(&gw, &TestGateway::browser(), "bob").await;
+    assert!(
+        greet(alice.access_token.clone())
+            .await
+            .contains("Hello, you!")
+    );
+    assert!(
+        greet(bob.access_token.clone())
+            .await
+            .contains("Hello, you!")
+    );
+    let id = |name: &'static str| {
+        let store = gw.store.clone();
+        async move { store.user_by_name(name).await.unwrap().unwrap().id }
+    };
+    let (ta, tb) = (
+        vault_token(id("alice").await).await,
+        vault_token(id("bob").await).await,
+    );
+    assert_ne!(ta, tb);
+    let logged = log.lock().unwrap().clone();
+    assert!(logged.contains(&ta) && logged.contains(&tb), "{logged}");
+    assert!(
+        !logged.contains(&alice.access_token),
+        "the gateway's token never goes upstream"
+    );
+    // Alice disconnects; Bob is still connected.
+    let (s, _) = api(
+        &gw,
+        &alice.access_token,
+        reqwest::Method::DELETE,
+        "/connections/linear",
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(
+        greet(alice.access_token.clone())
+            .await
+            .contains("/authorize/connect/linear")
+    );
+    assert!(
+        greet(bob.access_token.clone())
+            .await
+            .contains("Hello, you!")
+    );
 }

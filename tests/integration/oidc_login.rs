@@ -776,6 +776,7 @@ async fn token_exchange_with_the_persons_identity_provider_token_as_the_subject(
         return;
     };
     let url = up.url.clone();
+    let issuer = up.issuer();
     let Some(Setup { gw, op }) = setup("keep_provider_tokens = true", move |c| {
         c.broker.allow_http_loopback = true;
         c.upstreams.push(
@@ -787,6 +788,7 @@ async fn token_exchange_with_the_persons_identity_provider_token_as_the_subject(
                     "grant": "token_exchange",
                     "client_id": "gw-exchange",
                     "subject_source": "corp",
+                    "authorization_server": issuer,
                 },
             }))
             .unwrap(),
