@@ -33,6 +33,8 @@ const REFRESH_AHEAD: i64 = 60;
 const LEASE_SECS: i64 = 30;
 /// Largest token endpoint answer read.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
+/// How long a token read from the vault is used without reading its row again.
+const VAULT_CACHE_SECS: i64 = 5;
 /// Stripes of the in-process refresh lock.
 const STRIPES: usize = 64;
 
@@ -193,6 +195,11 @@ pub struct Broker {
     /// Signs the subject tokens of token exchange.
     signer: Option<Arc<crate::proxy::Signer>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Usable access tokens recently read from the vault, per (person, upstream), so that a
+    /// call does not read and open its row every time: trusted `VAULT_CACHE_SECS` at most
+    /// (another instance's refresh or disconnect is seen within that; an upstream refusal
+    /// empties the entry at once), emptied here by every write to the row.
+    recent: crate::cache::TtlCache<(String, Option<Timestamp>, i64)>,
     /// Refreshes performed by this instance (for tests and metrics).
     refreshes: std::sync::atomic::AtomicU64,
 }
@@ -244,6 +251,10 @@ pub fn oauth_settings(config: &Config, u: &crate::config::UpstreamConfig) -> Opt
         scopes,
         Some(&client),
     ))
+}
+
+fn recent_key(user: &str, upstream: &str) -> String {
+    format!("{user}\n{upstream}")
 }
 
 fn token_row(user: &str, upstream: &str, issuer: &str) -> String {
@@ -369,6 +380,7 @@ impl Broker {
             signer,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             refreshes: std::sync::atomic::AtomicU64::new(0),
+            recent: crate::cache::TtlCache::new(VAULT_CACHE_SECS, 100_000),
         })))
     }
 
@@ -882,6 +894,7 @@ impl Broker {
         connected_at: Timestamp,
         refreshed: bool,
     ) -> Result<bool, BrokerError> {
+        self.recent.remove(&recent_key(user_id, &u.name));
         let plain = serde_json::to_vec(&set).map_err(|e| BrokerError::Sealing(e.to_string()))?;
         let sealed = self
             .contexts
@@ -1255,6 +1268,14 @@ impl Broker {
         if u.shared {
             return self.shared_token(u).await.map(Some);
         }
+        let key = recent_key(user_id, name);
+        let now = self.clock.now();
+        if let Some((token, expires_at, margin)) = self.recent.get(&key, now)
+            && expires_at.is_none_or(|e| e - margin > now)
+        {
+            return Ok(Some(token));
+        }
+        let generation = self.recent.generation();
         let row = self
             .store
             .upstream_token(user_id, name)
@@ -1285,6 +1306,12 @@ impl Broker {
                 Refreshed::Unavailable(why) => Err(unavailable(&why)),
             };
         }
+        self.recent.put_unless_removed_since(
+            generation,
+            key,
+            (set.access_token.clone(), row.expires_at, margin),
+            now,
+        );
         Ok(Some(set.access_token))
     }
 
@@ -1320,6 +1347,7 @@ impl Broker {
     /// person asked to reconnect (discovery is done afresh: its server may have moved).
     pub async fn give_up(&self, name: &str, user_id: &str) -> crate::proxy::CredentialError {
         self.forget_discovery(name);
+        self.recent.remove(&recent_key(user_id, name));
         if self.is_shared(name) {
             let _ = self
                 .store
@@ -1347,8 +1375,9 @@ impl Broker {
             return Err(unavailable("no such upstream"));
         };
         // A refusal may mean the upstream moved to another authorization server: the next
-        // look at its metadata is fresh.
+        // look at its metadata is fresh. The refused token is not used again from memory.
         self.forget_discovery(name);
+        self.recent.remove(&recent_key(user_id, name));
         let user_id = if u.shared { SHARED } else { user_id };
         match self.refresh(u, user_id, used).await {
             Refreshed::Broken if u.shared => Err(unavailable(
@@ -1552,6 +1581,7 @@ impl Broker {
     /// Ends a connection: revoked at the upstream when it offers revocation (best effort),
     /// then forgotten. False when there was none.
     pub async fn disconnect(&self, name: &str, user_id: &str) -> Result<bool, BrokerError> {
+        self.recent.remove(&recent_key(user_id, name));
         let u = self.upstream(name)?;
         let Some(row) = self.store.upstream_token(user_id, name).await? else {
             return Ok(false);

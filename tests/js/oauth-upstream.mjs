@@ -34,7 +34,9 @@ const AUTH_PORT = Number(process.env.AUTH_PORT);
 const ROTATE = process.env.ROTATE === '1';
 const NO_REFRESH = process.env.NO_REFRESH === '1';
 const CIMD = process.env.CIMD === '1';
-const mcpUrl = new URL(`http://127.0.0.1:${MCP_PORT}/mcp`);
+// RESOURCE_URL: the resource its tokens are for, when that is another server (the broker
+// benchmark puts a fast Rust upstream behind this authorization server).
+const mcpUrl = new URL(process.env.RESOURCE_URL || `http://127.0.0.1:${MCP_PORT}/mcp`);
 const issuer = new URL(`http://127.0.0.1:${AUTH_PORT}`);
 
 const hint = (t) => createHash('sha256').update(t).digest('hex').slice(0, 16);
