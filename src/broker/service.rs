@@ -1117,47 +1117,26 @@ impl Broker {
                 "urn:ietf:params:oauth:token-type:jwt",
             ),
         };
-        let scope = if u.scopes.is_empty() {
-            d.challenge_scope
-                .clone()
-                .unwrap_or_else(|| d.resource_scopes.join(" "))
-        } else {
-            u.scopes.join(" ")
-        };
-        let mut fields = vec![
-            (
-                "grant_type",
-                "urn:ietf:params:oauth:grant-type:token-exchange",
-            ),
-            ("subject_token", assertion.as_str()),
-            ("subject_token_type", subject_type),
-            (
-                "requested_token_type",
-                "urn:ietf:params:oauth:token-type:access_token",
-            ),
-            ("resource", d.resource.as_str()),
-        ];
-        if !scope.is_empty() {
-            fields.push(("scope", scope.as_str()));
-        }
-        let answer = self.token_request(&u.url, &d, &client, &fields).await?;
-        self.refreshes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let token = answer.access_token.clone();
-        self.store_tokens(
-            u,
-            user,
-            &d.server.issuer,
-            TokenSet {
-                access_token: answer.access_token,
-                refresh_token: None,
-                client_id: client.client_id,
-            },
-            &answer.scope.unwrap_or(scope),
-            answer.expires_in.map(|s| now + s),
-            now,
-        )
-        .await?;
+        let token = self
+            .obtain(
+                u,
+                user,
+                &d,
+                client,
+                &[
+                    (
+                        "grant_type",
+                        "urn:ietf:params:oauth:grant-type:token-exchange",
+                    ),
+                    ("subject_token", assertion.as_str()),
+                    ("subject_token_type", subject_type),
+                    (
+                        "requested_token_type",
+                        "urn:ietf:params:oauth:token-type:access_token",
+                    ),
+                ],
+            )
+            .await?;
         tracing::info!(target: "audit", event = "upstream.token_exchanged", upstream = %u.name, user);
         Ok(token)
     }
@@ -1177,6 +1156,30 @@ impl Broker {
     async fn fetch_shared(&self, u: &OAuthUpstream) -> Result<String, BrokerError> {
         let d = self.discovery(&u.name).await?;
         let client = self.identity(u, &d).await?;
+        let token = self
+            .obtain(
+                u,
+                SHARED,
+                &d,
+                client,
+                &[("grant_type", "client_credentials")],
+            )
+            .await?;
+        tracing::info!(target: "audit", event = "upstream.service_token", upstream = %u.name);
+        Ok(token)
+    }
+
+    /// A grant nobody watches (token exchange, client credentials): the token request with
+    /// `resource` and the scopes (configured, else the upstream's challenge or resource
+    /// metadata), its answer sealed into the vault slot `slot`.
+    async fn obtain(
+        &self,
+        u: &OAuthUpstream,
+        slot: &str,
+        d: &Discovered,
+        client: ClientIdentity,
+        grant: &[(&str, &str)],
+    ) -> Result<String, BrokerError> {
         let scope = if u.scopes.is_empty() {
             d.challenge_scope
                 .clone()
@@ -1184,21 +1187,19 @@ impl Broker {
         } else {
             u.scopes.join(" ")
         };
-        let mut fields = vec![
-            ("grant_type", "client_credentials"),
-            ("resource", d.resource.as_str()),
-        ];
+        let mut fields = grant.to_vec();
+        fields.push(("resource", d.resource.as_str()));
         if !scope.is_empty() {
             fields.push(("scope", scope.as_str()));
         }
-        let answer = self.token_request(&u.url, &d, &client, &fields).await?;
+        let answer = self.token_request(&u.url, d, &client, &fields).await?;
         self.refreshes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = self.clock.now();
         let token = answer.access_token.clone();
         self.store_tokens(
             u,
-            SHARED,
+            slot,
             &d.server.issuer,
             TokenSet {
                 access_token: answer.access_token,
@@ -1210,7 +1211,6 @@ impl Broker {
             now,
         )
         .await?;
-        tracing::info!(target: "audit", event = "upstream.service_token", upstream = %u.name);
         Ok(token)
     }
 

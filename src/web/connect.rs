@@ -61,6 +61,14 @@ async fn signed_in(app: &App, headers: &HeaderMap) -> Result<Option<(String, Str
     Ok(live.then_some((secret, session.user_id)))
 }
 
+/// A form posted without the token this browser was given for it.
+fn expired_form(where_: &str) -> PageError {
+    PageError {
+        status: 403,
+        message: format!("This form has expired. Open {where_} again."),
+    }
+}
+
 fn page(status: StatusCode, body: String) -> Response {
     no_store(html(status, body))
 }
@@ -175,16 +183,10 @@ pub async fn sign_in(
         let binding = oauth::existing_binding(&app, &headers);
         // Only a form this browser was given: no signing a person in from another site.
         let Some(binding) = binding else {
-            return Err(PageError {
-                status: 403,
-                message: "This form has expired. Open the sign-in page again.".into(),
-            });
+            return Err(expired_form("the sign-in page"));
         };
         if !token_ok("signin", &binding, p.get("csrf").map(String::as_str)) {
-            return Err(PageError {
-                status: 403,
-                message: "This form has expired. Open the sign-in page again.".into(),
-            });
+            return Err(expired_form("the sign-in page"));
         }
         let field = |k: &str| p.get(k).map(String::as_str).unwrap_or("");
         let source = p.get("source").map(String::as_str);
@@ -319,10 +321,7 @@ pub async fn connect_start(
             return Ok(to_sign_in(&app, Some(&upstream), None));
         };
         if !token_ok("page", &secret, p.get("csrf").map(String::as_str)) {
-            return Err(PageError {
-                status: 403,
-                message: "This form has expired. Open the page again.".into(),
-            });
+            return Err(expired_form("the page"));
         }
         let session_hash = crate::crypto::hash_secret(&secret);
         let then = match (p.get("then_request"), p.get("then_csrf")) {
@@ -411,10 +410,7 @@ pub async fn disconnect(
             return Ok(to_sign_in(&app, None, None));
         };
         if !token_ok("page", &secret, p.get("csrf").map(String::as_str)) {
-            return Err(PageError {
-                status: 403,
-                message: "This form has expired. Open the page again.".into(),
-            });
+            return Err(expired_form("the page"));
         }
         b.disconnect(&upstream, &user)
             .await
