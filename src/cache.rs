@@ -15,6 +15,7 @@ pub struct TtlCache<V> {
     /// Counts removals: a value read from the store before a removal must not be put in
     /// after it (the read may predate what the removal was for).
     generation: AtomicU64,
+    stats: std::sync::Arc<crate::observe::metrics::CacheStats>,
 }
 
 impl<V: Clone> TtlCache<V> {
@@ -24,7 +25,13 @@ impl<V: Clone> TtlCache<V> {
             ttl,
             max,
             generation: AtomicU64::new(0),
+            stats: Default::default(),
         }
+    }
+
+    /// Its hits and misses, for the metrics.
+    pub fn stats(&self) -> std::sync::Arc<crate::observe::metrics::CacheStats> {
+        self.stats.clone()
     }
 
     /// Read before reading the store; pass to [`Self::put_unless_removed_since`].
@@ -61,9 +68,15 @@ impl<V: Clone> TtlCache<V> {
     }
 
     pub fn get(&self, key: &str, now: i64) -> Option<V> {
-        let m = self.entries.lock().ok()?;
-        let (value, cached_at) = m.get(key)?;
-        (now < cached_at + self.ttl).then(|| value.clone())
+        let found = self.entries.lock().ok().and_then(|m| {
+            let (value, cached_at) = m.get(key)?;
+            (now < cached_at + self.ttl).then(|| value.clone())
+        });
+        match found {
+            Some(_) => self.stats.hit(),
+            None => self.stats.miss(),
+        }
+        found
     }
 
     pub fn put(&self, key: String, value: V, now: i64) {

@@ -25,8 +25,18 @@ pub struct Cli {
     /// MCP_OAUTH_GATEWAY_<SECTION>__<KEY> environment variables.
     #[arg(long, short, global = true, env = "MCP_OAUTH_GATEWAY_CONFIG")]
     pub config: Option<PathBuf>,
+    /// How log lines are written to standard error: `text` for people, `json` (one object
+    /// a line, with the request id of the request being served) for log pipelines.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "MCP_OAUTH_GATEWAY_LOG_FORMAT")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -228,13 +238,22 @@ pub enum GrantsCommand {
     },
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MCP_OAUTH_GATEWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    // Either way the request's span (`request{id=…}`) is on every line made while serving it.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .flatten_event(true)
+            .try_init(),
+    };
 }
 
 fn read_password_stdin() -> Result<String, String> {
@@ -250,7 +269,7 @@ fn read_password_stdin() -> Result<String, String> {
 
 /// Runs the parsed command line; the error is printed by `main`.
 pub async fn run(cli: Cli) -> Result<(), String> {
-    init_tracing();
+    init_tracing(cli.log_format);
     let config =
         Config::load(cli.config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
     let command = cli.command.unwrap_or(Command::Serve);
@@ -362,6 +381,7 @@ async fn connections(
                 Some("the vault of OAuth upstreams"),
             )?;
             let contexts = crate::login::LoginContexts::new(keys.map(Arc::new));
+            let observer = crate::observe::Observer::for_command(config, clock.clone())?;
             let broker = crate::broker::Broker::from_config(
                 config,
                 store,
@@ -369,6 +389,7 @@ async fn connections(
                 clock,
                 None,
                 &std::collections::HashMap::new(),
+                observer,
             )?
             .ok_or("no upstream uses OAuth in this configuration")?;
             if !broker.has(&upstream) {
@@ -436,7 +457,11 @@ fn redact_url(url: &str) -> String {
 async fn serve(config: Config, store: SharedStore, clock: SharedClock) -> Result<(), String> {
     if store.count_users().await.map_err(|e| e.to_string())? == 0 {
         let admin = Admin::new(store.clone(), clock.clone(), &config, FIRST_START_ACTOR)
-            .map_err(cli_error)?;
+            .map_err(cli_error)?
+            .observed_by(crate::observe::Observer::for_command(
+                &config,
+                clock.clone(),
+            )?);
         let password = crypto::new_secret("");
         admin
             .create_user("admin", &password, None, &[])
@@ -510,7 +535,10 @@ fn cli_error(e: AdminError) -> String {
 }
 
 fn cli_admin(config: &Config, store: SharedStore, clock: SharedClock) -> Result<Admin, String> {
-    Admin::new(store, clock, config, CLI_ACTOR).map_err(cli_error)
+    let observer = crate::observe::Observer::for_command(config, clock.clone())?;
+    Ok(Admin::new(store, clock, config, CLI_ACTOR)
+        .map_err(cli_error)?
+        .observed_by(observer))
 }
 
 async fn users(c: UsersCommand, admin: &Admin) -> Result<(), String> {

@@ -61,6 +61,10 @@ pub struct Config {
     pub trust: TrustConfig,
     /// The gateway as an OAuth client of upstreams (`[broker]`).
     pub broker: BrokerConfig,
+    /// Prometheus series at `/metrics` (`[metrics]`).
+    pub metrics: MetricsConfig,
+    /// The audit log of security events (`[audit]`).
+    pub audit: AuditConfig,
     /// Where the configuration came from, for error messages.
     #[serde(skip)]
     pub origin: String,
@@ -81,6 +85,8 @@ impl Default for Config {
             keys: KeysConfig::default(),
             trust: TrustConfig::default(),
             broker: BrokerConfig::default(),
+            metrics: MetricsConfig::default(),
+            audit: AuditConfig::default(),
             origin: "defaults".into(),
         }
     }
@@ -549,6 +555,50 @@ impl Default for WhoamiConfig {
             enabled: true,
             path: "/mcp".into(),
             scopes: vec!["mcp".into()],
+        }
+    }
+}
+
+/// `[metrics]`: the Prometheus series.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Off: nothing is counted and `/metrics` is not served.
+    pub enabled: bool,
+    /// A separate address that serves `/metrics` (to whoever reaches it) instead of the
+    /// main listener.
+    pub listen: Option<SocketAddr>,
+    /// On the main listener, `/metrics` answers loopback clients and requests bearing this
+    /// token; everyone else gets 404.
+    pub bearer_token: Option<Secret>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+            bearer_token: None,
+        }
+    }
+}
+
+/// `[audit]`: security events as JSON lines.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// A file to append to, or `-` for standard output; none: the audit events appear only
+    /// in the log (target `audit`).
+    pub path: Option<String>,
+}
+
+impl AuditConfig {
+    pub fn destination(&self) -> Option<crate::observe::audit::Destination> {
+        use crate::observe::audit::Destination;
+        match self.path.as_deref() {
+            None | Some("") => None,
+            Some("-") => Some(Destination::Stdout),
+            Some(p) => Some(Destination::File(p.into())),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod keyset;
 pub mod login;
 pub mod mcp;
 pub mod net;
+pub mod observe;
 pub mod outbound;
 pub mod proxy;
 pub mod secret;

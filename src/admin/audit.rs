@@ -91,6 +91,52 @@ impl AuditEvent {
     }
 }
 
+impl AuditEvent {
+    /// The event's own fields, as the audit log writes them.
+    pub fn fields(&self) -> Vec<(&'static str, serde_json::Value)> {
+        use serde_json::json;
+        match self {
+            Self::UserCreated { user, groups } | Self::UserUpdated { user, groups } => {
+                vec![("user", json!(user)), ("groups", json!(groups))]
+            }
+            Self::PasswordChanged { user, grants_ended }
+            | Self::UserDisabled { user, grants_ended } => {
+                vec![("user", json!(user)), ("grants_ended", json!(grants_ended))]
+            }
+            Self::UserEnabled { user }
+            | Self::UserRemoved { user }
+            | Self::SessionsEnded { user } => {
+                vec![("user", json!(user))]
+            }
+            Self::ClientRemoved { client } => vec![("client", json!(client))],
+            Self::GrantsRevoked { selection, count } => {
+                let mut v = Vec::new();
+                if let Some(u) = &selection.user {
+                    v.push(("user", json!(u)));
+                }
+                if let Some(c) = &selection.client {
+                    v.push(("client", json!(c)));
+                }
+                if let Some(g) = &selection.grant {
+                    v.push(("grant", json!(g)));
+                }
+                v.push(("count", json!(count)));
+                v
+            }
+            Self::SigningKeyRotated { kid } | Self::SigningKeyRetired { kid } => {
+                vec![("kid", json!(kid))]
+            }
+            Self::SigningKeysResealed {
+                encryption_key,
+                count,
+            } => vec![
+                ("encryption_key", json!(encryption_key)),
+                ("count", json!(count)),
+            ],
+        }
+    }
+}
+
 /// Writes `event`, made by `actor`, as one `tracing` event (target [`TARGET`], level INFO).
 pub fn emit(actor: &str, event: &AuditEvent) {
     let action = event.action();

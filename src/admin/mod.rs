@@ -205,6 +205,7 @@ pub struct Admin {
     configured_clients: Arc<[StaticClientConfig]>,
     encryption: Option<Arc<EncryptionKeys>>,
     actor: Arc<str>,
+    observer: crate::observe::SharedObserver,
 }
 
 impl Admin {
@@ -229,7 +230,13 @@ impl Admin {
             configured_clients: config.clients.clone().into(),
             encryption,
             actor: actor.into(),
+            observer: crate::observe::Observer::off(),
         })
+    }
+
+    /// The same service, recording its changes in this observer's audit log too.
+    pub fn observed_by(self, observer: crate::observe::SharedObserver) -> Self {
+        Self { observer, ..self }
     }
 
     /// The same service, recording `actor` as the one who acts.
@@ -246,6 +253,13 @@ impl Admin {
 
     fn audit(&self, event: AuditEvent) {
         audit::emit(&self.actor, &event);
+        self.observer.record(
+            crate::observe::Event::Admin {
+                actor: self.actor.to_string(),
+                event,
+            },
+            None,
+        );
     }
 
     async fn user_named(&self, name: &str) -> Result<UserRecord, AdminError> {

@@ -246,6 +246,33 @@ impl AuthorizationServer {
         session: Option<BrowserSession>,
         binding: &str,
     ) -> Result<AuthorizeStep, PageError> {
+        let result = self.begin_inner(params, session, binding).await;
+        // Stopped before there was a client and redirect to answer: recorded here; later
+        // refusals and acceptances where they are decided.
+        if result.is_err() {
+            self.observer.record(
+                crate::observe::Event::AuthorizationRequested {
+                    client: params
+                        .get("client_id")
+                        .ok()
+                        .flatten()
+                        .map(crate::observe::audit::bounded)
+                        .unwrap_or_default(),
+                    resource: None,
+                    error: Some("invalid_request"),
+                },
+                None,
+            );
+        }
+        result
+    }
+
+    async fn begin_inner(
+        &self,
+        params: &Params,
+        session: Option<BrowserSession>,
+        binding: &str,
+    ) -> Result<AuthorizeStep, PageError> {
         let client_id = params
             .get("client_id")
             .map_err(|e| PageError::bad(e.description))?
@@ -305,6 +332,14 @@ impl AuthorizationServer {
         let state = params.get("state").ok().flatten();
         let verified = self.client_is_verified(&client);
         let fail = |e: OAuthError| {
+            self.observer.record(
+                crate::observe::Event::AuthorizationRequested {
+                    client: client.client_id.clone(),
+                    resource: None,
+                    error: Some(e.code.as_str()),
+                },
+                None,
+            );
             let back = self.error_redirect(&redirect_uri, state, &e);
             Ok(if verified {
                 AuthorizeStep::Redirect(back)
@@ -344,6 +379,14 @@ impl AuthorizationServer {
                     login_leg: None,
                     consented: false,
                 };
+                self.observer.record(
+                    crate::observe::Event::AuthorizationRequested {
+                        client: client.client_id.clone(),
+                        resource: Some(pending.resource.clone()),
+                        error: None,
+                    },
+                    pending.grant_id.as_deref(),
+                );
                 // A browser session stands in for signing in again, unless its source keeps
                 // something per grant (which only a new sign-in can give) or is gone.
                 let session = session.filter(|s| {
@@ -374,7 +417,9 @@ impl AuthorizationServer {
                         ));
                     }
                     pending.user_id = Some(user.id);
-                    return Ok(AuthorizeStep::Redirect(self.issue_code(&pending).await?));
+                    return Ok(AuthorizeStep::Redirect(
+                        self.issue_code(&pending, true).await?,
+                    ));
                 }
                 pending.user_id = user.as_ref().map(|u| u.id.clone());
                 self.store.put_pending(&pending).await?;
@@ -551,7 +596,7 @@ impl AuthorizationServer {
             if consented {
                 return self.approved(&p, user_id).await;
             }
-            return Ok(AuthorizeStep::Redirect(self.issue_code(&p).await?));
+            return Ok(AuthorizeStep::Redirect(self.issue_code(&p, true).await?));
         }
         Ok(AuthorizeStep::Consent {
             ctx: self.page_context(p, handle, client, Some(username)),
@@ -643,6 +688,12 @@ impl AuthorizationServer {
             error: Some(error.to_string()),
             status,
         };
+        self.record_sign_in(
+            name,
+            &attempt,
+            Some(&client.client_id),
+            p.grant_id.as_deref(),
+        );
         match attempt {
             Attempt::Invalid => {
                 let redirected = self
@@ -688,6 +739,11 @@ impl AuthorizationServer {
                     Err(crate::login::source::ResolveError::Store(e)) => return Err(e.into()),
                     Err(e) => {
                         tracing::info!(source = name, reason = %e, "sign-in refused");
+                        self.sign_in_refused_after_resolve(
+                            name,
+                            Some(&client.client_id),
+                            p.grant_id.as_deref(),
+                        );
                         return Ok((login_again("This account may not sign in here.", 403), None));
                     }
                 };
@@ -725,6 +781,12 @@ impl AuthorizationServer {
                 p.login_source = Some(name.to_string());
                 p.login_context = sealed;
                 tracing::info!(user = ?user.username, source = name, client_id = ?client.client_id, "login");
+                self.record_signed_in(
+                    name,
+                    &user.id,
+                    Some(&client.client_id),
+                    p.grant_id.as_deref(),
+                );
                 // A redirecting source's leg began with the consent page (and only then).
                 let consented = p.consented
                     && self
@@ -914,7 +976,9 @@ impl AuthorizationServer {
                 400,
             )));
         };
-        match source.check_password(username, password, ip).await? {
+        let attempt = source.check_password(username, password, ip).await?;
+        self.record_sign_in(name, &attempt, None, None);
+        match attempt {
             Attempt::Invalid => Ok(Err(("Wrong username or password.".into(), 401))),
             Attempt::Refused(message) => Ok(Err((message, 403))),
             Attempt::Unavailable(why) => {
@@ -934,6 +998,7 @@ impl AuthorizationServer {
                     Err(crate::login::source::ResolveError::Store(e)) => return Err(e.into()),
                     Err(e) => {
                         tracing::info!(source = name, reason = %e, "sign-in refused");
+                        self.sign_in_refused_after_resolve(name, None, None);
                         return Ok(Err(("This account may not sign in here.".into(), 403)));
                     }
                 };
@@ -948,6 +1013,7 @@ impl AuthorizationServer {
                     .put_session(&crypto::hash_secret(&secret), &session, now, now + max_age)
                     .await?;
                 tracing::info!(user = ?user.username, source = name, "login (gateway pages)");
+                self.record_signed_in(name, &user.id, None, None);
                 Ok(Ok((NewSession { secret, max_age }, user.id)))
             }
         }
@@ -1014,6 +1080,13 @@ impl AuthorizationServer {
 
     /// The person denied on the consent page: back to the client with `access_denied`.
     fn denied(&self, p: &PendingAuthorization) -> AuthorizeStep {
+        self.observer.record(
+            crate::observe::Event::ConsentDenied {
+                client: p.client_id.clone(),
+                user: p.user_id.clone(),
+            },
+            p.grant_id.as_deref(),
+        );
         let e = OAuthError::new(ErrorCode::AccessDenied, "the user denied the request");
         AuthorizeStep::Redirect(self.error_redirect(&p.redirect_uri, p.state.as_deref(), &e))
     }
@@ -1037,13 +1110,29 @@ impl AuthorizationServer {
                 )
                 .await?;
         }
-        Ok(AuthorizeStep::Redirect(self.issue_code(p).await?))
+        Ok(AuthorizeStep::Redirect(self.issue_code(p, false).await?))
     }
 
-    async fn issue_code(&self, p: &PendingAuthorization) -> Result<String, OAuthError> {
+    /// The client's code, once the person has consented (`remembered`: earlier, so no page
+    /// was shown this time).
+    async fn issue_code(
+        &self,
+        p: &PendingAuthorization,
+        remembered: bool,
+    ) -> Result<String, OAuthError> {
         let Some(user_id) = &p.user_id else {
             return Err(OAuthError::server_error());
         };
+        self.observer.record(
+            crate::observe::Event::ConsentGiven {
+                client: p.client_id.clone(),
+                user: user_id.clone(),
+                scopes: p.scopes.clone(),
+                resource: p.resource.clone(),
+                remembered,
+            },
+            p.grant_id.as_deref(),
+        );
         let now = self.clock.now();
         let code = crypto::new_secret(crypto::CODE_PREFIX);
         self.store
@@ -1065,6 +1154,74 @@ impl AuthorizationServer {
             })
             .await?;
         Ok(self.redirect_with(&p.redirect_uri, &[("code", &code)], p.state.as_deref()))
+    }
+
+    /// Records what a login source answered; a success is recorded once the person is
+    /// known here ([`Self::record_signed_in`]).
+    fn record_sign_in(
+        &self,
+        source: &str,
+        attempt: &Attempt,
+        client: Option<&str>,
+        flow: Option<&str>,
+    ) {
+        use crate::observe::SignInOutcome;
+        let (outcome, reason) = match attempt {
+            Attempt::Invalid => (SignInOutcome::Refused, Some("invalid_credentials".into())),
+            Attempt::Refused(m) => (SignInOutcome::Refused, Some(m.clone())),
+            Attempt::Unavailable(_) => (SignInOutcome::Unavailable, None),
+            Attempt::Throttled { .. } => (SignInOutcome::Throttled, None),
+            Attempt::Success(_) => return,
+        };
+        self.observer.record(
+            crate::observe::Event::SignIn {
+                source: source.to_string(),
+                user: None,
+                client: client.map(str::to_string),
+                outcome,
+                reason,
+            },
+            flow,
+        );
+    }
+
+    fn record_signed_in(
+        &self,
+        source: &str,
+        user_id: &str,
+        client: Option<&str>,
+        flow: Option<&str>,
+    ) {
+        self.observer.record(
+            crate::observe::Event::SignIn {
+                source: source.to_string(),
+                user: Some(user_id.to_string()),
+                client: client.map(str::to_string),
+                outcome: crate::observe::SignInOutcome::Success,
+                reason: None,
+            },
+            flow,
+        );
+    }
+
+    /// The source accepted the person, but this gateway does not let them in (disabled,
+    /// not allowed by the first-sign-in rule).
+    fn sign_in_refused_after_resolve(
+        &self,
+        source: &str,
+        client: Option<&str>,
+        flow: Option<&str>,
+    ) {
+        self.observer.record(
+            crate::observe::Event::SignIn {
+                source: source.to_string(),
+                user: None,
+                client: client.map(str::to_string),
+                outcome: crate::observe::SignInOutcome::Refused,
+                reason: Some("account_not_allowed".into()),
+            },
+            flow,
+        );
     }
 
     /// The browser session behind a cookie, if it is live.

@@ -362,6 +362,13 @@ impl AuthorizationServer {
             r.insert("client_secret_expires_at".into(), json!(0));
         }
         tracing::info!(client_id = ?client_id, ip, "client registered");
+        self.observer.record(
+            crate::observe::Event::ClientRegistered {
+                client: client_id.to_string(),
+                method: "dcr",
+            },
+            None,
+        );
         Ok(response)
     }
 

@@ -224,6 +224,7 @@ impl AuthorizationServer {
             return Err(refused("it was used already (jti)"));
         }
         tracing::info!(issuer = %trusted.issuer, user = ?user.username, client_id = ?client.client_id, resource = %resource.url, "ID-JAG exchanged");
+        self.issued("jwt_bearer", &record);
         Ok(TokenResponse {
             access_token: access,
             token_type: "Bearer".into(),

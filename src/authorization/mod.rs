@@ -95,6 +95,8 @@ pub struct AuthorizationServer {
     /// A removed client's grants, tokens and codes go with it, and the removal empties this
     /// on every instance (it is a revocation); at worst it lingers `TOKEN_CACHE_SECS`.
     clients_seen: Arc<crate::cache::TtlCache<Client>>,
+    /// Where security events are recorded (audit log and series).
+    pub observer: crate::observe::SharedObserver,
 }
 
 impl AuthorizationServer {
@@ -112,6 +114,23 @@ impl AuthorizationServer {
         store: SharedStore,
         clock: SharedClock,
         sources: Vec<Arc<dyn LoginSource>>,
+    ) -> Result<Arc<Self>, String> {
+        Self::build(
+            config,
+            store,
+            clock,
+            sources,
+            crate::observe::Observer::off(),
+        )
+    }
+
+    /// [`Self::with_login_sources`], recording security events with `observer`.
+    pub fn build(
+        config: &Config,
+        store: SharedStore,
+        clock: SharedClock,
+        sources: Vec<Arc<dyn LoginSource>>,
+        observer: crate::observe::SharedObserver,
     ) -> Result<Arc<Self>, String> {
         let mut login = LoginSources::new(store.clone(), clock.clone(), config.login.first_sign_in);
         if config.login.local_accounts {
@@ -304,6 +323,7 @@ impl AuthorizationServer {
             cimd: cimd::CimdResolver::new(fetcher, config.registration.cimd_default_cache_secs),
             tokens,
             clients_seen,
+            observer,
         }))
     }
 

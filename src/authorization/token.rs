@@ -95,6 +95,10 @@ impl TokenCache {
         self.entries.clear();
     }
 
+    pub fn stats(&self) -> std::sync::Arc<crate::observe::metrics::CacheStats> {
+        self.entries.stats()
+    }
+
     /// Drops what an event ended.
     pub fn forget(&self, event: &StoreEvent) {
         match event {
@@ -123,8 +127,50 @@ pub enum BearerError {
 }
 
 impl AuthorizationServer {
-    /// POST /token.
+    /// POST /token. Every refusal is recorded (`token_refused`) with the client it named
+    /// and the OAuth error code; each issuance where it happens (`token_issued`).
     pub async fn token(
+        &self,
+        params: &Params,
+        basic: Option<(String, String)>,
+    ) -> Result<TokenResponse, OAuthError> {
+        let named = basic
+            .as_ref()
+            .map(|(id, _)| id.clone())
+            .or_else(|| params.get("client_id").ok().flatten().map(str::to_string));
+        let result = self.token_inner(params, basic).await;
+        if let Err(e) = &result {
+            self.observer.record(
+                crate::observe::Event::TokenRefused {
+                    grant_type: params
+                        .get("grant_type")
+                        .ok()
+                        .flatten()
+                        .map(crate::observe::audit::bounded),
+                    client: named.as_deref().map(crate::observe::audit::bounded),
+                    error: e.code.as_str(),
+                },
+                None,
+            );
+        }
+        result
+    }
+
+    /// Records an access token issued by the `grant_type` grant.
+    pub(super) fn issued(&self, grant_type: &'static str, record: &AccessTokenRecord) {
+        self.observer.record(
+            crate::observe::Event::TokenIssued {
+                grant_type,
+                client: record.client_id.clone(),
+                user: record.user_id.clone(),
+                resource: record.resource.clone(),
+                scopes: record.scopes.clone(),
+            },
+            record.grant_id.as_deref(),
+        );
+    }
+
+    async fn token_inner(
         &self,
         params: &Params,
         basic: Option<(String, String)>,
@@ -326,13 +372,16 @@ impl AuthorizationServer {
             )
             .await?
         {
-            RedeemOutcome::Issued => Ok(TokenResponse {
-                access_token: access,
-                token_type: "Bearer".into(),
-                expires_in: access_rec.expires_at - now,
-                refresh_token: refresh.map(|(t, _)| t),
-                scope: record.scopes.join(" "),
-            }),
+            RedeemOutcome::Issued => {
+                self.issued("authorization_code", &access_rec);
+                Ok(TokenResponse {
+                    access_token: access,
+                    token_type: "Bearer".into(),
+                    expires_in: access_rec.expires_at - now,
+                    refresh_token: refresh.map(|(t, _)| t),
+                    scope: record.scopes.join(" "),
+                })
+            }
             RedeemOutcome::Replayed { grant_id } => {
                 if let Some(g) = grant_id {
                     self.revoke_grant_after_replay(&g, EndReason::CodeReplayed)
@@ -457,7 +506,10 @@ impl AuthorizationServer {
             )
             .await?
         {
-            RotateOutcome::Rotated => Ok(response),
+            RotateOutcome::Rotated => {
+                self.issued("refresh_token", &access_rec);
+                Ok(response)
+            }
             RotateOutcome::AlreadyUsed {
                 record,
                 successor_used,
@@ -551,6 +603,12 @@ impl AuthorizationServer {
             response.expires_in = (response.expires_in - (now - issued_at)).max(1);
             return Ok(response);
         }
+        self.observer.record(
+            crate::observe::Event::RefreshReuseDetected {
+                client: old.client_id.clone(),
+            },
+            Some(&old.grant_id),
+        );
         self.revoke_grant_after_replay(&old.grant_id, EndReason::RefreshReplayed)
             .await?;
         Err(OAuthError::invalid_grant(
@@ -574,6 +632,7 @@ impl AuthorizationServer {
         let (access, record) =
             self.mint_access(None, None, &client.client_id, None, &resource.url, &scopes);
         self.store.insert_access_token(&record).await?;
+        self.issued("client_credentials", &record);
         Ok(TokenResponse {
             access_token: access,
             token_type: "Bearer".into(),
@@ -597,18 +656,28 @@ impl AuthorizationServer {
         let token = params.require("token")?;
         let hash = crypto::hash_secret(token);
         let now = self.clock.now();
+        let revoked = |kind: &'static str, grant: Option<&str>| {
+            self.observer.record(
+                crate::observe::Event::TokenRevoked {
+                    client: client.client_id.clone(),
+                    kind,
+                },
+                grant,
+            );
+        };
         if let Some(r) = self.store.refresh_token(&hash, now).await? {
             if r.client_id == client.client_id {
                 self.store
                     .revoke_grants(
                         &GrantFilter {
-                            grant_id: Some(r.grant_id),
+                            grant_id: Some(r.grant_id.clone()),
                             ..Default::default()
                         },
                         EndReason::Revoked,
                         now,
                     )
                     .await?;
+                revoked("refresh_token", Some(&r.grant_id));
             }
             return Ok(());
         }
@@ -616,6 +685,7 @@ impl AuthorizationServer {
             && info.token.client_id == client.client_id
         {
             self.store.revoke_access_token(&hash, now).await?;
+            revoked("access_token", info.token.grant_id.as_deref());
         }
         Ok(())
     }
@@ -716,14 +786,16 @@ impl AuthorizationServer {
             Some(info) => info,
             None => {
                 let generation = self.tokens.generation();
-                let info = self
-                    .store
-                    .access_token(&hash, now)
-                    .await
-                    .map_err(|_| BearerError::Unavailable)?
-                    .ok_or(BearerError::Invalid(
-                        "the access token is not valid or has expired",
-                    ))?;
+                let started = std::time::Instant::now();
+                let read = self.store.access_token(&hash, now).await;
+                if let Some(m) = self.observer.metrics() {
+                    m.store_timed("access_token_lookup", started.elapsed(), read.is_ok());
+                }
+                let info =
+                    read.map_err(|_| BearerError::Unavailable)?
+                        .ok_or(BearerError::Invalid(
+                            "the access token is not valid or has expired",
+                        ))?;
                 self.tokens.put(generation, hash, info.clone(), now);
                 info
             }

@@ -202,6 +202,9 @@ pub struct Broker {
     recent: crate::cache::TtlCache<(String, Option<Timestamp>, i64)>,
     /// Refreshes performed by this instance (for tests and metrics).
     refreshes: std::sync::atomic::AtomicU64,
+    observer: crate::observe::SharedObserver,
+    /// Connections by (upstream, state), counted from the vault every minute for the metrics.
+    counts: std::sync::Mutex<Vec<((String, String), i64)>>,
 }
 
 /// The settings fingerprint of an OAuth upstream: its URL, the gateway's redirect URI, the
@@ -294,6 +297,7 @@ impl Broker {
         clock: SharedClock,
         signer: Option<Arc<crate::proxy::Signer>>,
         subjects: &HashMap<String, Arc<crate::proxy::provider_token::ProviderToken>>,
+        observer: crate::observe::SharedObserver,
     ) -> Result<Option<Arc<Self>>, String> {
         let public_url = config.public_url();
         let mut upstreams = HashMap::new();
@@ -381,7 +385,56 @@ impl Broker {
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             refreshes: std::sync::atomic::AtomicU64::new(0),
             recent: crate::cache::TtlCache::new(VAULT_CACHE_SECS, 100_000),
+            observer,
+            counts: Default::default(),
         })))
+    }
+
+    /// Records one of the broker's security events (action `upstream_…`), in the log
+    /// (target `audit`) and through the observer.
+    fn audit(
+        &self,
+        action: &'static str,
+        upstream: &str,
+        user: Option<&str>,
+        reason: Option<&str>,
+    ) {
+        tracing::info!(target: "audit", action, upstream, user, reason);
+        self.observer.record(
+            crate::observe::Event::Upstream {
+                action,
+                upstream: upstream.to_string(),
+                user: user.map(str::to_string),
+                reason: reason.map(str::to_string),
+            },
+            None,
+        );
+    }
+
+    /// The vault cache's hits and misses.
+    pub fn cache_stats(&self) -> Arc<crate::observe::metrics::CacheStats> {
+        self.recent.stats()
+    }
+
+    /// Connections by (upstream, state) as last counted by [`Self::count_connections`].
+    pub fn connection_counts(&self) -> Vec<((String, String), i64)> {
+        self.counts.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Counts the vault's rows by upstream and state, for the metrics.
+    pub async fn count_connections(&self) -> Result<(), BrokerError> {
+        let rows = self.store.upstream_tokens(None).await?;
+        let mut counts: std::collections::BTreeMap<(String, String), i64> = Default::default();
+        for name in self.upstreams.keys() {
+            counts.insert((name.clone(), "connected".into()), 0);
+        }
+        for r in rows {
+            *counts.entry((r.upstream, r.status)).or_insert(0) += 1;
+        }
+        if let Ok(mut c) = self.counts.lock() {
+            *c = counts.into_iter().collect();
+        }
+        Ok(())
     }
 
     /// Forgets tokens, flows and registrations made under other settings (a changed URL,
@@ -713,7 +766,7 @@ impl Broker {
                 q.append_pair("scope", &scope);
             }
         }
-        tracing::info!(target: "audit", event = "upstream.connect_started", upstream = name, user = user_id);
+        self.audit("upstream_connect_started", name, Some(user_id), None);
         Ok(url.into())
     }
 
@@ -756,12 +809,23 @@ impl Broker {
         }
         // The answer came back at another upstream's address: a mix-up (or a mistake).
         if rec.upstream != via {
-            tracing::warn!(target: "audit", event = "upstream.connect_failed", upstream = %rec.upstream, arrived_for = via, reason = "wrong_redirect_uri");
+            tracing::warn!(upstream = %rec.upstream, arrived_for = via, "a connect flow came back at another upstream's address");
+            self.audit(
+                "upstream_connect_failed",
+                &rec.upstream,
+                Some(&rec.user_id),
+                Some("wrong_redirect_uri"),
+            );
             return Err(BrokerError::WrongRedirect);
         }
         let name = rec.upstream.clone();
         let audit_fail = |reason: &str| {
-            tracing::info!(target: "audit", event = "upstream.connect_failed", upstream = %name, user = %rec.user_id, reason);
+            self.audit(
+                "upstream_connect_failed",
+                &name,
+                Some(&rec.user_id),
+                Some(reason),
+            );
         };
         let u = self.upstream(&name)?;
         let d = self.discovery(&name).await?;
@@ -848,7 +912,7 @@ impl Broker {
             now,
         )
         .await?;
-        tracing::info!(target: "audit", event = "upstream.connected", upstream = %name, user = %rec.user_id, issuer = %rec.issuer);
+        self.audit("upstream_connected", &name, Some(&rec.user_id), None);
         Ok(Finished {
             upstream: name,
             then: leg.then,
@@ -1137,7 +1201,7 @@ impl Broker {
                 ],
             )
             .await?;
-        tracing::info!(target: "audit", event = "upstream.token_exchanged", upstream = %u.name, user);
+        self.audit("upstream_token_exchanged", &u.name, Some(user), None);
         Ok(token)
     }
 
@@ -1165,7 +1229,7 @@ impl Broker {
                 &[("grant_type", "client_credentials")],
             )
             .await?;
-        tracing::info!(target: "audit", event = "upstream.service_token", upstream = %u.name);
+        self.audit("upstream_service_token", &u.name, None, None);
         Ok(token)
     }
 
@@ -1359,7 +1423,7 @@ impl Broker {
             .store
             .set_upstream_token_status(user_id, name, BROKEN, self.clock.now())
             .await;
-        tracing::info!(target: "audit", event = "upstream.connection_broken", upstream = name, user = user_id);
+        self.audit("upstream_connection_broken", name, Some(user_id), None);
         self.connect_first(name, user_id, None).await
     }
 
@@ -1483,7 +1547,7 @@ impl Broker {
                 .store
                 .set_upstream_token_status(user_id, &u.name, BROKEN, self.clock.now())
                 .await;
-            tracing::info!(target: "audit", event = "upstream.refresh_failed", upstream = %u.name, user = user_id, reason = why);
+            self.audit("upstream_refresh_failed", &u.name, Some(user_id), Some(why));
             Refreshed::Broken
         };
         if u.shared {
@@ -1558,7 +1622,7 @@ impl Broker {
                     // Disconnected (or removed) while this refresh ran: it stays gone.
                     Ok(false) => Refreshed::Broken,
                     Ok(true) => {
-                        tracing::info!(target: "audit", event = "upstream.refreshed", upstream = %u.name, user = user_id);
+                        self.audit("upstream_refreshed", &u.name, Some(user_id), None);
                         Refreshed::Token(token)
                     }
                     Err(e) => {
@@ -1626,7 +1690,7 @@ impl Broker {
             }
         }
         let removed = self.store.delete_upstream_token(user_id, name).await?;
-        tracing::info!(target: "audit", event = "upstream.disconnected", upstream = name, user = user_id);
+        self.audit("upstream_disconnected", name, Some(user_id), None);
         Ok(removed)
     }
 
@@ -1648,7 +1712,7 @@ impl Broker {
         if wanted.split(' ').all(|w| held.split(' ').any(|h| h == w)) {
             return None;
         }
-        tracing::info!(target: "audit", event = "upstream.step_up", upstream = name, user = user_id);
+        self.audit("upstream_step_up", name, Some(user_id), None);
         Some(self.connect_url(name, Some(&union_scopes(&held, wanted))))
     }
 

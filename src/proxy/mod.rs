@@ -5,6 +5,7 @@
 
 mod assertion;
 pub mod credentials;
+pub mod health;
 mod policy;
 pub mod provider_token;
 mod relay;
@@ -105,6 +106,22 @@ pub struct Upstream {
     /// What goes upstream as a credential.
     pub credential: std::sync::Arc<dyn CredentialSource>,
     pub tools: Vec<ToolRule>,
+    /// What the last forwarded requests saw of it.
+    pub health: std::sync::Arc<health::Health>,
+    /// Its name as a metrics label (shared, not copied per request).
+    label: std::sync::Arc<str>,
+}
+
+impl Upstream {
+    /// Its state for `/readyz` and the console: `up`, `down` or `unknown` for an HTTP
+    /// upstream (from what the last requests saw); built-in and stdio servers run here.
+    pub fn state(&self, seen: &health::UpstreamState) -> &'static str {
+        match self.backend {
+            Backend::Http { .. } => seen.state(),
+            Backend::BuiltIn(_) => "built_in",
+            Backend::Stdio(_) => "stdio",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +217,7 @@ pub struct Proxy {
     sessions_seen: std::sync::Arc<crate::cache::TtlCache<String>>,
     /// Per (owner, upstream, session): whether the client declared URL-mode elicitation.
     url_elicitation: crate::cache::TtlCache<bool>,
+    observer: crate::observe::SharedObserver,
 }
 
 /// How long a confirmed session binding is trusted without asking the store.
@@ -226,6 +244,7 @@ impl Proxy {
         signer: std::sync::Arc<Signer>,
         credential_sources: Vec<(String, std::sync::Arc<dyn CredentialSource>)>,
         built_ins: Vec<(String, std::sync::Arc<dyn crate::mcp::server::McpServer>)>,
+        observer: crate::observe::SharedObserver,
     ) -> Result<Self, String> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(config.proxy.connect_timeout_secs)));
@@ -292,6 +311,8 @@ impl Proxy {
                         &config.public_url(),
                     )?,
                     tools: u.tools.clone(),
+                    health: Default::default(),
+                    label: u.name.as_str().into(),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -312,6 +333,8 @@ impl Proxy {
                 sse_endpoint: Default::default(),
                 credential: std::sync::Arc::new(credentials::NoCredential),
                 tools: Vec::new(),
+                health: Default::default(),
+                label: "whoami".into(),
             });
         }
         let sessions_seen = std::sync::Arc::new(crate::cache::TtlCache::new(
@@ -345,7 +368,24 @@ impl Proxy {
             body_timeout: Duration::from_secs(config.server.body_read_timeout_secs),
             store,
             clock,
+            observer,
         })
+    }
+
+    /// Every upstream, in configuration order.
+    pub fn upstreams(&self) -> &[Upstream] {
+        &self.upstreams
+    }
+
+    /// The session-binding cache's hits and misses.
+    pub fn session_cache_stats(&self) -> std::sync::Arc<crate::observe::metrics::CacheStats> {
+        self.sessions_seen.stats()
+    }
+
+    fn upstream_label(upstream: &Upstream) -> crate::observe::metrics::UpstreamLabels {
+        crate::observe::metrics::UpstreamLabels {
+            upstream: upstream.label.clone(),
+        }
     }
 
     pub fn upstream(&self, index: usize) -> Option<&Upstream> {
@@ -363,8 +403,15 @@ impl Proxy {
         upstream: &Upstream,
         principal: &Principal,
         req: Request<Body>,
-        in_flight: InFlight,
+        mut in_flight: InFlight,
     ) -> Result<Response<Body>, (ProxyError, Value)> {
+        if let Some(m) = self.observer.metrics() {
+            in_flight.track(
+                m.proxy_in_flight
+                    .get_or_create(&Self::upstream_label(upstream))
+                    .clone(),
+            );
+        }
         let (parts, body) = req.into_parts();
         // Phase: read the (small, JSON-RPC) request body, bounded, and read it once,
         // strictly: every later phase judges this reading, and the upstream gets the bytes
@@ -577,7 +624,7 @@ impl Proxy {
             let _ = self.store.unbind_session(&upstream.name, hash).await;
         }
         rparts.headers = response_headers(&rparts.headers);
-        Ok(self.stream_back(rparts, rbody, in_flight, None))
+        Ok(self.stream_back(upstream, rparts, rbody, in_flight, None))
     }
 
     /// Whether the session (its hash) on `upstream` was opened by `owner`; confirmed
@@ -718,14 +765,53 @@ impl Proxy {
             sent.insert(header::AUTHORIZATION, v.clone());
         }
         let wait = Duration::from_secs(self.settings.header_timeout_secs);
-        match tokio::time::timeout(wait, self.client.request(upstream_req)).await {
-            Err(_) => Err(ProxyError::Timeout(upstream.name.clone())),
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(wait, self.client.request(upstream_req)).await;
+        let took = started.elapsed();
+        let metrics = self.observer.metrics();
+        let class = |c: &'static str| {
+            if let Some(m) = metrics {
+                m.proxy_responses
+                    .get_or_create(&crate::observe::metrics::UpstreamStatus {
+                        upstream: upstream.label.clone(),
+                        status: c,
+                    })
+                    .inc();
+            }
+        };
+        match answer {
+            Err(_) => {
+                let e = ProxyError::Timeout(upstream.name.clone());
+                upstream.health.failed(self.clock.now(), &e.to_string());
+                class("error");
+                Err(e)
+            }
             Ok(Err(e)) => {
                 tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
-                Err(ProxyError::Unreachable(upstream.name.clone()))
+                let e = ProxyError::Unreachable(upstream.name.clone());
+                upstream.health.failed(self.clock.now(), &e.to_string());
+                class("error");
+                Err(e)
             }
             Ok(Ok(r)) => {
                 let (parts, body) = r.into_parts();
+                upstream.health.answered(
+                    self.clock.now(),
+                    parts.status.as_u16(),
+                    took.as_millis() as u64,
+                );
+                if let Some(m) = metrics {
+                    m.proxy_duration
+                        .get_or_create(&Self::upstream_label(upstream))
+                        .observe(took.as_secs_f64());
+                }
+                class(match parts.status.as_u16() {
+                    100..=199 => "1xx",
+                    200..=299 => "2xx",
+                    300..=399 => "3xx",
+                    400..=499 => "4xx",
+                    _ => "5xx",
+                });
                 Ok((parts, body, sent))
             }
         }
@@ -734,9 +820,10 @@ impl Proxy {
     /// Phase stream back: unbuffered, with an idle bound and SSE keep-alives.
     fn stream_back(
         &self,
+        upstream: &Upstream,
         mut rparts: http::response::Parts,
         rbody: hyper::body::Incoming,
-        in_flight: InFlight,
+        mut in_flight: InFlight,
         endpoint: Option<relay::EndpointRewrite>,
     ) -> Response<Body> {
         let is_sse = rparts
@@ -745,6 +832,13 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if is_sse {
+            if let Some(m) = self.observer.metrics() {
+                in_flight.track(
+                    m.sse_streams
+                        .get_or_create(&Self::upstream_label(upstream))
+                        .clone(),
+                );
+            }
             rparts.headers.insert(
                 HeaderName::from_static("x-accel-buffering"),
                 HeaderValue::from_static("no"),
@@ -812,7 +906,7 @@ impl Proxy {
                 .send(upstream, principal, parts.method, uri, &parts.headers, body)
                 .await?;
             rparts.headers = response_headers(&rparts.headers);
-            return Ok(self.stream_back(rparts, rbody, in_flight, None));
+            return Ok(self.stream_back(upstream, rparts, rbody, in_flight, None));
         }
         if parts.method != Method::GET {
             return Err(ProxyError::MethodNotAllowed("GET"));
@@ -862,7 +956,7 @@ impl Proxy {
                 })
             })
         });
-        Ok(self.stream_back(rparts, rbody, in_flight, Some(rewrite)))
+        Ok(self.stream_back(upstream, rparts, rbody, in_flight, Some(rewrite)))
     }
 
     fn target_uri(&self, target: &Uri, incoming: &Uri) -> Uri {

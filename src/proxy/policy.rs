@@ -77,10 +77,23 @@ pub struct Limits {
 pub struct InFlight {
     limits: Arc<Limits>,
     key: Option<String>,
+    /// Gauges raised for this request, lowered with it.
+    gauges: Vec<prometheus_client::metrics::gauge::Gauge>,
+}
+
+impl InFlight {
+    /// Raises `gauge` now and lowers it when the request (with its response body) ends.
+    pub fn track(&mut self, gauge: prometheus_client::metrics::gauge::Gauge) {
+        gauge.inc();
+        self.gauges.push(gauge);
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        for g in &self.gauges {
+            g.dec();
+        }
         if let Some(key) = self.key.take()
             && let Ok(mut m) = self.limits.inflight.lock()
             && let Some(n) = m.get_mut(&key)
@@ -155,6 +168,7 @@ impl Limits {
         Ok(InFlight {
             limits: self.clone(),
             key,
+            gauges: Vec::new(),
         })
     }
 }

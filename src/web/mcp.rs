@@ -16,6 +16,13 @@ fn challenge(app: &App, r: &Resource, status: StatusCode, error: Option<(&str, &
     errors::bearer_challenge(&app.auth.resource_metadata_url(r), &r.scopes, status, error)
 }
 
+/// Counts a refusal at a protected resource.
+fn denied(app: &App, reason: &'static str) {
+    if let Some(m) = app.observer.metrics() {
+        m.denied(reason);
+    }
+}
+
 /// Everything every protected request passes before its upstream sees it.
 async fn gate<'a>(
     app: &'a App,
@@ -32,6 +39,7 @@ async fn gate<'a>(
     };
     // DNS rebinding: a browser page must not reach this through a name of its own.
     if let Err(m) = app.check_origin_and_host(headers) {
+        denied(app, "origin_or_host");
         return Err(errors::jsonrpc(StatusCode::FORBIDDEN, -32600, m));
     }
     // RFC 6750 §2.3 is not allowed by MCP: tokens never travel in URLs.
@@ -39,6 +47,7 @@ async fn gate<'a>(
         .query()
         .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "access_token"))
     {
+        denied(app, "token_in_query");
         return Err(challenge(
             app,
             resource,
@@ -50,6 +59,7 @@ async fn gate<'a>(
         ));
     }
     let token = super::headers::bearer_token(headers).map_err(|m| {
+        denied(app, "malformed_authorization");
         challenge(
             app,
             resource,
@@ -63,23 +73,33 @@ async fn gate<'a>(
         .await
     {
         Ok(p) => Ok((resource, p)),
-        Err(BearerError::Missing) => Err(challenge(app, resource, StatusCode::UNAUTHORIZED, None)),
-        Err(BearerError::Invalid(m)) => Err(challenge(
-            app,
-            resource,
-            StatusCode::UNAUTHORIZED,
-            Some(("invalid_token", m)),
-        )),
-        Err(BearerError::InsufficientScope) => Err(challenge(
-            app,
-            resource,
-            StatusCode::FORBIDDEN,
-            Some((
-                "insufficient_scope",
-                "the access token lacks a scope this resource needs",
-            )),
-        )),
+        Err(BearerError::Missing) => {
+            denied(app, "no_token");
+            Err(challenge(app, resource, StatusCode::UNAUTHORIZED, None))
+        }
+        Err(BearerError::Invalid(m)) => {
+            denied(app, "invalid_token");
+            Err(challenge(
+                app,
+                resource,
+                StatusCode::UNAUTHORIZED,
+                Some(("invalid_token", m)),
+            ))
+        }
+        Err(BearerError::InsufficientScope) => {
+            denied(app, "insufficient_scope");
+            Err(challenge(
+                app,
+                resource,
+                StatusCode::FORBIDDEN,
+                Some((
+                    "insufficient_scope",
+                    "the access token lacks a scope this resource needs",
+                )),
+            ))
+        }
         Err(BearerError::Unavailable) => {
+            denied(app, "store_unavailable");
             let mut resp = errors::jsonrpc(
                 StatusCode::SERVICE_UNAVAILABLE,
                 -32603,
@@ -166,6 +186,7 @@ async fn protected_inner(app: App, req: Request) -> Response {
     {
         Ok(g) => g,
         Err(retry_after) => {
+            denied(&app, "rate_limited");
             let mut resp = errors::jsonrpc(
                 StatusCode::TOO_MANY_REQUESTS,
                 -32000,
@@ -192,6 +213,7 @@ async fn protected_inner(app: App, req: Request) -> Response {
     {
         Ok(resp) => resp,
         Err((ProxyError::InsufficientScope(extra), _)) => {
+            denied(&app, "tool_scope");
             let mut needed = resource.scopes.clone();
             needed.extend(extra.into_iter().filter(|s| !resource.scopes.contains(s)));
             let r = crate::authorization::Resource {
@@ -220,6 +242,11 @@ async fn protected_inner(app: App, req: Request) -> Response {
             &message,
             id,
         ),
-        Err((e, id)) => errors::proxy(e, id),
+        Err((e, id)) => {
+            if matches!(e, ProxyError::ToolDenied(_)) {
+                denied(&app, "tool_denied");
+            }
+            errors::proxy(e, id)
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod headers;
 pub mod listen;
 mod mcp;
 mod oauth;
+mod observe;
 mod pages;
 
 use std::net::{IpAddr, SocketAddr};
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::{HeaderMap, HeaderName, Method, header};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tower_http::cors::{Any, CorsLayer};
@@ -37,6 +39,10 @@ pub struct App {
     max_body: usize,
     body_timeout: Duration,
     origins: Arc<OriginPolicy>,
+    /// Series and audit log.
+    pub observer: crate::observe::SharedObserver,
+    /// The token that opens `/metrics` on the main listener to a non-loopback client.
+    metrics_token: Option<Arc<str>>,
 }
 
 /// Which Host and Origin headers MCP requests may carry (DNS-rebinding protection).
@@ -144,6 +150,68 @@ impl App {
     }
 }
 
+/// Series whose figures live elsewhere, read when `/metrics` is scraped: cache hit counts,
+/// database pools, the broker's connections.
+fn read_at_scrape(
+    m: &crate::observe::Metrics,
+    auth: &AuthorizationServer,
+    proxy: &Proxy,
+    broker: Option<&Arc<crate::broker::Broker>>,
+    databases: &std::collections::HashMap<String, Arc<crate::dbtools::DatabaseSource>>,
+) {
+    use crate::observe::metrics::{CacheCollector, GaugeCollector};
+    let mut caches = vec![
+        ("access_tokens", auth.tokens.stats()),
+        ("mcp_sessions", proxy.session_cache_stats()),
+    ];
+    if let Some(b) = broker {
+        caches.push(("upstream_tokens", b.cache_stats()));
+    }
+    m.read_at_scrape(CacheCollector(caches));
+    // Registered whether or not anything is configured to fill them, so that the series
+    // (and the dashboard's panels) exist on every gateway.
+    let pools: Arc<Vec<(String, Arc<crate::dbtools::pools::UserPools>)>> = Arc::new(
+        databases
+            .iter()
+            .map(|(name, d)| (name.clone(), d.pools.clone()))
+            .collect(),
+    );
+    let p2 = pools.clone();
+    m.read_at_scrape(GaugeCollector {
+        name: "database_pools_open",
+        help: "Per-person database pools open on this instance, by login source",
+        read: Box::new(move || {
+            pools
+                .iter()
+                .map(|(n, p)| (vec![("source", n.clone())], p.stats().0 as i64))
+                .collect()
+        }),
+    });
+    m.read_at_scrape(GaugeCollector {
+        name: "database_connections_open",
+        help: "Connections those pools hold, by login source",
+        read: Box::new(move || {
+            p2.iter()
+                .map(|(n, p)| (vec![("source", n.clone())], i64::from(p.stats().1)))
+                .collect()
+        }),
+    });
+    let broker = broker.cloned();
+    m.read_at_scrape(GaugeCollector {
+        name: "upstream_connections",
+        help: "People's upstream OAuth connections, by upstream and state (counted every minute)",
+        read: Box::new(move || {
+            broker
+                .as_ref()
+                .map(|b| b.connection_counts())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|((u, state), n)| (vec![("upstream", u), ("state", state)], n))
+                .collect()
+        }),
+    });
+}
+
 /// The assembled gateway: configuration checked, store open, routes built.
 /// What is plugged in beside the configuration: login sources and credential sources that
 /// the configuration cannot describe (the ones of later capabilities, and tests' own).
@@ -175,6 +243,7 @@ impl Gateway {
         clock: SharedClock,
         extensions: Extensions,
     ) -> Result<Self, String> {
+        let observer = crate::observe::Observer::from_config(&config, clock.clone())?;
         // Databases people sign in to: login sources, and the pools their tools run in.
         let mut login_sources = extensions.login_sources;
         let mut databases = std::collections::HashMap::new();
@@ -188,11 +257,12 @@ impl Gateway {
             login_sources.push(source.clone());
             databases.insert(d.name.clone(), source);
         }
-        let auth = AuthorizationServer::with_login_sources(
+        let auth = AuthorizationServer::build(
             &config,
             store.clone(),
             clock.clone(),
             login_sources,
+            observer.clone(),
         )?;
         let encryption = config.keys.encryption_keys()?.map(Arc::new);
         let signer = Arc::new(crate::proxy::Signer::load(&store, clock.now(), encryption).await?);
@@ -247,6 +317,7 @@ impl Gateway {
             clock.clone(),
             Some(signer.clone()),
             &subjects,
+            observer.clone(),
         )?;
         if let Some(b) = &broker {
             b.purge_changed().await.map_err(|e| e.to_string())?;
@@ -325,7 +396,11 @@ impl Gateway {
             signer,
             credential_sources,
             built_ins,
+            observer.clone(),
         )?);
+        if let Some(m) = observer.metrics() {
+            read_at_scrape(m, &auth, &proxy, broker.as_ref(), &databases);
+        }
         let trusted = config
             .server
             .trusted_proxies
@@ -341,6 +416,12 @@ impl Gateway {
                 max_body: config.server.max_body_bytes,
                 body_timeout: Duration::from_secs(config.server.body_read_timeout_secs),
                 origins: Arc::new(OriginPolicy::new(&config)),
+                observer,
+                metrics_token: config
+                    .metrics
+                    .bearer_token
+                    .as_ref()
+                    .map(|t| t.expose().into()),
             },
             config,
         })
@@ -486,13 +567,24 @@ impl Gateway {
                 protected = protected.route(m, axum::routing::any(mcp::protected));
             }
         }
-        Router::new()
+        let router = Router::new()
             .merge(api)
             .merge(browser)
             .merge(protected)
-            .route("/healthz", get(|| async { "ok" }))
+            .route("/healthz", get(observe::healthz))
+            .route("/readyz", get(observe::readyz));
+        let router = if app.observer.metrics().is_some() && self.config.metrics.listen.is_none() {
+            router.route("/metrics", get(observe::metrics))
+        } else {
+            router
+        };
+        router
             .fallback(oauth::not_found)
             .layer(axum::extract::DefaultBodyLimit::disable())
+            .layer(axum::middleware::from_fn_with_state(
+                app.clone(),
+                observe::around,
+            ))
             .with_state(app)
     }
 
@@ -540,7 +632,53 @@ impl Gateway {
                 }
             }
         });
+        // The broker's connection counts for the metrics, once a minute.
+        let counter = match (&self.app.broker, self.app.observer.metrics()) {
+            (Some(b), Some(_)) => {
+                let b = b.clone();
+                Some(tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(60));
+                    loop {
+                        tick.tick().await;
+                        if let Err(e) = b.count_connections().await {
+                            tracing::debug!(error = %e, "could not count the upstream connections");
+                        }
+                    }
+                }))
+            }
+            _ => None,
+        };
         let router = self.router();
+        let metrics_server = match (self.config.metrics.listen, self.app.observer.clone()) {
+            (Some(addr), observer) if observer.metrics().is_some() => {
+                let l = TcpListener::bind(addr).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("metrics.listen {addr}: {e}"))
+                })?;
+                let metrics_router = Router::new().route(
+                    "/metrics",
+                    get(move || {
+                        let observer = observer.clone();
+                        async move {
+                            match observer.metrics() {
+                                Some(m) => observe::exposition(m),
+                                None => axum::http::StatusCode::NOT_FOUND.into_response(),
+                            }
+                        }
+                    }),
+                );
+                let limits = listen::ConnectionLimits {
+                    header_read_timeout: Duration::from_secs(5),
+                    max_connections: 64,
+                };
+                Some(tokio::spawn(listen::serve(
+                    l,
+                    metrics_router,
+                    limits,
+                    std::future::pending(),
+                )))
+            }
+            _ => None,
+        };
         let limits = listen::ConnectionLimits {
             header_read_timeout: Duration::from_secs(
                 self.config.server.header_read_timeout_secs.max(1),
@@ -551,6 +689,9 @@ impl Gateway {
         sweeper.abort();
         reaper.abort();
         keys.abort();
+        for task in [metrics_server, counter].into_iter().flatten() {
+            task.abort();
+        }
         result
     }
 }

@@ -25,6 +25,7 @@ mod login_sources;
 mod metadata;
 mod oidc_login;
 mod oidc_provider;
+mod operations;
 mod protected;
 mod proxy;
 mod registration;

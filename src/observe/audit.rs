@@ -1,0 +1,445 @@
+//! The audit log of security events, as JSON lines to a file or standard output.
+//!
+//! Each line is one [`Event`]: `ts` (RFC 3339, UTC, milliseconds), `action`, the event's own
+//! fields, `request_id` (the HTTP request it happened in, also on the log lines and in the
+//! `X-Request-Id` response header), `ip` (the client's address, through trusted proxies) and
+//! `flow` — the grant id, named when an authorization request arrives and kept by its code,
+//! its tokens and every refresh, so one client's flow is one `flow` from `/authorize` to the
+//! last refresh or revocation. No event carries a token, code, password or secret; reasons
+//! are the gateway's own words or OAuth error codes, never what a client sent.
+//!
+//! Lines are handed to a writer thread through a bounded queue (a full queue makes the
+//! request wait rather than lose a record) and written in order, flushed whenever the
+//! queue empties.
+
+use std::io::Write;
+use std::sync::mpsc::{Receiver, SyncSender};
+
+use serde_json::{Map, Value, json};
+
+use super::request::RequestContext;
+
+/// Where the records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    Stdout,
+    File(std::path::PathBuf),
+}
+
+/// How a sign-in attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignInOutcome {
+    Success,
+    Refused,
+    Throttled,
+    Unavailable,
+}
+
+impl SignInOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Refused => "refused",
+            Self::Throttled => "throttled",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// One security event. Strings are identifiers (client ids, usernames, upstream and source
+/// names), OAuth error codes or the gateway's own reasons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// An authorization request arrived; `error` when it was refused before sign-in.
+    AuthorizationRequested {
+        client: String,
+        resource: Option<String>,
+        error: Option<&'static str>,
+    },
+    SignIn {
+        source: String,
+        /// On success: the user it signed in.
+        user: Option<String>,
+        client: Option<String>,
+        outcome: SignInOutcome,
+        reason: Option<String>,
+    },
+    ConsentGiven {
+        client: String,
+        user: String,
+        scopes: Vec<String>,
+        resource: String,
+        /// Approved earlier and remembered: no page was shown.
+        remembered: bool,
+    },
+    ConsentDenied {
+        client: String,
+        user: Option<String>,
+    },
+    TokenIssued {
+        grant_type: &'static str,
+        client: String,
+        user: Option<String>,
+        resource: String,
+        scopes: Vec<String>,
+    },
+    /// The token endpoint refused: the OAuth error code.
+    TokenRefused {
+        grant_type: Option<String>,
+        client: Option<String>,
+        error: &'static str,
+    },
+    /// A rotated refresh token came back; its grant (the `flow`) was revoked.
+    RefreshReuseDetected { client: String },
+    /// A client revoked a token (RFC 7009): `refresh_token` ends the grant.
+    TokenRevoked { client: String, kind: &'static str },
+    ClientRegistered {
+        client: String,
+        method: &'static str,
+    },
+    /// A client was refused for what it is (blocked, not allowed by the CIMD domain rules).
+    ClientRefused { client: String, reason: String },
+    /// The broker's events about people's upstream connections.
+    Upstream {
+        action: &'static str,
+        upstream: String,
+        user: Option<String>,
+        reason: Option<String>,
+    },
+    /// An administrative change ([`crate::admin::AuditEvent`]) and who made it.
+    Admin {
+        actor: String,
+        event: crate::admin::AuditEvent,
+    },
+}
+
+/// What a client sent, kept for the record (a client id it named, a grant type): at most
+/// 128 characters, so that a stranger cannot fill the log.
+pub fn bounded(s: &str) -> String {
+    s.chars().take(128).collect()
+}
+
+fn strings(v: &[String]) -> Value {
+    Value::Array(v.iter().map(|s| Value::String(s.clone())).collect())
+}
+
+fn put(m: &mut Map<String, Value>, k: &str, v: Option<&str>) {
+    if let Some(v) = v {
+        m.insert(k.into(), Value::String(v.into()));
+    }
+}
+
+impl Event {
+    /// The `action` field: stable, snake_case.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Self::AuthorizationRequested { .. } => "authorization_requested",
+            Self::SignIn { .. } => "sign_in",
+            Self::ConsentGiven { .. } => "consent_given",
+            Self::ConsentDenied { .. } => "consent_denied",
+            Self::TokenIssued { .. } => "token_issued",
+            Self::TokenRefused { .. } => "token_refused",
+            Self::RefreshReuseDetected { .. } => "refresh_reuse_detected",
+            Self::TokenRevoked { .. } => "token_revoked",
+            Self::ClientRegistered { .. } => "client_registered",
+            Self::ClientRefused { .. } => "client_refused",
+            Self::Upstream { action, .. } => action,
+            Self::Admin { event, .. } => event.action(),
+        }
+    }
+
+    /// The event's own fields.
+    fn fields(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        match self {
+            Self::AuthorizationRequested {
+                client,
+                resource,
+                error,
+            } => {
+                put(&mut m, "client", Some(client));
+                put(&mut m, "resource", resource.as_deref());
+                m.insert(
+                    "outcome".into(),
+                    json!(if error.is_some() {
+                        "refused"
+                    } else {
+                        "accepted"
+                    }),
+                );
+                put(&mut m, "error", *error);
+            }
+            Self::SignIn {
+                source,
+                user,
+                client,
+                outcome,
+                reason,
+            } => {
+                put(&mut m, "source", Some(source));
+                put(&mut m, "user_id", user.as_deref());
+                put(&mut m, "client", client.as_deref());
+                put(&mut m, "outcome", Some(outcome.as_str()));
+                put(&mut m, "reason", reason.as_deref());
+            }
+            Self::ConsentGiven {
+                client,
+                user,
+                scopes,
+                resource,
+                remembered,
+            } => {
+                put(&mut m, "client", Some(client));
+                put(&mut m, "user_id", Some(user));
+                m.insert("scopes".into(), strings(scopes));
+                put(&mut m, "resource", Some(resource));
+                m.insert("remembered".into(), json!(remembered));
+            }
+            Self::ConsentDenied { client, user } => {
+                put(&mut m, "client", Some(client));
+                put(&mut m, "user_id", user.as_deref());
+            }
+            Self::TokenIssued {
+                grant_type,
+                client,
+                user,
+                resource,
+                scopes,
+            } => {
+                put(&mut m, "grant_type", Some(grant_type));
+                put(&mut m, "client", Some(client));
+                put(&mut m, "user_id", user.as_deref());
+                put(&mut m, "resource", Some(resource));
+                m.insert("scopes".into(), strings(scopes));
+            }
+            Self::TokenRefused {
+                grant_type,
+                client,
+                error,
+            } => {
+                put(&mut m, "grant_type", grant_type.as_deref());
+                put(&mut m, "client", client.as_deref());
+                put(&mut m, "error", Some(error));
+            }
+            Self::RefreshReuseDetected { client } => put(&mut m, "client", Some(client)),
+            Self::TokenRevoked { client, kind } => {
+                put(&mut m, "client", Some(client));
+                put(&mut m, "token_type", Some(kind));
+            }
+            Self::ClientRegistered { client, method } => {
+                put(&mut m, "client", Some(client));
+                put(&mut m, "method", Some(method));
+            }
+            Self::ClientRefused { client, reason } => {
+                put(&mut m, "client", Some(client));
+                put(&mut m, "reason", Some(reason));
+            }
+            Self::Upstream {
+                upstream,
+                user,
+                reason,
+                ..
+            } => {
+                put(&mut m, "upstream", Some(upstream));
+                put(&mut m, "user_id", user.as_deref());
+                put(&mut m, "reason", reason.as_deref());
+            }
+            Self::Admin { actor, event } => {
+                put(&mut m, "actor", Some(actor));
+                for (k, v) in event.fields() {
+                    m.insert(k.into(), v);
+                }
+            }
+        }
+        m
+    }
+
+    /// The whole line: time, action, fields, and what the request it happened in says.
+    pub fn to_json(
+        &self,
+        now_ms: i64,
+        request: Option<&RequestContext>,
+        flow: Option<&str>,
+    ) -> Value {
+        let mut m = Map::new();
+        m.insert("ts".into(), json!(crate::clock::rfc3339_millis(now_ms)));
+        m.insert("action".into(), json!(self.action()));
+        m.extend(self.fields());
+        if let Some(r) = request {
+            m.insert("request_id".into(), json!(&*r.id));
+            if let Some(ip) = r.ip {
+                m.insert("ip".into(), json!(ip.to_string()));
+            }
+        }
+        put(&mut m, "flow", flow);
+        Value::Object(m)
+    }
+}
+
+/// The writer of audit records; off when no destination is configured.
+pub struct AuditLog {
+    sink: Sink,
+}
+
+enum Sink {
+    Off,
+    /// The serving gateway: lines queue for the writer thread.
+    Queue(SyncSender<String>),
+    /// A command that ends right after its change: written before it returns.
+    Direct(std::sync::Mutex<Box<dyn Write + Send>>),
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("on", &self.is_on())
+            .finish()
+    }
+}
+
+/// Records waiting for the writer at most; past this a request waits for room.
+const QUEUE: usize = 4096;
+
+impl AuditLog {
+    pub fn off() -> Self {
+        Self { sink: Sink::Off }
+    }
+
+    /// Opens the destination (a file: appended to, created readable by its owner only)
+    /// and starts the writer thread.
+    pub fn open(to: &Destination) -> Result<Self, String> {
+        let out = Self::output(to)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || write_lines(rx, out))
+            .map_err(|e| format!("cannot start the audit writer: {e}"))?;
+        Ok(Self {
+            sink: Sink::Queue(tx),
+        })
+    }
+
+    /// Opens the destination for a command: each line is written before `write` returns.
+    pub fn open_direct(to: &Destination) -> Result<Self, String> {
+        Ok(Self {
+            sink: Sink::Direct(std::sync::Mutex::new(Self::output(to)?)),
+        })
+    }
+
+    fn output(to: &Destination) -> Result<Box<dyn Write + Send>, String> {
+        Ok(match to {
+            Destination::Stdout => Box::new(std::io::stdout()),
+            Destination::File(path) => {
+                let mut o = std::fs::OpenOptions::new();
+                o.create(true).append(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+                Box::new(
+                    o.open(path).map_err(|e| {
+                        format!("audit.path: cannot open `{}`: {e}", path.display())
+                    })?,
+                )
+            }
+        })
+    }
+
+    pub fn is_on(&self) -> bool {
+        !matches!(self.sink, Sink::Off)
+    }
+
+    pub fn write(&self, line: &Value) {
+        let mut s = line.to_string();
+        s.push('\n');
+        match &self.sink {
+            Sink::Off => {}
+            Sink::Queue(q) => {
+                if q.send(s).is_err() {
+                    tracing::error!("the audit writer has stopped; an audit record is lost");
+                }
+            }
+            Sink::Direct(out) => {
+                let written = out.lock().map_err(|_| ()).and_then(|mut o| {
+                    o.write_all(s.as_bytes())
+                        .and_then(|()| o.flush())
+                        .map_err(|_| ())
+                });
+                if written.is_err() {
+                    tracing::error!("cannot write the audit log");
+                }
+            }
+        }
+    }
+}
+
+fn write_lines(rx: Receiver<String>, out: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::new(out);
+    while let Ok(line) = rx.recv() {
+        let mut failed = out.write_all(line.as_bytes()).is_err();
+        while let Ok(more) = rx.try_recv() {
+            failed |= out.write_all(more.as_bytes()).is_err();
+        }
+        failed |= out.flush().is_err();
+        if failed {
+            tracing::error!("cannot write the audit log");
+        }
+    }
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_carries_time_action_fields_request_and_flow() {
+        let r = RequestContext {
+            id: "req-1".into(),
+            ip: Some("192.0.2.7".parse().unwrap()),
+        };
+        let e = Event::TokenIssued {
+            grant_type: "authorization_code",
+            client: "c1".into(),
+            user: Some("alice".into()),
+            resource: "https://gw/mcp".into(),
+            scopes: vec!["mcp".into()],
+        };
+        let v = e.to_json(1_764_733_200_123, Some(&r), Some("g1"));
+        assert_eq!(v["ts"], "2025-12-03T03:40:00.123Z");
+        assert_eq!(v["action"], "token_issued");
+        assert_eq!(v["grant_type"], "authorization_code");
+        assert_eq!(v["user_id"], "alice");
+        assert_eq!(v["scopes"], json!(["mcp"]));
+        assert_eq!(v["request_id"], "req-1");
+        assert_eq!(v["ip"], "192.0.2.7");
+        assert_eq!(v["flow"], "g1");
+    }
+
+    #[test]
+    fn lines_reach_the_file_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&Destination::File(path.clone())).unwrap();
+        for i in 0..100 {
+            log.write(&json!({ "n": i }));
+        }
+        drop(log);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().count() == 100 {
+                for (i, l) in text.lines().enumerate() {
+                    assert_eq!(serde_json::from_str::<Value>(l).unwrap()["n"], i);
+                }
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{text}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{mode:o}");
+        }
+    }
+}
