@@ -111,6 +111,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Seconds a client has to send a whole request body (OAuth forms, MCP messages).
     pub body_read_timeout_secs: u64,
+    /// Serve https directly: the certificate chain (PEM, leaf first) and its private key
+    /// (PEM: PKCS#8, PKCS#1 or SEC1). Both files are read again when they change.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -124,6 +128,8 @@ impl Default for ServerConfig {
             header_read_timeout_secs: 10,
             max_connections: 10_000,
             body_read_timeout_secs: 30,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -1004,6 +1010,9 @@ pub enum GrantType {
     /// An identity assertion (ID-JAG) from a trusted issuer (RFC 7523 §2.1).
     #[serde(rename = "urn:ietf:params:oauth:grant-type:jwt-bearer")]
     JwtBearer,
+    /// The device authorization grant (RFC 8628).
+    #[serde(rename = "urn:ietf:params:oauth:grant-type:device_code")]
+    DeviceCode,
 }
 
 impl GrantType {
@@ -1014,6 +1023,7 @@ impl GrantType {
             Self::RefreshToken => "refresh_token",
             Self::ClientCredentials => "client_credentials",
             Self::JwtBearer => crate::authorization::id_jag::JWT_BEARER,
+            Self::DeviceCode => crate::authorization::device::DEVICE_CODE,
         }
     }
 }
@@ -1106,6 +1116,7 @@ impl Config {
     pub fn public_url(&self) -> String {
         let raw = match &self.server.public_url {
             Some(u) => u.clone(),
+            None if self.server.tls_cert.is_some() => format!("https://{}", self.server.listen),
             None => format!("http://{}", self.server.listen),
         };
         match Url::parse(&raw) {
@@ -1450,6 +1461,25 @@ impl KeysConfig {
 
 impl ServerConfig {
     fn validate(&self) -> Checked {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(Invalid::at(
+                    "server.tls_key",
+                    "is missing: tls_cert needs its private key",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Invalid::at(
+                    "server.tls_cert",
+                    "is missing: tls_key needs its certificate",
+                ));
+            }
+            (Some(cert), Some(key)) => {
+                crate::web::tls::load(cert, key)
+                    .map_err(|(which, why)| Invalid::at(format!("server.{which}"), why))?;
+            }
+            (None, None) => {}
+        }
         if let Some(u) = &self.public_url {
             let url = Url::parse(u)
                 .map_err(|e| Invalid::at("server.public_url", format!("not a URL: {e}")))?;

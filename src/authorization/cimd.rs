@@ -178,12 +178,17 @@ pub fn parse_document(doc: &Value, client_id: &str) -> Result<Client, String> {
         && gt.iter().any(|g| {
             !matches!(
                 g.as_str(),
-                Some("authorization_code" | "refresh_token" | super::id_jag::JWT_BEARER)
+                Some(
+                    "authorization_code"
+                        | "refresh_token"
+                        | super::id_jag::JWT_BEARER
+                        | super::device::DEVICE_CODE
+                )
             )
         })
     {
         return Err(
-            "only the authorization_code, refresh_token and jwt-bearer grant types are allowed"
+            "only the authorization_code, refresh_token, device_code and jwt-bearer grant types are allowed"
                 .into(),
         );
     }
@@ -192,14 +197,13 @@ pub fn parse_document(doc: &Value, client_id: &str) -> Result<Client, String> {
         "authorization_code".to_string(),
         "refresh_token".to_string(),
     ];
-    if m.get("grant_types")
-        .and_then(Value::as_array)
-        .is_some_and(|gt| {
-            gt.iter()
-                .any(|g| g.as_str() == Some(super::id_jag::JWT_BEARER))
-        })
-    {
-        grant_types.push(super::id_jag::JWT_BEARER.into());
+    for extra in [super::id_jag::JWT_BEARER, super::device::DEVICE_CODE] {
+        if m.get("grant_types")
+            .and_then(Value::as_array)
+            .is_some_and(|gt| gt.iter().any(|g| g.as_str() == Some(extra)))
+        {
+            grant_types.push(extra.into());
+        }
     }
     let name = match m.get("client_name") {
         None | Some(Value::Null) => None,

@@ -399,7 +399,10 @@ impl AuthorizationServer {
             .unwrap_or_else(|| vec!["authorization_code".into(), "refresh_token".into()]);
         for g in &grant_types {
             match g.as_str() {
-                "authorization_code" | "refresh_token" | super::id_jag::JWT_BEARER => {}
+                "authorization_code"
+                | "refresh_token"
+                | super::id_jag::JWT_BEARER
+                | super::device::DEVICE_CODE => {}
                 "client_credentials" if !open && auth_method != AuthMethod::None => {}
                 "client_credentials" => {
                     return Err(metadata_error(

@@ -14,6 +14,12 @@ pub enum ErrorCode {
     InvalidScope,
     InvalidTarget,
     AccessDenied,
+    /// RFC 8628 §3.5: the device poll's answers. `DeviceDenied` is `access_denied` with the
+    /// token endpoint's 400 (the person said no), where `AccessDenied` refuses a client (403).
+    AuthorizationPending,
+    DeviceDenied,
+    SlowDown,
+    ExpiredToken,
     /// OpenID Connect's answers to `prompt=none`.
     LoginRequired,
     ConsentRequired,
@@ -37,6 +43,10 @@ impl ErrorCode {
             Self::InvalidScope => "invalid_scope",
             Self::InvalidTarget => "invalid_target",
             Self::AccessDenied => "access_denied",
+            Self::AuthorizationPending => "authorization_pending",
+            Self::DeviceDenied => "access_denied",
+            Self::SlowDown => "slow_down",
+            Self::ExpiredToken => "expired_token",
             Self::LoginRequired => "login_required",
             Self::ConsentRequired => "consent_required",
             Self::InvalidRedirectUri => "invalid_redirect_uri",

@@ -6,6 +6,7 @@
 pub mod authorize;
 pub mod cimd;
 pub mod clients;
+pub mod device;
 pub mod error;
 pub mod external;
 pub mod id_jag;

@@ -189,6 +189,7 @@ impl AuthorizationServer {
             "authorization_code"
             | "refresh_token"
             | "client_credentials"
+            | super::device::DEVICE_CODE
             | super::id_jag::JWT_BEARER
                 if !client.allows_grant(grant_type) =>
             {
@@ -200,6 +201,7 @@ impl AuthorizationServer {
             "authorization_code" => self.exchange_code(params, &client).await,
             "refresh_token" => self.refresh(params, &client).await,
             "client_credentials" => self.client_credentials(params, &client).await,
+            super::device::DEVICE_CODE => self.device_token(params, &client).await,
             super::id_jag::JWT_BEARER if !self.id_jag.is_empty() => {
                 self.jwt_bearer(params, &client).await
             }
@@ -333,6 +335,21 @@ impl AuthorizationServer {
                 "code_verifier does not match the code_challenge",
             ));
         }
+        self.redeem(params, client, record, "authorization_code")
+            .await
+    }
+
+    /// Redeems a checked authorization code (of a browser flow, or stored by a device
+    /// approval): the grant, its first tokens, once.
+    pub(super) async fn redeem(
+        &self,
+        params: &Params,
+        client: &Client,
+        record: crate::store::AuthCodeRecord,
+        grant_type: &'static str,
+    ) -> Result<TokenResponse, OAuthError> {
+        let now = self.clock.now();
+        let code_hash = record.code_hash.clone();
         self.check_bound_resource(params, &record.resource)?;
         let grant = GrantRecord {
             // Named when the request began, so that a login context sealed to it opens.
@@ -373,7 +390,7 @@ impl AuthorizationServer {
             .await?
         {
             RedeemOutcome::Issued => {
-                self.issued("authorization_code", &access_rec);
+                self.issued(grant_type, &access_rec);
                 Ok(TokenResponse {
                     access_token: access,
                     token_type: "Bearer".into(),
@@ -397,7 +414,7 @@ impl AuthorizationServer {
         }
     }
 
-    async fn revoke_grant_after_replay(
+    pub(super) async fn revoke_grant_after_replay(
         &self,
         grant_id: &str,
         reason: EndReason,

@@ -93,6 +93,20 @@ pub enum Event {
     RefreshReuseDetected { client: String },
     /// A client revoked a token (RFC 7009): `refresh_token` ends the grant.
     TokenRevoked { client: String, kind: &'static str },
+    /// A device client asked for a device authorization (RFC 8628); `device` names it (a
+    /// prefix of its code's hash) until a person decides.
+    DeviceAuthorizationRequested {
+        client: String,
+        resource: String,
+        device: String,
+    },
+    /// A person approved or denied a waiting device (approved: the `flow` is its grant).
+    DeviceDecided {
+        client: String,
+        user: String,
+        device: String,
+        approved: bool,
+    },
     ClientRegistered {
         client: String,
         method: &'static str,
@@ -142,6 +156,11 @@ impl Event {
             Self::RefreshReuseDetected { .. } => "refresh_reuse_detected",
             Self::TokenRevoked { .. } => "token_revoked",
             Self::ClientRegistered { .. } => "client_registered",
+            Self::DeviceAuthorizationRequested { .. } => "device_authorization_requested",
+            Self::DeviceDecided { approved: true, .. } => "device_approved",
+            Self::DeviceDecided {
+                approved: false, ..
+            } => "device_denied",
             Self::ClientRefused { .. } => "client_refused",
             Self::Upstream { action, .. } => action,
             Self::Admin { event, .. } => event.action(),
@@ -225,6 +244,25 @@ impl Event {
             Self::TokenRevoked { client, kind } => {
                 put(&mut m, "client", Some(client));
                 put(&mut m, "token_type", Some(kind));
+            }
+            Self::DeviceAuthorizationRequested {
+                client,
+                resource,
+                device,
+            } => {
+                put(&mut m, "client", Some(client));
+                put(&mut m, "resource", Some(resource));
+                put(&mut m, "device", Some(device));
+            }
+            Self::DeviceDecided {
+                client,
+                user,
+                device,
+                ..
+            } => {
+                put(&mut m, "client", Some(client));
+                put(&mut m, "user_id", Some(user));
+                put(&mut m, "device", Some(device));
             }
             Self::ClientRegistered { client, method } => {
                 put(&mut m, "client", Some(client));

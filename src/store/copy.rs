@@ -174,6 +174,23 @@ pub const TABLES: &[Table] = &[
         ],
     },
     Table {
+        name: "device_authorizations",
+        columns: &[
+            ("device_code_hash", Text),
+            ("user_code", Text),
+            ("client_id", Text),
+            ("scopes", Text),
+            ("resource", Text),
+            ("created_at", Int),
+            ("expires_at", Int),
+            ("interval_secs", Int),
+            ("polled_at", Int),
+            ("status", Text),
+            ("user_id", Text),
+            ("code_hash", Text),
+        ],
+    },
+    Table {
         name: "pending_authorizations",
         columns: &[
             ("id", Text),

@@ -542,6 +542,88 @@ pub trait KeyStore: Send + Sync {
     ) -> StoreResult<()>;
 }
 
+/// An RFC 8628 device authorization: what a device client asked for, and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceAuthorization {
+    pub device_code_hash: String,
+    /// Eight letters, without the dash it is shown with.
+    pub user_code: String,
+    pub client_id: String,
+    pub scopes: Vec<String>,
+    pub resource: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    /// Seconds the client must wait between polls (raised by `slow_down`).
+    pub interval: i64,
+    pub polled_at: Option<Timestamp>,
+    pub status: DeviceStatus,
+    /// Who approved or denied it.
+    pub user_id: Option<String>,
+    /// The authorization code stored on approval, which the next poll redeems.
+    pub code_hash: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceStatus {
+    Pending,
+    Approved,
+    Denied,
+}
+
+impl DeviceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Self::Pending),
+            "approved" => Some(Self::Approved),
+            "denied" => Some(Self::Denied),
+            _ => None,
+        }
+    }
+}
+
+/// Device authorizations (RFC 8628).
+#[async_trait]
+pub trait DeviceStore: Send + Sync {
+    /// Stores a new one; `false` when its user code is taken by a live one (draw another).
+    async fn insert_device(&self, d: &DeviceAuthorization) -> StoreResult<bool>;
+    async fn device(&self, device_code_hash: &str) -> StoreResult<Option<DeviceAuthorization>>;
+    /// A pending, unexpired authorization by its user code.
+    async fn pending_device(
+        &self,
+        user_code: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<DeviceAuthorization>>;
+    /// Approves a pending, unexpired one for `user_id` and stores `code` with it, in one
+    /// transaction; `false` when it was no longer pending (decided, expired, gone).
+    async fn approve_device(
+        &self,
+        user_code: &str,
+        now: Timestamp,
+        code: &AuthCodeRecord,
+    ) -> StoreResult<bool>;
+    /// Denies a pending, unexpired one; `false` when it was no longer pending.
+    async fn deny_device(
+        &self,
+        user_code: &str,
+        now: Timestamp,
+        user_id: &str,
+    ) -> StoreResult<bool>;
+    /// Records a poll at `now`, with the interval the client must keep from now on.
+    async fn device_polled(
+        &self,
+        device_code_hash: &str,
+        now: Timestamp,
+        interval: i64,
+    ) -> StoreResult<()>;
+}
+
 /// Counters for throttling, shared by every instance on the same store.
 #[async_trait]
 pub trait ThrottleStore: Send + Sync {
@@ -718,6 +800,7 @@ pub trait Store:
     + KeyStore
     + ThrottleStore
     + BrokerStore
+    + DeviceStore
     + MaintenanceStore
     + 'static
 {
@@ -734,6 +817,7 @@ impl<T> Store for T where
         + KeyStore
         + ThrottleStore
         + BrokerStore
+        + DeviceStore
         + MaintenanceStore
         + 'static
 {

@@ -81,6 +81,27 @@ macro_rules! row_mappers {
             })
         }
 
+        fn device_from(r: &$row) -> Result<DeviceAuthorization, sqlx::Error> {
+            let scopes: String = r.try_get("scopes")?;
+            let status: String = r.try_get("status")?;
+            Ok(DeviceAuthorization {
+                device_code_hash: r.try_get("device_code_hash")?,
+                user_code: r.try_get("user_code")?,
+                client_id: r.try_get("client_id")?,
+                scopes: split_scopes(&scopes),
+                resource: r.try_get("resource")?,
+                created_at: r.try_get("created_at")?,
+                expires_at: r.try_get("expires_at")?,
+                interval: r.try_get("interval_secs")?,
+                polled_at: r.try_get("polled_at")?,
+                status: DeviceStatus::parse(&status).ok_or_else(|| {
+                    sqlx::Error::Decode(format!("device status `{status}`").into())
+                })?,
+                user_id: r.try_get("user_id")?,
+                code_hash: r.try_get("code_hash")?,
+            })
+        }
+
         fn grant_from(r: &$row) -> Result<GrantRecord, sqlx::Error> {
             let scopes: String = r.try_get("scopes")?;
             Ok(GrantRecord {

@@ -176,6 +176,7 @@ async fn end_user_access_in(
         "DELETE FROM browser_sessions WHERE user_id = $1",
         codes,
         "DELETE FROM pending_authorizations WHERE user_id = $1",
+        "DELETE FROM device_authorizations WHERE user_id = $1",
     ] {
         sqlx::query(sql).bind(user_id).execute(&mut **tx).await?;
     }
@@ -540,6 +541,7 @@ impl ClientStore for $store {
         for sql in [
             "DELETE FROM auth_codes WHERE client_id = $1",
             "DELETE FROM pending_authorizations WHERE client_id = $1",
+            "DELETE FROM device_authorizations WHERE client_id = $1",
         ] {
             sqlx::query(sql)
                 .bind(client_id)
@@ -1591,6 +1593,151 @@ impl BrokerStore for $store {
 }
 
 #[async_trait]
+impl DeviceStore for $store {
+    async fn insert_device(&self, d: &DeviceAuthorization) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        // An expired one may still hold the user code until the sweep: it gives way.
+        sqlx::query("DELETE FROM device_authorizations WHERE user_code = $1 AND expires_at <= $2")
+            .bind(&d.user_code)
+            .bind(d.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let inserted = sqlx::query(
+            "INSERT INTO device_authorizations (device_code_hash, user_code, client_id, scopes,
+                resource, created_at, expires_at, interval_secs, polled_at, status, user_id, code_hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, NULL, NULL)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&d.device_code_hash)
+        .bind(&d.user_code)
+        .bind(&d.client_id)
+        .bind(join_scopes(&d.scopes))
+        .bind(&d.resource)
+        .bind(d.created_at)
+        .bind(d.expires_at)
+        .bind(d.interval)
+        .bind(d.status.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .rows_affected()
+            == 1;
+        tx.commit().await.map_err(backend)?;
+        Ok(inserted)
+    }
+
+    async fn device(&self, device_code_hash: &str) -> StoreResult<Option<DeviceAuthorization>> {
+        one_by(
+            self.reader(),
+            "SELECT * FROM device_authorizations WHERE device_code_hash = $1",
+            device_code_hash,
+            None,
+            device_from,
+        )
+        .await
+    }
+
+    async fn pending_device(
+        &self,
+        user_code: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<DeviceAuthorization>> {
+        one_by(
+            self.reader(),
+            "SELECT * FROM device_authorizations
+             WHERE user_code = $1 AND expires_at > $2 AND status = 'pending'",
+            user_code,
+            Some(now),
+            device_from,
+        )
+        .await
+    }
+
+    async fn approve_device(
+        &self,
+        user_code: &str,
+        now: Timestamp,
+        code: &AuthCodeRecord,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        let won = sqlx::query(
+            "UPDATE device_authorizations SET status = 'approved', user_id = $1, code_hash = $2
+             WHERE user_code = $3 AND status = 'pending' AND expires_at > $4",
+        )
+        .bind(&code.user_id)
+        .bind(&code.code_hash)
+        .bind(user_code)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .rows_affected()
+            == 1;
+        if !won {
+            tx.rollback().await.map_err(backend)?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO auth_codes (code_hash, client_id, user_id, redirect_uri, redirect_given, resource, scopes,
+                code_challenge, created_at, expires_at, grant_id, login_source, login_context)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(&code.code_hash)
+        .bind(&code.client_id)
+        .bind(&code.user_id)
+        .bind(&code.redirect_uri)
+        .bind(code.redirect_given)
+        .bind(&code.resource)
+        .bind(join_scopes(&code.scopes))
+        .bind(&code.code_challenge)
+        .bind(code.created_at)
+        .bind(code.expires_at)
+        .bind(&code.grant_id)
+        .bind(&code.login_source)
+        .bind(&code.login_context)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+
+    async fn deny_device(&self, user_code: &str, now: Timestamp, user_id: &str) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "UPDATE device_authorizations SET status = 'denied', user_id = $1
+             WHERE user_code = $2 AND status = 'pending' AND expires_at > $3",
+        )
+        .bind(user_id)
+        .bind(user_code)
+        .bind(now)
+        .execute(self.writer())
+        .await
+        .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn device_polled(
+        &self,
+        device_code_hash: &str,
+        now: Timestamp,
+        interval: i64,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE device_authorizations SET polled_at = $1, interval_secs = $2
+             WHERE device_code_hash = $3",
+        )
+        .bind(now)
+        .bind(interval)
+        .bind(device_code_hash)
+        .execute(self.writer())
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
 impl ThrottleStore for $store {
     async fn hit(&self, key: &str, window_start: Timestamp) -> StoreResult<i64> {
         sqlx::query_scalar(
@@ -1726,6 +1873,13 @@ impl MaintenanceStore for $store {
         // An expired assertion is refused for its expiry: its `jti` need not be kept.
         run("DELETE FROM used_assertions WHERE expires_at <= $1", now).await?;
         run("DELETE FROM upstream_connects WHERE expires_at <= $1", now).await?;
+        // Kept as long as their codes, so a device code polled again after its tokens were
+        // issued is still recognised (and revokes them).
+        run(
+            "DELETE FROM device_authorizations WHERE expires_at < $1",
+            now - 3600,
+        )
+        .await?;
         let clients = run(
             "DELETE FROM clients WHERE last_used_at IS NULL AND created_at < $1
                AND NOT EXISTS (SELECT 1 FROM grants g WHERE g.client_id = clients.client_id)",

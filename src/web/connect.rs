@@ -28,7 +28,7 @@ fn broker(app: &App) -> Result<&std::sync::Arc<Broker>, PageError> {
 
 /// A form token derived from a secret only this browser holds (its session or binding
 /// cookie): a page of another site cannot know it.
-fn form_token(purpose: &str, secret: &str) -> String {
+pub(super) fn form_token(purpose: &str, secret: &str) -> String {
     let mut h = Sha256::new();
     h.update(purpose.as_bytes());
     h.update([0]);
@@ -36,14 +36,17 @@ fn form_token(purpose: &str, secret: &str) -> String {
     crate::crypto::hex(&h.finalize()[..16])
 }
 
-fn token_ok(purpose: &str, secret: &str, sent: Option<&str>) -> bool {
+pub(super) fn token_ok(purpose: &str, secret: &str, sent: Option<&str>) -> bool {
     sent.is_some_and(|s| {
         crate::crypto::constant_time_eq(s.as_bytes(), form_token(purpose, secret).as_bytes())
     })
 }
 
 /// The signed-in person of this browser: (session cookie secret, user id).
-async fn signed_in(app: &App, headers: &HeaderMap) -> Result<Option<(String, String)>, PageError> {
+pub(super) async fn signed_in(
+    app: &App,
+    headers: &HeaderMap,
+) -> Result<Option<(String, String)>, PageError> {
     let Some(secret) = oauth::session_cookie(app, headers) else {
         return Ok(None);
     };
@@ -62,14 +65,14 @@ async fn signed_in(app: &App, headers: &HeaderMap) -> Result<Option<(String, Str
 }
 
 /// A form posted without the token this browser was given for it.
-fn expired_form(where_: &str) -> PageError {
+pub(super) fn expired_form(where_: &str) -> PageError {
     PageError {
         status: 403,
         message: format!("This form has expired. Open {where_} again."),
     }
 }
 
-fn page(status: StatusCode, body: String) -> Response {
+pub(super) fn page(status: StatusCode, body: String) -> Response {
     no_store(html(status, body))
 }
 
@@ -92,17 +95,25 @@ fn broker_page_error(e: BrokerError) -> PageError {
     }
 }
 
-fn query(uri: &Uri) -> HashMap<String, String> {
+pub(super) fn query(uri: &Uri) -> HashMap<String, String> {
     form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
         .into_owned()
         .take(32)
         .collect()
 }
 
-/// Where the sign-in page sends the person afterwards: a connect page or the list, by name
-/// (never a URL given by the request).
-fn after_sign_in(app: &App, upstream: Option<&str>, scope: Option<&str>) -> String {
+/// Where the sign-in page sends the person afterwards: the device page, a connect page or
+/// the list, by name (never a URL given by the request).
+fn after_sign_in(
+    app: &App,
+    upstream: Option<&str>,
+    scope: Option<&str>,
+    device: Option<&str>,
+) -> String {
     let base = app.auth.browser_path();
+    if let Some(typed) = device {
+        return super::device::page_url(app, typed);
+    }
     match upstream.filter(|u| app.broker.as_ref().is_some_and(|b| b.has(u))) {
         Some(u) => {
             let mut to = format!("{base}/connect/{u}");
@@ -154,7 +165,7 @@ pub async fn sign_in_page(State(app): State<App>, headers: HeaderMap, uri: Uri) 
 fn sign_in_action(app: &App, q: &HashMap<String, String>) -> String {
     let mut action = format!("{}/signin", app.auth.browser_path());
     let mut ser = form_urlencoded::Serializer::new(String::new());
-    for k in ["upstream", "scope"] {
+    for k in ["upstream", "scope", "device"] {
         if let Some(v) = q.get(k) {
             ser.append_pair(k, v);
         }
@@ -213,6 +224,7 @@ pub async fn sign_in(
                 &app,
                 q.get("upstream").map(String::as_str),
                 q.get("scope").map(String::as_str),
+                q.get("device").map(String::as_str),
             );
             let mut resp = no_store(Redirect::to(&to).into_response());
             oauth::set_session_cookie(&app, &mut resp, &session.secret, session.max_age);

@@ -17,12 +17,14 @@ use tokio::sync::Semaphore;
 use tower::Service;
 
 /// Limits of the accept loop, from `[server]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct ConnectionLimits {
     /// Time to send a request's headers, counted from the connection's start or from the
     /// end of the previous response.
     pub header_read_timeout: Duration,
     pub max_connections: usize,
+    /// https: the TLS handshake comes first, bounded by `header_read_timeout`.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then waits for the open
@@ -74,14 +76,42 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let Ok(service) = make.call(peer).await;
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-        let conn = graceful.watch(conn);
+            .keep_alive(true);
+        let watcher = graceful.watcher();
+        let tls = limits.tls.clone();
+        let handshake = limits.header_read_timeout;
+        // The handshake runs in the connection's own task: a client slow to finish it holds
+        // only its own slot, never the accept loop.
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let service = TowerToHyperService::new(service);
+            let result = match tls {
+                None => {
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            watcher
+                                .watch(http.serve_connection(TokioIo::new(tls), service))
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(slot);

@@ -3,6 +3,7 @@
 
 pub mod challenge;
 mod connect;
+mod device;
 mod errors;
 pub mod headers;
 pub mod listen;
@@ -10,6 +11,7 @@ mod mcp;
 mod oauth;
 mod observe;
 mod pages;
+pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -149,6 +151,9 @@ impl App {
             .unwrap_or(peer_ip)
     }
 }
+
+/// How often the TLS certificate files are looked at for a change.
+pub const CERT_CHECK_SECS: u64 = 2;
 
 /// Series whose figures live elsewhere, read when `/metrics` is scraped: cache hit counts,
 /// database pools, the broker's connections.
@@ -489,6 +494,10 @@ impl Gateway {
         if !external {
             api = api
                 .route(&format!("{base}/token"), post(oauth::token))
+                .route(
+                    &format!("{base}/device_authorization"),
+                    post(device::device_authorization),
+                )
                 .route(&format!("{base}/register"), post(oauth::register))
                 .route(&format!("{base}/revoke"), post(oauth::revoke))
                 .route(&format!("{base}/introspect"), post(oauth::introspect))
@@ -542,6 +551,15 @@ impl Gateway {
             .route(
                 &format!("{base}/authorize/connections"),
                 get(connect::connections_page),
+            )
+            // "Authorize a device" (RFC 8628's verification URI).
+            .route(
+                &format!("{base}/authorize/device"),
+                get(device::entry_page).post(device::enter_code),
+            )
+            .route(
+                &format!("{base}/authorize/device/decide"),
+                post(device::decide),
             )
             .route(
                 &format!("{base}/authorize/connections/{{upstream}}/disconnect"),
@@ -669,6 +687,7 @@ impl Gateway {
                 let limits = listen::ConnectionLimits {
                     header_read_timeout: Duration::from_secs(5),
                     max_connections: 64,
+                    tls: None,
                 };
                 Some(tokio::spawn(listen::serve(
                     l,
@@ -679,17 +698,35 @@ impl Gateway {
             }
             _ => None,
         };
+        // https directly: the certificate files are looked at every `CERT_CHECK_SECS` and re-read when
+        // they change.
+        let (tls, watch_certs) = match (&self.config.server.tls_cert, &self.config.server.tls_key) {
+            (Some(cert), Some(key)) => {
+                let certs = tls::Certificates::open(cert, key).map_err(std::io::Error::other)?;
+                let acceptor = certs.acceptor().map_err(std::io::Error::other)?;
+                let watch = tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(CERT_CHECK_SECS));
+                    loop {
+                        tick.tick().await;
+                        certs.reload_if_changed();
+                    }
+                });
+                (Some(acceptor), Some(watch))
+            }
+            _ => (None, None),
+        };
         let limits = listen::ConnectionLimits {
             header_read_timeout: Duration::from_secs(
                 self.config.server.header_read_timeout_secs.max(1),
             ),
             max_connections: self.config.server.max_connections,
+            tls,
         };
         let result = listen::serve(listener, router, limits, shutdown).await;
         sweeper.abort();
         reaper.abort();
         keys.abort();
-        for task in [metrics_server, counter].into_iter().flatten() {
+        for task in [metrics_server, counter, watch_certs].into_iter().flatten() {
             task.abort();
         }
         result

@@ -99,7 +99,7 @@ async fn read_form(app: &App, headers: &HeaderMap, body: Body) -> Result<Params,
 
 /// The common front of the client-authenticated form endpoints (token, revoke, introspect):
 /// Basic credentials if any, then the form. Errors are logged (without secrets) and mapped.
-async fn client_form(
+pub(super) async fn client_form(
     app: &App,
     headers: &HeaderMap,
     body: Body,
@@ -109,7 +109,7 @@ async fn client_form(
     Ok((params, basic))
 }
 
-fn refused(endpoint: &'static str, e: OAuthError) -> Response {
+pub(super) fn refused(endpoint: &'static str, e: OAuthError) -> Response {
     tracing::info!(endpoint, error = e.code.as_str(), description = ?e.description, "request refused");
     e.into_response()
 }
@@ -317,6 +317,8 @@ pub(super) async fn read_page_form(
         "scope",
         "then_request",
         "then_csrf",
+        "user_code",
+        "decision",
     ] {
         if let Some(v) = p.get(k).map_err(page_error)? {
             out.insert(k.to_string(), v.to_string());

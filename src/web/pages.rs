@@ -391,3 +391,83 @@ pub fn connected(upstream: &str, connections: &str) -> String {
         ),
     )
 }
+
+/// "Authorize a device": the form where a signed-in person types the code a device shows.
+pub fn device_entry(action: &str, csrf: &str, typed: &str, error: Option<&str>) -> String {
+    let error = error
+        .map(|e| format!(r#"<p class="error" role="alert">{}</p>"#, escape(e)))
+        .unwrap_or_default();
+    layout(
+        "Authorize a device",
+        &format!(
+            r#"<h1>Authorize a device</h1>
+<p>Enter the code your device or command-line tool shows.</p>
+{error}<form method="post" action="{action}">
+<input type="hidden" name="csrf" value="{csrf}">
+<label for="user_code">Code</label>
+<input type="text" id="user_code" name="user_code" value="{typed}" autocomplete="off" autocapitalize="characters" spellcheck="false" required autofocus>
+<button type="submit">Continue</button>
+</form>
+<p class="muted">Only enter a code you started yourself. Nobody from this service will ask you for one.</p>"#,
+            action = escape(action),
+            csrf = escape(csrf),
+            typed = escape(typed),
+        ),
+    )
+}
+
+/// The consent for a waiting device: the same facts as the browser flow's consent page.
+pub fn device_consent(
+    d: &crate::authorization::device::DeviceRequest,
+    action: &str,
+    csrf: &str,
+) -> String {
+    let client = match &d.client_name {
+        Some(n) if !n.is_empty() => escape(n),
+        _ => format!("<code>{}</code>", escape(&d.client_id)),
+    };
+    let verified = if d.verified {
+        r#" <span class="verified">(verified)</span>"#
+    } else {
+        r#" <span class="muted">(its name is its own claim)</span>"#
+    };
+    let scopes: String = d
+        .scopes
+        .iter()
+        .map(|s| format!("<li><code>{}</code></li>", escape(s)))
+        .collect();
+    layout(
+        "Authorize a device",
+        &format!(
+            r#"<h1>Allow {client} on your device?</h1>
+<p>{client}{verified} (<code>{client_id}</code>) is asking for access to <strong>{resource_name}</strong> (<code>{resource}</code>) as you, from the device showing the code <strong><code>{code}</code></strong>.</p>
+<p>It asks for:</p><ul>{scopes}</ul>
+<p class="error">Allow only if you started this on your own device and it shows this code. Someone who sent you this code could be trying to get your access.</p>
+<form method="post" action="{action}">
+<input type="hidden" name="csrf" value="{csrf}">
+<input type="hidden" name="user_code" value="{code}">
+<button type="submit" name="decision" value="allow">Allow</button>
+<button type="submit" name="decision" value="deny">Deny</button>
+</form>"#,
+            client_id = escape(&d.client_id),
+            resource_name = escape(&d.resource_name),
+            resource = escape(&d.resource),
+            code = escape(&d.user_code),
+            action = escape(action),
+            csrf = escape(csrf),
+        ),
+    )
+}
+
+/// After the decision.
+pub fn device_done(approved: bool) -> String {
+    let text = if approved {
+        "The device is allowed. Go back to it: it continues on its own."
+    } else {
+        "The device was refused. It gets no access."
+    };
+    layout(
+        "Authorize a device",
+        &format!(r#"<h1>Done</h1><p class="verified" role="status">{text}</p>"#),
+    )
+}

@@ -1240,6 +1240,25 @@ async fn store_copy_moves_a_sqlite_installation_to_postgres_losing_nothing() {
         })
         .await
         .unwrap();
+    assert!(
+        source
+            .insert_device(&mcp_oauth_gateway::store::DeviceAuthorization {
+                device_code_hash: "dc-hash".into(),
+                user_code: "BCDFGHJK".into(),
+                client_id: "c1".into(),
+                scopes: vec!["mcp".into()],
+                resource: "https://gw/mcp".into(),
+                created_at: a.now(),
+                expires_at: a.now() + 600,
+                interval: 5,
+                polled_at: None,
+                status: mcp_oauth_gateway::store::DeviceStatus::Pending,
+                user_id: None,
+                code_hash: None,
+            })
+            .await
+            .unwrap()
+    );
     let mut counts = Vec::new();
     for t in copy::TABLES {
         counts.push((t.name, source.count_rows(t).await.unwrap()));

@@ -78,7 +78,20 @@ const gateway = { origin: '', token: '', child: null, dir: '' };
 const USER = 'conformance';
 const PASSWORD = randomBytes(18).toString('base64url');
 
+// A free port found here may be taken by another process before the gateway binds it (the
+// tests run many at once): then the gateway exits, and it is started again on another.
 async function startGateway() {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startGatewayOnce();
+    } catch (e) {
+      if (attempt >= 5) throw e;
+      process.stderr.write(`[conformance-client] gateway start failed (${e.message}); again\n`);
+    }
+  }
+}
+
+async function startGatewayOnce() {
   const port = await freePort();
   gateway.origin = `http://127.0.0.1:${port}`;
   gateway.dir = mkdtempSync(join(tmpdir(), 'mog-conformance-'));
@@ -109,12 +122,20 @@ credentials = { ${creds.join(', ')} }
     input: `${PASSWORD}\n`, encoding: 'utf8',
   });
   if (add.status !== 0) throw new Error(`users add: ${add.stderr}`);
-  gateway.child = spawn(bin, ['--config', config], { stdio: ['ignore', 'ignore', 'inherit'] });
-  for (let i = 0; i < 200; i++) {
-    try { if ((await fetch(`${gateway.origin}/healthz`)).ok) return; } catch {}
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error('the gateway did not start');
+  const child = spawn(bin, ['--config', config], { stdio: ['ignore', 'ignore', 'pipe'] });
+  gateway.child = child;
+  // Started when this child says it serves (not when something answers on the port: that
+  // could be another process that took it).
+  await new Promise((ok, fail) => {
+    let seen = '';
+    const timer = setTimeout(() => fail(new Error('the gateway did not start in 10 s')), 10000);
+    child.stderr.on('data', (chunk) => {
+      process.stderr.write(chunk);
+      seen += chunk.toString();
+      if (seen.includes('MCP endpoint')) { clearTimeout(timer); ok(); }
+    });
+    child.on('exit', (code) => { clearTimeout(timer); fail(new Error(`the gateway exited (${code})`)); });
+  });
 }
 
 // The gateway's own OAuth, headlessly: register, sign in, consent, token.
