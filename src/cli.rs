@@ -52,8 +52,18 @@ pub enum Command {
     /// Grants (a user's authorization of a client, with its tokens).
     #[command(subcommand)]
     Grants(GrantsCommand),
-    /// Check the configuration and exit.
+    /// Check the configuration: every problem found, advice, and the effective settings.
     CheckConfig,
+    /// Ask the running gateway's `/readyz` (for container health checks and systemd): exit 0
+    /// when ready.
+    Healthcheck {
+        /// Keep asking for up to this many seconds before giving up.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+        /// The gateway's address (default: `server.listen`, on loopback).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Keys that sign identity assertions, and the encryption keys that protect them.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -270,12 +280,14 @@ fn read_password_stdin() -> Result<String, String> {
 /// Runs the parsed command line; the error is printed by `main`.
 pub async fn run(cli: Cli) -> Result<(), String> {
     init_tracing(cli.log_format);
-    let config =
-        Config::load(cli.config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
     let command = cli.command.unwrap_or(Command::Serve);
     if let Command::CheckConfig = command {
-        println!("configuration OK ({})", config.origin);
-        return Ok(());
+        return check_config(cli.config.as_deref());
+    }
+    let config =
+        Config::load(cli.config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
+    if let Command::Healthcheck { wait, url } = &command {
+        return healthcheck(&config, url.as_deref(), *wait).await;
     }
     if let Command::Keys(KeysCommand::NewEncryptionKey { id }) = command {
         // Default id: the date and a few random characters, so two made on one day differ.
@@ -301,7 +313,9 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             println!("store `{}` is migrated", redact_url(&config.store.url));
             Ok(())
         }
-        Command::Serve | Command::CheckConfig => serve(config, store, clock).await,
+        Command::Serve | Command::CheckConfig | Command::Healthcheck { .. } => {
+            serve(config, store, clock).await
+        }
         Command::Users(c) => users(c, &cli_admin(&config, store, clock)?).await,
         Command::Clients(c) => clients(c, &cli_admin(&config, store, clock)?).await,
         Command::Grants(c) => grants(c, &cli_admin(&config, store, clock)?).await,
@@ -319,6 +333,82 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Connections(c) => connections(c, &config, store, clock).await,
         Command::Store(_) => Ok(()),
+    }
+}
+
+/// `check-config`: every problem (each with its key and where it came from), then advice and
+/// the effective configuration (secrets shown as `<redacted>`, passwords in URLs masked).
+fn check_config(file: Option<&std::path::Path>) -> Result<(), String> {
+    let config = Config::load_unchecked(file, std::env::vars()).map_err(|e| e.to_string())?;
+    let problems = config.problems();
+    for a in config.advice() {
+        println!("advice: {a}");
+    }
+    println!(
+        "\neffective configuration ({}):\n{config:#?}",
+        config.origin
+    );
+    if problems.is_empty() {
+        println!("\nconfiguration OK ({})", config.origin);
+        Ok(())
+    } else {
+        // Every problem, each naming its key and where it came from.
+        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        Err(format!(
+            "{}\n{} problem(s) in the configuration ({})",
+            list.join("\n"),
+            problems.len(),
+            config.origin
+        ))
+    }
+}
+
+/// `healthcheck`: `GET /readyz` on the gateway's own listener.
+async fn healthcheck(config: &Config, url: Option<&str>, wait: u64) -> Result<(), String> {
+    let base = match url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => {
+            let listen = config.server.listen;
+            let ip = match listen.ip() {
+                std::net::IpAddr::V4(v) if v.is_unspecified() => "127.0.0.1".to_string(),
+                std::net::IpAddr::V6(v) if v.is_unspecified() => "[::1]".to_string(),
+                std::net::IpAddr::V6(v) => format!("[{v}]"),
+                std::net::IpAddr::V4(v) => v.to_string(),
+            };
+            let scheme = if config.server.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{ip}:{}", listen.port())
+        }
+    };
+    // Its own listener, by address: the certificate names the public host, not this one.
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .danger_accept_invalid_certs(url.is_none())
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+    loop {
+        let why = match client.get(format!("{base}/readyz")).send().await {
+            Ok(r) if r.status().is_success() => {
+                println!("ready ({base})");
+                return Ok(());
+            }
+            Ok(r) => format!(
+                "not ready: {} {}",
+                r.status().as_u16(),
+                r.text().await.unwrap_or_default()
+            ),
+            Err(e) => format!("no answer from {base}: {e}"),
+        };
+        if std::time::Instant::now() >= deadline {
+            return Err(why);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 

@@ -1045,6 +1045,17 @@ impl Config {
         file: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        let config = Self::load_unchecked(file, env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses the configuration without the checks of [`Self::validate`] (for
+    /// `check-config`, which reports every problem through [`Self::problems`]).
+    pub fn load_unchecked(
+        file: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let origin = match file {
             Some(p) => p.display().to_string(),
             None => "defaults".to_string(),
@@ -1068,8 +1079,9 @@ impl Config {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            // Not configuration keys: the log filter and the configuration file's path.
-            if rest == "LOG" || rest == "CONFIG" {
+            // Not configuration keys: the log filter and format, and the configuration
+            // file's path.
+            if rest == "LOG" || rest == "LOG_FORMAT" || rest == "CONFIG" {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
@@ -1098,8 +1110,68 @@ impl Config {
                 message: e.inner().to_string(),
             })?;
         config.origin = origin_desc;
-        config.validate()?;
         Ok(config)
+    }
+
+    /// Every problem found, not only the first: each section's own checks, then (when they
+    /// pass) what spans sections.
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let sections: [&dyn Fn() -> Checked; 6] = [
+            &|| self.keys.validate(),
+            &|| self.server.validate(),
+            &|| self.store.validate(),
+            &|| self.authorization.validate(),
+            &|| self.login.validate(),
+            &|| self.trust.validate(),
+        ];
+        let mut found: Vec<ConfigError> = sections
+            .iter()
+            .filter_map(|check| check().err())
+            .map(|Invalid { key, message }| self.invalid(&key, message))
+            .collect();
+        if found.is_empty()
+            && let Err(e) = self.validate()
+        {
+            found.push(e);
+        }
+        found
+    }
+
+    /// What is allowed but probably not meant, for `check-config`.
+    pub fn advice(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let public = self.public_url();
+        let public_url = Url::parse(&public).ok();
+        let public_loopback = public_url.as_ref().is_some_and(is_loopback_host);
+        if public.starts_with("http://") && !public_loopback {
+            out.push(format!(
+                "server.public_url `{public}` is plain http on a host that is not loopback: OAuth 2.1 clients expect https (use a reverse proxy, or server.tls_cert)"
+            ));
+        }
+        let listen_public = !self.server.listen.ip().is_loopback();
+        if listen_public
+            && self.server.tls_cert.is_none()
+            && public.starts_with("https://")
+            && self.server.trusted_proxies.is_empty()
+        {
+            out.push("server.trusted_proxies is empty while a reverse proxy seems to terminate TLS: every client will look like the proxy's address to the login throttles and rate limits".into());
+        }
+        if self.metrics.enabled
+            && self.metrics.listen.is_none()
+            && listen_public
+            && self.metrics.bearer_token.is_none()
+        {
+            out.push("metrics: /metrics on the main listener answers only loopback clients; set metrics.listen or metrics.bearer_token for a scraper elsewhere".into());
+        }
+        if self.audit.path.is_none() {
+            out.push(
+                "audit.path is not set: security events go only to the log (target `audit`)".into(),
+            );
+        }
+        if self.registration.dcr == DcrMode::Open && !public_loopback {
+            out.push("registration.dcr is open: anyone can register a client (the consent page marks them unverified); consider initial access tokens or CIMD".into());
+        }
+        out
     }
 
     fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {

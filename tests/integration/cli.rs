@@ -383,3 +383,80 @@ fn every_example_configuration_loads() {
         dir.display()
     );
 }
+
+#[test]
+fn check_config_reports_every_problem_advice_and_the_effective_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[server]\npublic_url = \"ftp://gw.example\"\n[store]\nmax_connections = 0\n",
+    )
+    .unwrap();
+    let (ok, out, err) = run(dir.path(), &["--config", "bad.toml", "check-config"], None);
+    assert!(!ok);
+    assert!(err.contains("server.public_url"), "{err}");
+    assert!(
+        err.contains("store.max_connections"),
+        "both problems, not only the first: {err}"
+    );
+    assert!(err.contains("2 problem(s)"), "{err}");
+    assert!(out.contains("effective configuration"), "{out}");
+    std::fs::write(
+        dir.path().join("good.toml"),
+        "[server]\nlisten = \"0.0.0.0:8080\"\npublic_url = \"http://gw.example\"\n[[clients]]\nclient_id = \"ci\"\nclient_secret = \"a-very-secret-value\"\ngrant_types = [\"client_credentials\"]\n",
+    )
+    .unwrap();
+    let (ok, out, err) = run(dir.path(), &["--config", "good.toml", "check-config"], None);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("configuration OK"), "{out}");
+    assert!(out.contains("advice: server.public_url"), "{out}");
+    assert!(out.contains("advice: audit.path"), "{out}");
+    assert!(out.contains("effective configuration") && out.contains("0.0.0.0:8080"));
+    assert!(
+        out.contains("<redacted>") && !out.contains("a-very-secret-value"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn healthcheck_asks_the_running_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    // Nobody listens yet: not healthy, and it says why.
+    let (ok, _, err) = run_env(
+        dir.path(),
+        &["healthcheck"],
+        None,
+        &[("MCP_OAUTH_GATEWAY_SERVER__LISTEN", &listen)],
+    );
+    assert!(!ok && err.contains("no answer"), "{err}");
+    let mut child = tokio::process::Command::new(BIN)
+        .current_dir(dir.path())
+        .env("MCP_OAUTH_GATEWAY_SERVER__LISTEN", &listen)
+        .env("MCP_OAUTH_GATEWAY_STORE__URL", "sqlite://state.db")
+        .env("MCP_OAUTH_GATEWAY_LOG_FORMAT", "json")
+        .env_remove("MCP_OAUTH_GATEWAY_CONFIG")
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        let d = tempfile::tempdir().unwrap();
+        run_env(
+            d.path(),
+            &["healthcheck", "--wait", "30"],
+            None,
+            &[("MCP_OAUTH_GATEWAY_SERVER__LISTEN", &listen)],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out.0, "{}{}", out.1, out.2);
+    assert!(out.1.contains("ready"));
+    child.kill().await.unwrap();
+}
