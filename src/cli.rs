@@ -337,17 +337,17 @@ pub async fn run(cli: Cli) -> Result<(), String> {
 }
 
 /// `check-config`: every problem (each with its key and where it came from), then advice and
-/// the effective configuration (secrets shown as `<redacted>`, passwords in URLs masked).
+/// the effective settings (no secret, URLs without user, password or query).
 fn check_config(file: Option<&std::path::Path>) -> Result<(), String> {
     let config = Config::load_unchecked(file, std::env::vars()).map_err(|e| e.to_string())?;
     let problems = config.problems();
     for a in config.advice() {
         println!("advice: {a}");
     }
-    println!(
-        "\neffective configuration ({}):\n{config:#?}",
-        config.origin
-    );
+    println!("\neffective configuration ({}):", config.origin);
+    for line in config.summary() {
+        println!("  {line}");
+    }
     if problems.is_empty() {
         println!("\nconfiguration OK ({})", config.origin);
         Ok(())

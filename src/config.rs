@@ -1137,6 +1137,119 @@ impl Config {
         found
     }
 
+    /// The effective settings as `check-config` prints them: what decides behaviour, with
+    /// every URL reduced to scheme, host, port and path (no user, password or query) and
+    /// no secret at all (a secret shows only as set).
+    pub fn summary(&self) -> Vec<String> {
+        fn url(u: &str) -> String {
+            match Url::parse(u) {
+                Ok(mut p) => {
+                    let _ = p.set_username("");
+                    let _ = p.set_password(None);
+                    p.set_query(None);
+                    p.set_fragment(None);
+                    p.to_string()
+                }
+                Err(_) => "<not a URL>".into(),
+            }
+        }
+        let set = |b: bool| if b { "set" } else { "not set" };
+        let mut out = vec![
+            format!("server.listen = {}", self.server.listen),
+            format!("issuer (server.public_url) = {}", self.public_url()),
+            format!(
+                "server.tls = {}",
+                match &self.server.tls_cert {
+                    Some(c) => format!("https, certificate {}", c.display()),
+                    None => "off (plain http on the listener)".into(),
+                }
+            ),
+            format!("server.trusted_proxies = {:?}", self.server.trusted_proxies),
+            format!("store = {:?}", UrlWithoutPassword(&self.store.url)),
+            format!(
+                "keys.encryption = {} key(s){}",
+                self.keys.encryption.len(),
+                self.keys
+                    .encryption_active
+                    .as_deref()
+                    .map(|a| format!(", active `{a}`"))
+                    .unwrap_or_default()
+            ),
+            format!("authorization.mode = {:?}", self.authorization.mode),
+            format!("authorization.scopes = {:?}", self.authorization.scopes),
+            format!(
+                "registration: dcr = {:?}, cimd = {}, initial access tokens {}",
+                self.registration.dcr,
+                self.registration.cimd,
+                set(!self.registration.initial_access_tokens.is_empty())
+            ),
+            format!("login.local_accounts = {}", self.login.local_accounts),
+        ];
+        for o in &self.login.oidc {
+            out.push(format!(
+                "login.oidc `{}`: {:?}{}",
+                o.name,
+                o.provider,
+                o.issuer
+                    .as_deref()
+                    .map(|i| format!(" at {}", url(i)))
+                    .unwrap_or_default()
+            ));
+        }
+        for d in &self.login.database {
+            out.push(format!("login.database `{}`: {:?}", d.name, d.kind));
+        }
+        if self.whoami.enabled {
+            out.push(format!("whoami at {}", self.whoami.path));
+        }
+        for u in &self.upstreams {
+            let target = match (&u.url, &u.command) {
+                (Some(x), _) => url(x),
+                (None, Some(c)) => {
+                    format!("stdio `{}`", c.first().map(String::as_str).unwrap_or(""))
+                }
+                _ if u.dbtools.is_some() => "built-in database tools".into(),
+                _ => "?".into(),
+            };
+            let credentials = match &u.credentials {
+                UpstreamCredentials::None => "none",
+                UpstreamCredentials::Bearer { .. } => "bearer (secret set)",
+                UpstreamCredentials::Header { .. } => "header (secret set)",
+                UpstreamCredentials::Identity => "identity headers",
+                UpstreamCredentials::Assertion { .. } => "signed assertion",
+                UpstreamCredentials::ProviderToken { .. } => "provider token",
+                UpstreamCredentials::Oauth { .. } => "OAuth (each person's token, the vault)",
+                UpstreamCredentials::DatabaseLogin { .. } => "database login",
+            };
+            out.push(format!(
+                "upstream `{}` at {} → {target}, credentials: {credentials}",
+                u.name,
+                Self::upstream_path(u)
+            ));
+        }
+        for c in &self.clients {
+            let grants: Vec<&str> = c.grant_types.iter().map(|g| g.as_str()).collect();
+            out.push(format!("client `{}`: {}", c.client_id, grants.join(", ")));
+        }
+        out.push(format!(
+            "metrics: {}{}",
+            if self.metrics.enabled { "on" } else { "off" },
+            match (&self.metrics.listen, &self.metrics.bearer_token) {
+                (Some(l), _) => format!(", served on {l}"),
+                (None, Some(_)) => ", on the main listener (bearer token set)".into(),
+                (None, None) => ", on the main listener (local processes only)".into(),
+            }
+        ));
+        out.push(format!(
+            "audit: {}",
+            self.audit
+                .path
+                .as_deref()
+                .unwrap_or("off (the log's `audit` target only)")
+        ));
+        out
+    }
+
     /// What is allowed but probably not meant, for `check-config`.
     pub fn advice(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -1161,7 +1274,7 @@ impl Config {
             && listen_public
             && self.metrics.bearer_token.is_none()
         {
-            out.push("metrics: /metrics on the main listener answers only loopback clients; set metrics.listen or metrics.bearer_token for a scraper elsewhere".into());
+            out.push("metrics: /metrics on the main listener answers only local processes (not through a proxy); set metrics.listen or metrics.bearer_token for a scraper elsewhere".into());
         }
         if self.audit.path.is_none() {
             out.push(

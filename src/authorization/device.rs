@@ -90,6 +90,10 @@ pub struct DeviceRequest {
     pub scopes: Vec<String>,
     pub resource: String,
     pub resource_name: String,
+    /// What the consent form's token is bound to: the device code's hash, which only the
+    /// server knows (a form token derived from the user code alone could be made by anyone
+    /// signed in, for any code, without the typing throttle).
+    pub binding: String,
 }
 
 #[derive(Debug)]
@@ -229,7 +233,13 @@ impl AuthorizationServer {
                 "the device code was used already",
             ));
         }
-        if d.expires_at <= now {
+        // An approved one lives as long as its code (from the approval); the others until
+        // the device authorization itself expires.
+        let expired = match (&d.status, &code) {
+            (DeviceStatus::Approved, Some(c)) => c.expires_at <= now,
+            _ => d.expires_at <= now,
+        };
+        if expired {
             return Err(OAuthError::new(
                 ErrorCode::ExpiredToken,
                 "the device code has expired; start again",
@@ -310,19 +320,23 @@ impl AuthorizationServer {
             scopes: d.scopes,
             resource: d.resource,
             resource_name,
+            binding: d.device_code_hash,
         }))
     }
 
     /// The person's answer for the device waiting on `user_code` (as found by
-    /// [`Self::find_device`]); `Ok(false)` when it no longer waits. A sign-in through a
-    /// source that keeps something per grant (a database password, a provider's tokens)
-    /// cannot stand in for one here: such a person is asked to use the browser flow.
+    /// [`Self::find_device`]), when `proof` accepts that device's binding (the consent form's
+    /// token); `Ok(false)` when no device waits on the code or the proof does not fit — one
+    /// answer for both, so a forged form learns nothing. A sign-in through a source that keeps
+    /// something per grant (a database password, a provider's tokens) cannot stand in for one
+    /// here: such a person is asked to use the browser flow.
     pub async fn decide_device(
         &self,
         user_code: &str,
         user_id: &str,
         login_source: &str,
         allow: bool,
+        proof: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<bool, OAuthError> {
         let Some(code) = normalize_user_code(user_code) else {
             return Ok(false);
@@ -331,6 +345,9 @@ impl AuthorizationServer {
         let Some(d) = self.store.pending_device(&code, now).await? else {
             return Ok(false);
         };
+        if !proof(&d.device_code_hash) {
+            return Ok(false);
+        }
         let device = device_ref(&d.device_code_hash);
         if !allow {
             let denied = self.store.deny_device(&code, now, user_id).await?;
@@ -367,7 +384,9 @@ impl AuthorizationServer {
             scopes: d.scopes.clone(),
             code_challenge: String::new(),
             created_at: now,
-            expires_at: d.expires_at,
+            // From the approval: one approved just before the device's code ran out is still
+            // redeemed by the next poll.
+            expires_at: now + self.settings.code_ttl.max(2 * d.interval),
             consumed_at: None,
             grant_id: Some(grant_id.clone()),
             login_source: Some(login_source.to_string()),

@@ -11,6 +11,7 @@ pub mod error;
 pub mod external;
 pub mod id_jag;
 pub mod metadata;
+pub mod own;
 pub mod params;
 pub mod redirect;
 pub mod token;

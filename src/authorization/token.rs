@@ -128,7 +128,8 @@ pub enum BearerError {
 
 impl AuthorizationServer {
     /// POST /token. Every refusal is recorded (`token_refused`) with the client it named
-    /// and the OAuth error code; each issuance where it happens (`token_issued`).
+    /// and the OAuth error code (not a device's `authorization_pending` or `slow_down`);
+    /// each issuance where it happens (`token_issued`).
     pub async fn token(
         &self,
         params: &Params,
@@ -139,7 +140,13 @@ impl AuthorizationServer {
             .map(|(id, _)| id.clone())
             .or_else(|| params.get("client_id").ok().flatten().map(str::to_string));
         let result = self.token_inner(params, basic).await;
-        if let Err(e) = &result {
+        // A device's polling answers are the protocol working, not refusals.
+        if let Err(e) = &result
+            && !matches!(
+                e.code,
+                ErrorCode::AuthorizationPending | ErrorCode::SlowDown
+            )
+        {
             self.observer.record(
                 crate::observe::Event::TokenRefused {
                     grant_type: params

@@ -8,9 +8,11 @@
 //! last refresh or revocation. No event carries a token, code, password or secret; reasons
 //! are the gateway's own words or OAuth error codes, never what a client sent.
 //!
-//! Lines are handed to a writer thread through a bounded queue (a full queue makes the
-//! request wait rather than lose a record) and written in order, flushed whenever the
-//! queue empties.
+//! Lines are handed to a writer thread through a bounded queue and written in order,
+//! flushed whenever the queue empties and when the gateway stops. A request never waits for
+//! the disk: when the destination stalls (a full disk, a blocked pipe) and the queue is
+//! full, records are dropped and counted (`mcp_gateway_audit_dropped_total`, and an error
+//! in the log) rather than stopping every worker thread of the gateway.
 
 use std::io::Write;
 use std::sync::mpsc::{Receiver, SyncSender};
@@ -76,6 +78,10 @@ pub enum Event {
         client: String,
         user: Option<String>,
     },
+    /// A person revoked their own grant to a client (the console); `flow` is the grant.
+    ConsentRevoked { client: String, user: String },
+    /// A person ended one of their browser sessions (the console).
+    SessionEnded { user: String },
     TokenIssued {
         grant_type: &'static str,
         client: String,
@@ -151,6 +157,8 @@ impl Event {
             Self::SignIn { .. } => "sign_in",
             Self::ConsentGiven { .. } => "consent_given",
             Self::ConsentDenied { .. } => "consent_denied",
+            Self::ConsentRevoked { .. } => "consent_revoked",
+            Self::SessionEnded { .. } => "session_ended",
             Self::TokenIssued { .. } => "token_issued",
             Self::TokenRefused { .. } => "token_refused",
             Self::RefreshReuseDetected { .. } => "refresh_reuse_detected",
@@ -218,6 +226,11 @@ impl Event {
                 put(&mut m, "client", Some(client));
                 put(&mut m, "user_id", user.as_deref());
             }
+            Self::ConsentRevoked { client, user } => {
+                put(&mut m, "client", Some(client));
+                put(&mut m, "user_id", Some(user));
+            }
+            Self::SessionEnded { user } => put(&mut m, "user_id", Some(user)),
             Self::TokenIssued {
                 grant_type,
                 client,
@@ -321,8 +334,12 @@ pub struct AuditLog {
 
 enum Sink {
     Off,
-    /// The serving gateway: lines queue for the writer thread.
-    Queue(SyncSender<String>),
+    /// The serving gateway: lines queue for the writer thread (an empty line asks it to
+    /// flush and stop).
+    Queue {
+        tx: SyncSender<String>,
+        writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    },
     /// A command that ends right after its change: written before it returns.
     Direct(std::sync::Mutex<Box<dyn Write + Send>>),
 }
@@ -335,8 +352,8 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
-/// Records waiting for the writer at most; past this a request waits for room.
-const QUEUE: usize = 4096;
+/// Records waiting for the writer at most (a few MiB); past this they are dropped.
+const QUEUE: usize = 16_384;
 
 impl AuditLog {
     pub fn off() -> Self {
@@ -348,12 +365,15 @@ impl AuditLog {
     pub fn open(to: &Destination) -> Result<Self, String> {
         let out = Self::output(to)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || write_lines(rx, out))
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
         Ok(Self {
-            sink: Sink::Queue(tx),
+            sink: Sink::Queue {
+                tx,
+                writer: std::sync::Mutex::new(Some(writer)),
+            },
         })
     }
 
@@ -385,16 +405,23 @@ impl AuditLog {
         !matches!(self.sink, Sink::Off)
     }
 
-    pub fn write(&self, line: &Value) {
+    /// Writes one record; `false` when it was dropped (the queue full, the writer gone).
+    pub fn write(&self, line: &Value) -> bool {
         let mut s = line.to_string();
         s.push('\n');
         match &self.sink {
-            Sink::Off => {}
-            Sink::Queue(q) => {
-                if q.send(s).is_err() {
-                    tracing::error!("the audit writer has stopped; an audit record is lost");
+            Sink::Off => true,
+            Sink::Queue { tx, .. } => match tx.try_send(s) {
+                Ok(()) => true,
+                Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                    tracing::error!("the audit log cannot keep up; a record is dropped");
+                    false
                 }
-            }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                    tracing::error!("the audit writer has stopped; a record is dropped");
+                    false
+                }
+            },
             Sink::Direct(out) => {
                 let written = out.lock().map_err(|_| ()).and_then(|mut o| {
                     o.write_all(s.as_bytes())
@@ -404,6 +431,18 @@ impl AuditLog {
                 if written.is_err() {
                     tracing::error!("cannot write the audit log");
                 }
+                written.is_ok()
+            }
+        }
+    }
+
+    /// Writes what is queued and stops the writer (at shutdown); later records are dropped.
+    pub fn close(&self) {
+        if let Sink::Queue { tx, writer } = &self.sink {
+            // Waits for room: the writer is draining, and nothing else is served any more.
+            let _ = tx.send(String::new());
+            if let Some(handle) = writer.lock().ok().and_then(|mut w| w.take()) {
+                let _ = handle.join();
             }
         }
     }
@@ -411,10 +450,19 @@ impl AuditLog {
 
 fn write_lines(rx: Receiver<String>, out: Box<dyn Write + Send>) {
     let mut out = std::io::BufWriter::new(out);
-    while let Ok(line) = rx.recv() {
-        let mut failed = out.write_all(line.as_bytes()).is_err();
+    let mut stop = false;
+    while !stop && let Ok(line) = rx.recv() {
+        let mut batch = vec![line];
         while let Ok(more) = rx.try_recv() {
-            failed |= out.write_all(more.as_bytes()).is_err();
+            batch.push(more);
+        }
+        let mut failed = false;
+        for l in batch {
+            if l.is_empty() {
+                stop = true;
+                break;
+            }
+            failed |= out.write_all(l.as_bytes()).is_err();
         }
         failed |= out.flush().is_err();
         if failed {
@@ -458,9 +506,13 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let log = AuditLog::open(&Destination::File(path.clone())).unwrap();
         for i in 0..100 {
-            log.write(&json!({ "n": i }));
+            assert!(log.write(&json!({ "n": i })));
         }
-        drop(log);
+        log.close();
+        assert!(
+            !log.write(&json!({ "n": 100 })),
+            "closed: dropped, not blocking"
+        );
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
             let text = std::fs::read_to_string(&path).unwrap_or_default();

@@ -107,6 +107,7 @@ pub struct Metrics {
     pub store_errors: Family<OperationLabels, Counter>,
     pub upstream_refreshes: Family<BrokerLabels, Counter>,
     pub security_events: Family<ActionLabels, Counter>,
+    pub audit_dropped: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -278,6 +279,15 @@ impl Metrics {
             security_events.clone(),
             "counter",
         );
+        let audit_dropped = Counter::default();
+        reg(
+            &mut r,
+            &mut families,
+            "audit_dropped",
+            "Audit records dropped because the destination could not keep up",
+            audit_dropped.clone(),
+            "counter",
+        );
         for (n, k) in [
             ("cache_requests", "counter"),
             ("database_pools_open", "gauge"),
@@ -304,6 +314,7 @@ impl Metrics {
             store_errors,
             upstream_refreshes,
             security_events,
+            audit_dropped,
         }
     }
 

@@ -94,9 +94,18 @@ impl Observer {
         }
         if self.audit.is_on() {
             let request = RequestContext::current();
-            self.audit
-                .write(&event.to_json(self.clock.now_millis(), request.as_ref(), flow));
+            let written =
+                self.audit
+                    .write(&event.to_json(self.clock.now_millis(), request.as_ref(), flow));
+            if !written && let Some(m) = &self.metrics {
+                m.audit_dropped.inc();
+            }
         }
+    }
+
+    /// Writes what the audit log has queued (at shutdown).
+    pub fn close(&self) {
+        self.audit.close();
     }
 }
 

@@ -98,6 +98,16 @@ pub struct BrowserSession {
     pub login_source: String,
 }
 
+/// A browser session as its owner sees it in the console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    /// The hash of the cookie's secret (never the secret).
+    pub id_hash: String,
+    pub login_source: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
 /// A client registered at the gateway (dynamically); configured and CIMD clients are not
 /// stored here.
 #[derive(Debug, Clone)]
@@ -436,6 +446,9 @@ pub trait GrantStore: Send + Sync {
     /// A live grant's login source and sealed login context, if it has one.
     async fn login_context(&self, grant_id: &str) -> StoreResult<Option<(String, Vec<u8>)>>;
     async fn grant(&self, grant_id: &str) -> StoreResult<Option<GrantRecord>>;
+    /// When each of a person's grants last had an access token issued (its first, or a
+    /// refresh), while those tokens are kept: (grant id, time).
+    async fn last_tokens(&self, user_id: &str) -> StoreResult<Vec<(String, Timestamp)>>;
     async fn list_grants(
         &self,
         filter: &GrantFilter,
@@ -493,6 +506,10 @@ pub trait BrowserSessionStore: Send + Sync {
     ) -> StoreResult<()>;
     async fn session(&self, id_hash: &str, now: Timestamp) -> StoreResult<Option<BrowserSession>>;
     async fn delete_session(&self, id_hash: &str) -> StoreResult<()>;
+    /// A person's live browser sessions, newest first.
+    async fn sessions_of(&self, user_id: &str, now: Timestamp) -> StoreResult<Vec<SessionSummary>>;
+    /// Ends one of `user_id`'s sessions; `false` when it is not theirs (or gone).
+    async fn delete_session_of(&self, user_id: &str, id_hash: &str) -> StoreResult<bool>;
 }
 
 /// MCP sessions bound to their owners.
@@ -774,6 +791,8 @@ pub trait BrokerStore: Send + Sync {
 pub trait MaintenanceStore: Send + Sync {
     /// Every table with its columns, as the database reports them.
     async fn schema(&self) -> StoreResult<Vec<(String, Vec<String>)>>;
+    /// The cheapest round trip to the database (readiness).
+    async fn ping(&self) -> StoreResult<()>;
     async fn count_rows(&self, table: &copy::Table) -> StoreResult<i64>;
     async fn export_rows(&self, table: &copy::Table) -> StoreResult<Vec<copy::Row>>;
     /// Inserts the rows in one transaction: all of them or none.

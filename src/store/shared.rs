@@ -1011,6 +1011,21 @@ impl GrantStore for $store {
         one_by(self.reader(), "SELECT * FROM grants WHERE id = $1", grant_id, None, grant_from).await
     }
 
+    async fn last_tokens(&self, user_id: &str) -> StoreResult<Vec<(String, Timestamp)>> {
+        let rows = sqlx::query(
+            "SELECT grant_id, MAX(created_at) AS last FROM access_tokens
+             WHERE user_id = $1 AND grant_id IS NOT NULL GROUP BY grant_id",
+        )
+        .bind(user_id)
+        .fetch_all(self.reader())
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("grant_id")?, r.try_get("last")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(backend)
+    }
+
     async fn list_grants(
         &self,
         filter: &GrantFilter,
@@ -1114,6 +1129,39 @@ impl ConsentStore for $store {
 
 #[async_trait]
 impl BrowserSessionStore for $store {
+    async fn sessions_of(&self, user_id: &str, now: Timestamp) -> StoreResult<Vec<SessionSummary>> {
+        let rows = sqlx::query(
+            "SELECT id_hash, login_source, created_at, expires_at FROM browser_sessions
+             WHERE user_id = $1 AND expires_at > $2 ORDER BY created_at DESC",
+        )
+        .bind(user_id)
+        .bind(now)
+        .fetch_all(self.reader())
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok(SessionSummary {
+                    id_hash: r.try_get("id_hash")?,
+                    login_source: r.try_get("login_source")?,
+                    created_at: r.try_get("created_at")?,
+                    expires_at: r.try_get("expires_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(backend)
+    }
+
+    async fn delete_session_of(&self, user_id: &str, id_hash: &str) -> StoreResult<bool> {
+        let r = sqlx::query("DELETE FROM browser_sessions WHERE id_hash = $1 AND user_id = $2")
+            .bind(id_hash)
+            .bind(user_id)
+            .execute(self.writer())
+            .await
+            .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
     async fn put_session(
         &self,
         id_hash: &str,
@@ -1789,6 +1837,14 @@ impl ThrottleStore for $store {
 impl MaintenanceStore for $store {
     async fn schema(&self) -> StoreResult<Vec<(String, Vec<String>)>> {
         schema_of(self.reader()).await.map_err(backend)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(self.reader())
+            .await
+            .map_err(backend)?;
+        Ok(())
     }
 
     async fn count_rows(&self, table: &copy::Table) -> StoreResult<i64> {

@@ -109,10 +109,14 @@ fn after_sign_in(
     upstream: Option<&str>,
     scope: Option<&str>,
     device: Option<&str>,
+    console: bool,
 ) -> String {
     let base = app.auth.browser_path();
     if let Some(typed) = device {
         return super::device::page_url(app, typed);
+    }
+    if console {
+        return format!("{base}/console");
     }
     match upstream.filter(|u| app.broker.as_ref().is_some_and(|b| b.has(u))) {
         Some(u) => {
@@ -165,7 +169,7 @@ pub async fn sign_in_page(State(app): State<App>, headers: HeaderMap, uri: Uri) 
 fn sign_in_action(app: &App, q: &HashMap<String, String>) -> String {
     let mut action = format!("{}/signin", app.auth.browser_path());
     let mut ser = form_urlencoded::Serializer::new(String::new());
-    for k in ["upstream", "scope", "device"] {
+    for k in ["upstream", "scope", "device", "console"] {
         if let Some(v) = q.get(k) {
             ser.append_pair(k, v);
         }
@@ -225,6 +229,7 @@ pub async fn sign_in(
                 q.get("upstream").map(String::as_str),
                 q.get("scope").map(String::as_str),
                 q.get("device").map(String::as_str),
+                q.contains_key("console"),
             );
             let mut resp = no_store(Redirect::to(&to).into_response());
             oauth::set_session_cookie(&app, &mut resp, &session.secret, session.max_age);

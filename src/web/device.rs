@@ -56,9 +56,10 @@ fn decide_action(app: &App) -> String {
     format!("{}/device/decide", app.auth.browser_path())
 }
 
-/// The consent form's token: this browser's session and the code it shows.
-fn decide_token(secret: &str, code: &str) -> String {
-    form_token(&format!("device-decide\n{code}"), secret)
+/// The consent form's token: this browser's session and the device it shows (its binding,
+/// which only the server knows — not the user code, which a person could guess).
+fn decide_token(secret: &str, binding: &str) -> String {
+    form_token(&format!("device-decide\n{binding}"), secret)
 }
 
 /// `GET …/authorize/device[?user_code=…]`.
@@ -113,13 +114,10 @@ pub async fn enter_code(
             )
         };
         Ok(match app.auth.find_device(typed, &user_id, &ip).await? {
-            DeviceLookup::Found(d) => {
-                let code = normalize_user_code(&d.user_code).unwrap_or_default();
-                page(
-                    StatusCode::OK,
-                    pages::device_consent(&d, &decide_action(&app), &decide_token(&secret, &code)),
-                )
-            }
+            DeviceLookup::Found(d) => page(
+                StatusCode::OK,
+                pages::device_consent(&d, &decide_action(&app), &decide_token(&secret, &d.binding)),
+            ),
             DeviceLookup::NotFound => again(
                 StatusCode::BAD_REQUEST,
                 "No device is waiting for that code. Check it, or start again on the device: codes expire after 10 minutes.",
@@ -156,13 +154,14 @@ pub async fn decide(State(app): State<App>, headers: HeaderMap, body: Body) -> R
         let Some(code) = p.get("user_code").and_then(|c| normalize_user_code(c)) else {
             return Err(expired_form("the device page"));
         };
-        if !token_ok(
-            &format!("device-decide\n{code}"),
-            &secret,
-            p.get("csrf").map(String::as_str),
-        ) {
-            return Err(expired_form("the device page"));
-        }
+        let sent = p.get("csrf").cloned();
+        let proof = |binding: &str| {
+            token_ok(
+                &format!("device-decide\n{binding}"),
+                &secret,
+                sent.as_deref(),
+            )
+        };
         // Disabled or removed since signing in: the session is no longer good for this.
         if super::connect::signed_in(&app, &headers).await?.is_none() {
             return Err(expired_form("the device page"));
@@ -170,7 +169,13 @@ pub async fn decide(State(app): State<App>, headers: HeaderMap, body: Body) -> R
         let allow = p.get("decision").map(String::as_str) == Some("allow");
         let decided = app
             .auth
-            .decide_device(&code, &session.user_id, &session.login_source, allow)
+            .decide_device(
+                &code,
+                &session.user_id,
+                &session.login_source,
+                allow,
+                &proof,
+            )
             .await
             .map_err(|e| {
                 if e.code == crate::authorization::ErrorCode::InvalidRequest {
@@ -182,11 +187,10 @@ pub async fn decide(State(app): State<App>, headers: HeaderMap, body: Body) -> R
                     PageError::from(e)
                 }
             })?;
+        // Decided already, expired, or a form that is not this browser's for this device:
+        // one answer.
         if !decided {
-            return Err(PageError {
-                status: 400,
-                message: "No device is waiting for that code any more: it was decided already, or it expired. Start again on the device.".into(),
-            });
+            return Err(expired_form("the device page"));
         }
         Ok(page(StatusCode::OK, pages::device_done(allow)))
     }

@@ -3,6 +3,7 @@
 
 pub mod challenge;
 mod connect;
+mod console;
 mod device;
 mod errors;
 pub mod headers;
@@ -126,6 +127,11 @@ impl App {
             }
         }
         Ok(())
+    }
+
+    /// Whether `ip` is one of `server.trusted_proxies`.
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
     }
 
     /// The client's address: the peer, or, when the peer is a trusted proxy, the last
@@ -552,6 +558,20 @@ impl Gateway {
                 &format!("{base}/authorize/connections"),
                 get(connect::connections_page),
             )
+            // The console: a person's grants, connections and sessions.
+            .route(
+                &format!("{base}/authorize/console"),
+                get(console::page_for_person),
+            )
+            .route(
+                &format!("{base}/authorize/console/grants/revoke"),
+                post(console::revoke_grant),
+            )
+            .route(
+                &format!("{base}/authorize/console/sessions/end"),
+                post(console::end_session),
+            )
+            .route(&format!("{base}/console"), get(console::redirect))
             // "Authorize a device" (RFC 8628's verification URI).
             .route(
                 &format!("{base}/authorize/device"),
@@ -729,6 +749,9 @@ impl Gateway {
         for task in [metrics_server, counter, watch_certs].into_iter().flatten() {
             task.abort();
         }
+        // Off the async threads: it waits for the writer to reach the disk.
+        let observer = self.app.observer.clone();
+        let _ = tokio::task::spawn_blocking(move || observer.close()).await;
         result
     }
 }

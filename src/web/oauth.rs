@@ -280,6 +280,11 @@ pub(super) fn session_cookie(app: &App, headers: &HeaderMap) -> Option<String> {
     cookie(app, headers, SESSION_COOKIE)
 }
 
+/// Expires the session cookie in the browser (the session itself is ended by the caller).
+pub(super) fn clear_session_cookie(app: &App, resp: &mut Response) {
+    set_cookie(app, resp, SESSION_COOKIE, "", Some(0));
+}
+
 pub(super) fn set_session_cookie(app: &App, resp: &mut Response, secret: &str, max_age: i64) {
     set_cookie(app, resp, SESSION_COOKIE, secret, Some(max_age));
 }
@@ -319,6 +324,8 @@ pub(super) async fn read_page_form(
         "then_csrf",
         "user_code",
         "decision",
+        "grant",
+        "session",
     ] {
         if let Some(v) = p.get(k).map_err(page_error)? {
             out.insert(k.to_string(), v.to_string());

@@ -96,7 +96,8 @@ pub async fn around(
     resp
 }
 
-/// `/metrics` on the main listener: loopback clients, or the configured bearer token.
+/// `/metrics` on the main listener: local processes (not through a proxy), or the configured
+/// bearer token.
 pub async fn metrics(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -105,7 +106,9 @@ pub async fn metrics(
     let Some(m) = app.observer.metrics() else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let loopback = app.client_ip(peer, &headers).is_loopback();
+    // A process on this host: the TCP peer itself is loopback, and not a reverse proxy
+    // (whose clients, local or not, are not this host). `X-Forwarded-For` never decides it.
+    let loopback = peer.ip().is_loopback() && !app.is_trusted_proxy(peer.ip());
     let token_ok = app.metrics_token.as_deref().is_some_and(|want| {
         super::headers::bearer_token(&headers)
             .ok()
@@ -145,7 +148,7 @@ const STORE_CHECK: Duration = Duration::from_secs(2);
 /// balancer that serves the others).
 pub async fn readyz(State(app): State<App>) -> Response {
     let started = Instant::now();
-    let store = tokio::time::timeout(STORE_CHECK, app.auth.store.count_users()).await;
+    let store = tokio::time::timeout(STORE_CHECK, app.auth.store.ping()).await;
     let latency_ms = started.elapsed().as_millis() as u64;
     let (store_ok, store_error) = match store {
         Ok(Ok(_)) => (true, None),

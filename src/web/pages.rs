@@ -33,6 +33,10 @@ button{{padding:.55rem 1.1rem;font-size:1rem;margin-top:1rem;margin-right:.5rem;
 .error{{background:#fdecec;color:#8a1c1c;padding:.5rem .75rem;border-radius:4px}}
 .muted{{color:#5c6370;font-size:.9rem}} .verified{{color:#11734b;font-weight:600}}
 code{{background:#f0f1f3;padding:0 .25rem;border-radius:3px;word-break:break-all}}
+.usercode{{white-space:nowrap;word-break:normal;font-size:1.05rem}}
+main:has(table){{max-width:64rem}} h2{{font-size:1.05rem;margin-top:1.5rem}}
+table{{border-collapse:collapse;width:100%;font-size:.9rem}} td,th{{border-bottom:1px solid #e3e5e8;padding:.4rem;text-align:left;vertical-align:top}}
+td button{{margin-top:0;padding:.3rem .7rem;font-size:.9rem}}
 </style></head><body><main>
 {body}
 </main></body></html>"#,
@@ -440,7 +444,7 @@ pub fn device_consent(
         "Authorize a device",
         &format!(
             r#"<h1>Allow {client} on your device?</h1>
-<p>{client}{verified} (<code>{client_id}</code>) is asking for access to <strong>{resource_name}</strong> (<code>{resource}</code>) as you, from the device showing the code <strong><code>{code}</code></strong>.</p>
+<p>{client}{verified} (<code>{client_id}</code>) is asking for access to <strong>{resource_name}</strong> (<code>{resource}</code>) as you, from the device showing the code <strong><code class="usercode">{code}</code></strong>.</p>
 <p>It asks for:</p><ul>{scopes}</ul>
 <p class="error">Allow only if you started this on your own device and it shows this code. Someone who sent you this code could be trying to get your access.</p>
 <form method="post" action="{action}">
@@ -469,5 +473,125 @@ pub fn device_done(approved: bool) -> String {
     layout(
         "Authorize a device",
         &format!(r#"<h1>Done</h1><p class="verified" role="status">{text}</p>"#),
+    )
+}
+
+/// What the console page shows a signed-in person.
+pub struct ConsoleView<'a> {
+    pub username: String,
+    /// The browser path (`…/authorize`).
+    pub base: String,
+    pub csrf: String,
+    pub grants: &'a [crate::authorization::own::OwnGrant],
+    pub sessions: &'a [crate::store::SessionSummary],
+    /// The hash of this browser's session, to mark it.
+    pub this_session: &'a str,
+    pub connections: Option<&'a [crate::broker::ConnectionStatus]>,
+    pub note: Option<&'a str>,
+}
+
+/// A time as people read it: `2026-12-03 05:20 UTC`.
+fn when(ts: i64) -> String {
+    let s = crate::clock::rfc3339_millis(ts * 1000);
+    format!("{} {} UTC", &s[..10], &s[11..16])
+}
+
+/// The console: the applications a person allowed, their connections, their sessions.
+pub fn console(v: &ConsoleView<'_>) -> String {
+    let base = escape(&v.base);
+    let csrf = escape(&v.csrf);
+    let note = v
+        .note
+        .map(|n| format!(r#"<p class="verified" role="status">{}</p>"#, escape(n)))
+        .unwrap_or_default();
+    let grants: String = if v.grants.is_empty() {
+        r#"<p class="muted">No application has access to your account.</p>"#.into()
+    } else {
+        let rows: String = v
+            .grants
+            .iter()
+            .map(|g| {
+                let name = match &g.client_name {
+                    Some(n) if !n.is_empty() => escape(n),
+                    _ => format!("<code>{}</code>", escape(&g.client_id)),
+                };
+                let mark = if g.verified {
+                    r#" <span class="verified">verified</span>"#
+                } else {
+                    ""
+                };
+                let scopes: Vec<String> = g.scopes.iter().map(|s| escape(s)).collect();
+                format!(
+                    r#"<tr><td>{name}{mark}<br><code class="muted">{id}</code></td><td><code>{resource}</code></td><td>{scopes}</td><td>{since}</td><td>{last}</td>
+<td><form method="post" action="{base}/console/grants/revoke"><input type="hidden" name="csrf" value="{csrf}"><input type="hidden" name="grant" value="{grant}"><button type="submit">Revoke</button></form></td></tr>"#,
+                    id = escape(&g.client_id),
+                    resource = escape(&g.resource),
+                    scopes = scopes.join(" "),
+                    since = when(g.created_at),
+                    last = g.last_token_at.map(when).unwrap_or_else(|| "—".into()),
+                    grant = escape(&g.id),
+                )
+            })
+            .collect();
+        format!(
+            "<table><thead><tr><th>Application</th><th>Resource</th><th>Scopes</th><th>Since</th><th>Last token</th><th></th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+    };
+    let connections = match v.connections {
+        None => String::new(),
+        Some(list) => {
+            let items: String = list
+                .iter()
+                .map(|c| {
+                    format!(
+                        "<li><strong>{}</strong>: {}</li>",
+                        escape(&c.upstream),
+                        match c.state {
+                            "connected" => "connected",
+                            "expired" => "expired",
+                            "broken" => "needs reconnecting",
+                            "shared" => "a shared service account",
+                            "exchanged" => "obtained for you on each use",
+                            _ => "not connected",
+                        }
+                    )
+                })
+                .collect();
+            format!(
+                r#"<h2>Your accounts at upstream servers</h2><ul>{items}</ul><p><a href="{base}/connections">Connect or disconnect them</a></p>"#
+            )
+        }
+    };
+    let sessions: String = v
+        .sessions
+        .iter()
+        .map(|s| {
+            let this = if s.id_hash == v.this_session {
+                r#" <span class="verified">this browser</span>"#
+            } else {
+                ""
+            };
+            format!(
+                r#"<tr><td>{source}{this}</td><td>{since}</td><td>{until}</td>
+<td><form method="post" action="{base}/console/sessions/end"><input type="hidden" name="csrf" value="{csrf}"><input type="hidden" name="session" value="{id}"><button type="submit">End</button></form></td></tr>"#,
+                source = escape(&s.login_source),
+                since = when(s.created_at),
+                until = when(s.expires_at),
+                id = escape(&s.id_hash),
+            )
+        })
+        .collect();
+    layout(
+        "Your access",
+        &format!(
+            r#"<h1>Your access</h1>
+<p class="muted">Signed in as <strong>{user}</strong>. <a href="{base}/device">Authorize a device</a> · <a href="{base}/logout">Sign out</a></p>
+{note}<h2>Applications you allowed</h2>
+{grants}
+{connections}
+<h2>Your browser sessions</h2>
+<table><thead><tr><th>Signed in with</th><th>Since</th><th>Until</th><th></th></tr></thead><tbody>{sessions}</tbody></table>"#,
+            user = escape(&v.username),
+        ),
     )
 }

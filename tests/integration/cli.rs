@@ -403,7 +403,7 @@ fn check_config_reports_every_problem_advice_and_the_effective_settings() {
     assert!(out.contains("effective configuration"), "{out}");
     std::fs::write(
         dir.path().join("good.toml"),
-        "[server]\nlisten = \"0.0.0.0:8080\"\npublic_url = \"http://gw.example\"\n[[clients]]\nclient_id = \"ci\"\nclient_secret = \"a-very-secret-value\"\ngrant_types = [\"client_credentials\"]\n",
+        "[server]\nlisten = \"0.0.0.0:8080\"\npublic_url = \"http://gw.example\"\negress_proxy = \"http://user:proxy-password@proxy.example:3128\"\n[[upstreams]]\nname = \"up\"\nurl = \"https://u:upstream-password@up.example/mcp?api_key=query-secret\"\n[[clients]]\nclient_id = \"ci\"\nclient_secret = \"a-very-secret-value\"\ngrant_types = [\"client_credentials\"]\n",
     )
     .unwrap();
     let (ok, out, err) = run(dir.path(), &["--config", "good.toml", "check-config"], None);
@@ -413,9 +413,13 @@ fn check_config_reports_every_problem_advice_and_the_effective_settings() {
     assert!(out.contains("advice: audit.path"), "{out}");
     assert!(out.contains("effective configuration") && out.contains("0.0.0.0:8080"));
     assert!(
-        out.contains("<redacted>") && !out.contains("a-very-secret-value"),
+        out.contains("client `ci`: client_credentials") && !out.contains("a-very-secret-value"),
         "{out}"
     );
+    assert!(out.contains("https://up.example/mcp"), "{out}");
+    for secret in ["proxy-password", "upstream-password", "query-secret"] {
+        assert!(!out.contains(secret), "{secret}: {out}");
+    }
 }
 
 #[tokio::test]

@@ -10,6 +10,37 @@ use crate::support::{self, PASSWORD, TestGateway};
 
 const GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
+/// Signs `user` in without a cookie jar: (the Cookie header to send, the session secret).
+async fn raw_session(gw: &TestGateway, user: &str) -> (String, String) {
+    let http = TestGateway::http();
+    let cookie_of = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| v.strip_prefix(&format!("{name}=")))
+            .map(|v| v.split(';').next().unwrap().to_string())
+    };
+    let r = http.get(gw.url("/authorize/signin")).send().await.unwrap();
+    let bind = cookie_of(&r, "mog_bind").unwrap();
+    let page = r.text().await.unwrap();
+    let csrf = support::hidden(&page, "csrf").unwrap();
+    let r = http
+        .post(gw.url("/authorize/signin"))
+        .header("cookie", format!("mog_bind={bind}"))
+        .form(&[("username", user), ("password", PASSWORD), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let session = cookie_of(&r, "mog_session").unwrap();
+    (format!("mog_bind={bind}; mog_session={session}"), session)
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 async fn register_device_client(gw: &TestGateway) -> String {
     let r = TestGateway::http()
         .post(gw.url("/register"))
@@ -196,7 +227,7 @@ async fn a_device_gets_tokens_once_a_person_approves_its_code() {
     assert_eq!(status, 200, "{done}");
     // The same consent form again: decided already.
     let (status, _) = decide(&gw, &browser, &consent, "allow").await;
-    assert_eq!(status, 400);
+    assert_eq!(status, 403);
 
     gw.clock.advance(21);
     let (status, tokens) = poll(&gw, &client_id, &device_code).await;
@@ -222,8 +253,10 @@ async fn a_device_gets_tokens_once_a_person_approves_its_code() {
     assert_eq!(v["error"], "invalid_grant");
     let (status, _) = support::call_whoami(&gw, refreshed["access_token"].as_str().unwrap()).await;
     assert_eq!(status, 401);
-    // Counted: the request, the approval, the tokens of the device grant.
+    // Counted: the request, the approval, the tokens of the device grant; polling answers
+    // are not refusals.
     let m = metrics(&gw).await;
+    assert!(!m.contains("reason=\"slow_down\"") && !m.contains("reason=\"authorization_pending\""));
     for (series, n) in [
         (
             "mcp_gateway_tokens_issued_total{grant_type=\"device_code\"}",
@@ -237,7 +270,6 @@ async fn a_device_gets_tokens_once_a_person_approves_its_code() {
             "mcp_gateway_security_events_total{action=\"device_approved\"}",
             "1",
         ),
-        ("mcp_gateway_token_errors_total{reason=\"slow_down\"}", "3"),
     ] {
         assert!(
             m.lines().any(|l| l == format!("{series} {n}")),
@@ -339,6 +371,35 @@ async fn codes_cannot_be_guessed_or_approved_from_another_site() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+    // A signed-in stranger knows their own session cookie and can guess user codes: a form
+    // token derived from those two alone would let them decide any device without the
+    // typing throttle. The token is bound to the device (which only the server knows), so
+    // such a forgery fits no device — and gets the answer a code nobody waits on gets.
+    let (cookies, session) = raw_session(&gw, "bob").await;
+    let forged = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(format!("device-decide\n{}", code.replace('-', "")).as_bytes());
+        h.update([0]);
+        h.update(session.as_bytes());
+        hex_of(&h.finalize()[..16])
+    };
+    for user_code in [code.as_str(), "BBBB-BBBB"] {
+        let r = TestGateway::http()
+            .post(gw.url("/authorize/device/decide"))
+            .header("cookie", &cookies)
+            .form(&[
+                ("user_code", user_code),
+                ("csrf", forged.as_str()),
+                ("decision", "allow"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{user_code}");
+    }
+    let (_, v) = poll(&gw, &client_id, d["device_code"].as_str().unwrap()).await;
+    assert_eq!(v["error"], "authorization_pending", "nothing was decided");
     // The right token, but for another code than the one shown.
     let r = browser
         .post(gw.url("/authorize/device/decide"))
@@ -371,6 +432,7 @@ async fn codes_cannot_be_guessed_or_approved_from_another_site() {
     }
     let (status, page) = enter(&gw, &browser, &code).await;
     assert_eq!(status, 429, "{page}");
+    gw.clock.advance(6);
     let (_, v) = poll(&gw, &client_id, d["device_code"].as_str().unwrap()).await;
     assert_eq!(v["error"], "authorization_pending", "nothing was approved");
     // The next window.

@@ -442,7 +442,10 @@ async fn metrics_answer_loopback_or_the_token_and_nobody_else() {
         }
         r.send()
     };
-    assert_eq!(get(None, None).await.unwrap().status(), 200);
+    // From a trusted proxy (loopback here), even without a forwarded address or with a
+    // forged loopback one: the proxy's clients are not this host.
+    assert_eq!(get(None, None).await.unwrap().status(), 404);
+    assert_eq!(get(Some("127.0.0.1"), None).await.unwrap().status(), 404);
     assert_eq!(get(Some("203.0.113.9"), None).await.unwrap().status(), 404);
     assert_eq!(
         get(Some("203.0.113.9"), Some("wrong"))
@@ -458,6 +461,10 @@ async fn metrics_answer_loopback_or_the_token_and_nobody_else() {
             .status(),
         200
     );
+    // A local process that is not a proxy: served.
+    let plain = TestGateway::start().await;
+    let r = http.get(plain.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
     // Off: not served, nothing counted.
     let off = TestGateway::start_with(|c| c.metrics.enabled = false).await;
     let r = http.get(off.url("/metrics")).send().await.unwrap();

@@ -1,0 +1,183 @@
+//! Browser tests in a real browser: Playwright (`playwright-core` from npm) driving Debian's
+//! Chromium headless, on loopback (tests/js/browser.mjs). A person signs in and consents
+//! for an MCP client, sees the grant on the console and revokes it — the client's next call
+//! is refused; then approves a device on "Authorize a device" while the device polls.
+//! Screenshots of each page land in `target/screenshots` (the docs' come from there).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::support::{self, PASSWORD, TestGateway};
+
+/// Debian's Chromium, or `None` (with a message) where it is not installed; in CI that is a
+/// failure: scripts/test installs it.
+fn chromium() -> Option<PathBuf> {
+    let path = PathBuf::from(
+        std::env::var("MCP_GATEWAY_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+    );
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "Chromium is missing: the test command (scripts/test) installs Debian's package"
+    );
+    eprintln!(
+        "SKIPPED: no Chromium at {}; run scripts/test to install it",
+        path.display()
+    );
+    None
+}
+
+struct Browser {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Browser {
+    fn start(node: &PathBuf, chromium: &PathBuf, shots: &std::path::Path) -> Self {
+        let mut child = tokio::process::Command::new(node)
+            .arg(crate::js::js_dir().join("browser.mjs"))
+            .current_dir(crate::js::js_dir())
+            .env("USER", "alice")
+            .env("PASSWORD", PASSWORD)
+            .env("SHOTS", shots)
+            .env("CHROMIUM", chromium)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Self {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    async fn step(&mut self, step: Value) -> Value {
+        self.stdin
+            .write_all(format!("{step}\n").as_bytes())
+            .await
+            .unwrap();
+        let line = tokio::time::timeout(Duration::from_secs(60), self.lines.next_line())
+            .await
+            .expect("the browser answered in time")
+            .unwrap()
+            .expect("the browser script ended (see its output above)");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert!(v.get("error").is_none(), "{step}: {}", v["error"]);
+        v
+    }
+
+    async fn quit(mut self) {
+        let _ = self.stdin.write_all(b"{\"do\":\"quit\"}\n").await;
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
+    }
+}
+
+#[tokio::test]
+async fn in_a_real_browser_a_person_consents_revokes_and_approves_a_device() {
+    let (Some(node), Some(chromium)) = (crate::js::node(), chromium()) else {
+        return;
+    };
+    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let gw = TestGateway::start().await;
+    let mut browser = Browser::start(&node, &chromium, &shots);
+
+    // An MCP client's authorization, in the browser: sign in, consent, back with a code.
+    let redirect = "http://127.0.0.1:9/callback";
+    let client_id = gw.register_public(redirect).await;
+    let pkce = support::Pkce::new();
+    let resource = gw.resource();
+    let params = support::authorize_params(&client_id, redirect, &pkce, &resource);
+    let url = url::Url::parse_with_params(&gw.url("/authorize"), &params).unwrap();
+    let v = browser
+        .step(json!({"do": "authorize", "url": url.as_str()}))
+        .await;
+    let code = v["code"].as_str().unwrap().to_string();
+    let (status, tokens) = gw
+        .post_form(
+            "/token",
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", redirect),
+                ("client_id", &client_id),
+                ("code_verifier", &pkce.verifier),
+                ("resource", &resource),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap().to_string();
+    assert_eq!(support::call_whoami(&gw, &access).await.0, 200);
+
+    // The console shows the grant; revoking it refuses the client's next call.
+    let v = browser
+        .step(json!({"do": "console_revoke", "base": gw.url("/authorize"), "client": client_id}))
+        .await;
+    assert_eq!(v["revoked"], true);
+    assert_eq!(support::call_whoami(&gw, &access).await.0, 401);
+
+    // A device: it asks, the person approves in the browser while it polls.
+    let device_client =
+        {
+            let r = TestGateway::http()
+            .post(gw.url("/register"))
+            .json(&json!({"client_name": "Browserless agent", "token_endpoint_auth_method": "none",
+                "grant_types": ["urn:ietf:params:oauth:grant-type:device_code"]}))
+            .send()
+            .await
+            .unwrap();
+            r.json::<Value>().await.unwrap()["client_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+    let (_, d) = gw
+        .post_form(
+            "/device_authorization",
+            &[("client_id", &device_client), ("resource", &resource)],
+        )
+        .await;
+    let device_code = d["device_code"].as_str().unwrap().to_string();
+    let v = browser
+        .step(json!({"do": "device", "url": d["verification_uri_complete"]}))
+        .await;
+    assert_eq!(v["approved"], true);
+    let (status, tokens) = gw
+        .post_form(
+            "/token",
+            &[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                ("device_code", &device_code),
+                ("client_id", &device_client),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{tokens}");
+    let (status, who) = support::call_whoami(&gw, tokens["access_token"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
+    assert!(who.to_string().contains("alice"));
+    browser.quit().await;
+    for name in [
+        "sign-in",
+        "consent",
+        "console",
+        "console-revoked",
+        "device-code",
+        "device-consent",
+    ] {
+        assert!(shots.join(format!("{name}.png")).exists(), "{name}.png");
+    }
+}
