@@ -17,7 +17,7 @@
 use std::io::Write;
 use std::sync::mpsc::{Receiver, SyncSender};
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::request::RequestContext;
 
@@ -139,16 +139,6 @@ pub fn bounded(s: &str) -> String {
     s.chars().take(128).collect()
 }
 
-fn strings(v: &[String]) -> Value {
-    Value::Array(v.iter().map(|s| Value::String(s.clone())).collect())
-}
-
-fn put(m: &mut Map<String, Value>, k: &str, v: Option<&str>) {
-    if let Some(v) = v {
-        m.insert(k.into(), Value::String(v.into()));
-    }
-}
-
 impl Event {
     /// The `action` field: stable, snake_case.
     pub fn action(&self) -> &'static str {
@@ -176,25 +166,24 @@ impl Event {
     }
 
     /// The event's own fields.
-    fn fields(&self) -> Map<String, Value> {
-        let mut m = Map::new();
+    fn fields(&self, m: &mut Line) {
         match self {
             Self::AuthorizationRequested {
                 client,
                 resource,
                 error,
             } => {
-                put(&mut m, "client", Some(client));
-                put(&mut m, "resource", resource.as_deref());
+                m.put("client", Some(client));
+                m.put("resource", resource.as_deref());
                 m.insert(
-                    "outcome".into(),
-                    json!(if error.is_some() {
+                    "outcome",
+                    &json!(if error.is_some() {
                         "refused"
                     } else {
                         "accepted"
                     }),
                 );
-                put(&mut m, "error", *error);
+                m.put("error", *error);
             }
             Self::SignIn {
                 source,
@@ -203,11 +192,11 @@ impl Event {
                 outcome,
                 reason,
             } => {
-                put(&mut m, "source", Some(source));
-                put(&mut m, "user_id", user.as_deref());
-                put(&mut m, "client", client.as_deref());
-                put(&mut m, "outcome", Some(outcome.as_str()));
-                put(&mut m, "reason", reason.as_deref());
+                m.put("source", Some(source));
+                m.put("user_id", user.as_deref());
+                m.put("client", client.as_deref());
+                m.put("outcome", Some(outcome.as_str()));
+                m.put("reason", reason.as_deref());
             }
             Self::ConsentGiven {
                 client,
@@ -216,21 +205,21 @@ impl Event {
                 resource,
                 remembered,
             } => {
-                put(&mut m, "client", Some(client));
-                put(&mut m, "user_id", Some(user));
-                m.insert("scopes".into(), strings(scopes));
-                put(&mut m, "resource", Some(resource));
-                m.insert("remembered".into(), json!(remembered));
+                m.put("client", Some(client));
+                m.put("user_id", Some(user));
+                m.strs("scopes", scopes);
+                m.put("resource", Some(resource));
+                m.insert("remembered", &json!(remembered));
             }
             Self::ConsentDenied { client, user } => {
-                put(&mut m, "client", Some(client));
-                put(&mut m, "user_id", user.as_deref());
+                m.put("client", Some(client));
+                m.put("user_id", user.as_deref());
             }
             Self::ConsentRevoked { client, user } => {
-                put(&mut m, "client", Some(client));
-                put(&mut m, "user_id", Some(user));
+                m.put("client", Some(client));
+                m.put("user_id", Some(user));
             }
-            Self::SessionEnded { user } => put(&mut m, "user_id", Some(user)),
+            Self::SessionEnded { user } => m.put("user_id", Some(user)),
             Self::TokenIssued {
                 grant_type,
                 client,
@@ -238,34 +227,34 @@ impl Event {
                 resource,
                 scopes,
             } => {
-                put(&mut m, "grant_type", Some(grant_type));
-                put(&mut m, "client", Some(client));
-                put(&mut m, "user_id", user.as_deref());
-                put(&mut m, "resource", Some(resource));
-                m.insert("scopes".into(), strings(scopes));
+                m.put("grant_type", Some(grant_type));
+                m.put("client", Some(client));
+                m.put("user_id", user.as_deref());
+                m.put("resource", Some(resource));
+                m.strs("scopes", scopes);
             }
             Self::TokenRefused {
                 grant_type,
                 client,
                 error,
             } => {
-                put(&mut m, "grant_type", grant_type.as_deref());
-                put(&mut m, "client", client.as_deref());
-                put(&mut m, "error", Some(error));
+                m.put("grant_type", grant_type.as_deref());
+                m.put("client", client.as_deref());
+                m.put("error", Some(error));
             }
-            Self::RefreshReuseDetected { client } => put(&mut m, "client", Some(client)),
+            Self::RefreshReuseDetected { client } => m.put("client", Some(client)),
             Self::TokenRevoked { client, kind } => {
-                put(&mut m, "client", Some(client));
-                put(&mut m, "token_type", Some(kind));
+                m.put("client", Some(client));
+                m.put("token_type", Some(kind));
             }
             Self::DeviceAuthorizationRequested {
                 client,
                 resource,
                 device,
             } => {
-                put(&mut m, "client", Some(client));
-                put(&mut m, "resource", Some(resource));
-                put(&mut m, "device", Some(device));
+                m.put("client", Some(client));
+                m.put("resource", Some(resource));
+                m.put("device", Some(device));
             }
             Self::DeviceDecided {
                 client,
@@ -273,17 +262,17 @@ impl Event {
                 device,
                 ..
             } => {
-                put(&mut m, "client", Some(client));
-                put(&mut m, "user_id", Some(user));
-                put(&mut m, "device", Some(device));
+                m.put("client", Some(client));
+                m.put("user_id", Some(user));
+                m.put("device", Some(device));
             }
             Self::ClientRegistered { client, method } => {
-                put(&mut m, "client", Some(client));
-                put(&mut m, "method", Some(method));
+                m.put("client", Some(client));
+                m.put("method", Some(method));
             }
             Self::ClientRefused { client, reason } => {
-                put(&mut m, "client", Some(client));
-                put(&mut m, "reason", Some(reason));
+                m.put("client", Some(client));
+                m.put("reason", Some(reason));
             }
             Self::Upstream {
                 upstream,
@@ -291,40 +280,109 @@ impl Event {
                 reason,
                 ..
             } => {
-                put(&mut m, "upstream", Some(upstream));
-                put(&mut m, "user_id", user.as_deref());
-                put(&mut m, "reason", reason.as_deref());
+                m.put("upstream", Some(upstream));
+                m.put("user_id", user.as_deref());
+                m.put("reason", reason.as_deref());
             }
             Self::Admin { actor, event } => {
-                put(&mut m, "actor", Some(actor));
+                m.put("actor", Some(actor));
                 for (k, v) in event.fields() {
-                    m.insert(k.into(), v);
+                    m.insert(k, &v);
                 }
             }
         }
-        m
     }
 
     /// The whole line: time, action, fields, and what the request it happened in says.
+    /// Written straight into one string (no map of owned keys): a busy token endpoint
+    /// writes one of these per token.
+    pub fn to_line(
+        &self,
+        now_ms: i64,
+        request: Option<&RequestContext>,
+        flow: Option<&str>,
+    ) -> String {
+        let mut m = Line(String::with_capacity(256));
+        m.0.push('{');
+        m.put("ts", Some(&crate::clock::rfc3339_millis(now_ms)));
+        m.put("action", Some(self.action()));
+        self.fields(&mut m);
+        if let Some(r) = request {
+            m.put("request_id", Some(&r.id));
+            if let Some(ip) = r.ip {
+                m.put("ip", Some(&ip.to_string()));
+            }
+        }
+        m.put("flow", flow);
+        m.0.push('}');
+        m.0
+    }
+
+    /// [`Self::to_line`] parsed, for tests.
     pub fn to_json(
         &self,
         now_ms: i64,
         request: Option<&RequestContext>,
         flow: Option<&str>,
     ) -> Value {
-        let mut m = Map::new();
-        m.insert("ts".into(), json!(crate::clock::rfc3339_millis(now_ms)));
-        m.insert("action".into(), json!(self.action()));
-        m.extend(self.fields());
-        if let Some(r) = request {
-            m.insert("request_id".into(), json!(&*r.id));
-            if let Some(ip) = r.ip {
-                m.insert("ip".into(), json!(ip.to_string()));
-            }
-        }
-        put(&mut m, "flow", flow);
-        Value::Object(m)
+        serde_json::from_str(&self.to_line(now_ms, request, flow)).unwrap_or(Value::Null)
     }
+}
+
+/// A JSON object being written: fields in order, values escaped.
+struct Line(String);
+
+impl Line {
+    fn key(&mut self, k: &str) {
+        if !self.0.ends_with('{') {
+            self.0.push(',');
+        }
+        escape_into(&mut self.0, k);
+        self.0.push(':');
+    }
+
+    fn put(&mut self, k: &str, v: Option<&str>) {
+        if let Some(v) = v {
+            self.key(k);
+            escape_into(&mut self.0, v);
+        }
+    }
+
+    fn strs(&mut self, k: &str, v: &[String]) {
+        self.key(k);
+        self.0.push('[');
+        for (i, s) in v.iter().enumerate() {
+            if i > 0 {
+                self.0.push(',');
+            }
+            escape_into(&mut self.0, s);
+        }
+        self.0.push(']');
+    }
+
+    fn insert(&mut self, k: &str, v: &Value) {
+        self.key(k);
+        self.0.push_str(&v.to_string());
+    }
+}
+
+/// `s` as a JSON string (RFC 8259 escapes; control characters as `\u00XX`).
+fn escape_into(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// The writer of audit records; off when no destination is configured.
@@ -405,9 +463,10 @@ impl AuditLog {
         !matches!(self.sink, Sink::Off)
     }
 
-    /// Writes one record; `false` when it was dropped (the queue full, the writer gone).
-    pub fn write(&self, line: &Value) -> bool {
-        let mut s = line.to_string();
+    /// Writes one record (a JSON object on one line); `false` when it was dropped (the
+    /// queue full, the writer gone).
+    pub fn write(&self, line: String) -> bool {
+        let mut s = line;
         s.push('\n');
         match &self.sink {
             Sink::Off => true,
@@ -501,16 +560,31 @@ mod tests {
     }
 
     #[test]
+    fn any_text_is_escaped_and_reads_back_the_same() {
+        let odd = "a\"b\\c\nd\re\tf\u{1}g\u{7f}h\u{2028}i é 🙂 </script>";
+        let e = Event::ClientRefused {
+            client: odd.into(),
+            reason: "r".into(),
+        };
+        let line = e.to_line(0, None, Some(odd));
+        assert!(!line.contains('\n') && !line.contains('\u{2028}'), "{line}");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["client"], odd);
+        assert_eq!(v["flow"], odd);
+        assert_eq!(v["ts"], "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
     fn lines_reach_the_file_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let log = AuditLog::open(&Destination::File(path.clone())).unwrap();
         for i in 0..100 {
-            assert!(log.write(&json!({ "n": i })));
+            assert!(log.write(json!({ "n": i }).to_string()));
         }
         log.close();
         assert!(
-            !log.write(&json!({ "n": 100 })),
+            !log.write(json!({ "n": 100 }).to_string()),
             "closed: dropped, not blocking"
         );
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

@@ -367,6 +367,45 @@ impl Metrics {
     }
 }
 
+/// One upstream's series, looked up once (at start) instead of on every request.
+#[derive(Debug, Clone)]
+pub struct UpstreamMeters {
+    pub in_flight: Gauge,
+    pub sse: Gauge,
+    pub duration: Histogram,
+    /// `1xx`…`5xx`, then `error`.
+    pub responses: [Counter; 6],
+}
+
+impl Metrics {
+    pub fn upstream(&self, name: &str) -> UpstreamMeters {
+        let u = UpstreamLabels {
+            upstream: name.into(),
+        };
+        let class = |status: &'static str| {
+            self.proxy_responses
+                .get_or_create(&UpstreamStatus {
+                    upstream: u.upstream.clone(),
+                    status,
+                })
+                .clone()
+        };
+        UpstreamMeters {
+            in_flight: self.proxy_in_flight.get_or_create(&u).clone(),
+            sse: self.sse_streams.get_or_create(&u).clone(),
+            duration: self.proxy_duration.get_or_create(&u).clone(),
+            responses: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+                class("error"),
+            ],
+        }
+    }
+}
+
 /// The content type of [`Metrics::encode`].
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

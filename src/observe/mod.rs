@@ -96,7 +96,7 @@ impl Observer {
             let request = RequestContext::current();
             let written =
                 self.audit
-                    .write(&event.to_json(self.clock.now_millis(), request.as_ref(), flow));
+                    .write(event.to_line(self.clock.now_millis(), request.as_ref(), flow));
             if !written && let Some(m) = &self.metrics {
                 m.audit_dropped.inc();
             }

@@ -108,8 +108,8 @@ pub struct Upstream {
     pub tools: Vec<ToolRule>,
     /// What the last forwarded requests saw of it.
     pub health: std::sync::Arc<health::Health>,
-    /// Its name as a metrics label (shared, not copied per request).
-    label: std::sync::Arc<str>,
+    /// Its series, when metrics are on.
+    meters: Option<crate::observe::metrics::UpstreamMeters>,
 }
 
 impl Upstream {
@@ -217,7 +217,6 @@ pub struct Proxy {
     sessions_seen: std::sync::Arc<crate::cache::TtlCache<String>>,
     /// Per (owner, upstream, session): whether the client declared URL-mode elicitation.
     url_elicitation: crate::cache::TtlCache<bool>,
-    observer: crate::observe::SharedObserver,
 }
 
 /// How long a confirmed session binding is trusted without asking the store.
@@ -312,7 +311,7 @@ impl Proxy {
                     )?,
                     tools: u.tools.clone(),
                     health: Default::default(),
-                    label: u.name.as_str().into(),
+                    meters: observer.metrics().map(|m| m.upstream(&u.name)),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -334,7 +333,7 @@ impl Proxy {
                 credential: std::sync::Arc::new(credentials::NoCredential),
                 tools: Vec::new(),
                 health: Default::default(),
-                label: "whoami".into(),
+                meters: observer.metrics().map(|m| m.upstream("whoami")),
             });
         }
         let sessions_seen = std::sync::Arc::new(crate::cache::TtlCache::new(
@@ -368,7 +367,6 @@ impl Proxy {
             body_timeout: Duration::from_secs(config.server.body_read_timeout_secs),
             store,
             clock,
-            observer,
         })
     }
 
@@ -380,12 +378,6 @@ impl Proxy {
     /// The session-binding cache's hits and misses.
     pub fn session_cache_stats(&self) -> std::sync::Arc<crate::observe::metrics::CacheStats> {
         self.sessions_seen.stats()
-    }
-
-    fn upstream_label(upstream: &Upstream) -> crate::observe::metrics::UpstreamLabels {
-        crate::observe::metrics::UpstreamLabels {
-            upstream: upstream.label.clone(),
-        }
     }
 
     pub fn upstream(&self, index: usize) -> Option<&Upstream> {
@@ -405,12 +397,8 @@ impl Proxy {
         req: Request<Body>,
         mut in_flight: InFlight,
     ) -> Result<Response<Body>, (ProxyError, Value)> {
-        if let Some(m) = self.observer.metrics() {
-            in_flight.track(
-                m.proxy_in_flight
-                    .get_or_create(&Self::upstream_label(upstream))
-                    .clone(),
-            );
+        if let Some(m) = &upstream.meters {
+            in_flight.track(m.in_flight.clone());
         }
         let (parts, body) = req.into_parts();
         // Phase: read the (small, JSON-RPC) request body, bounded, and read it once,
@@ -768,29 +756,23 @@ impl Proxy {
         let started = std::time::Instant::now();
         let answer = tokio::time::timeout(wait, self.client.request(upstream_req)).await;
         let took = started.elapsed();
-        let metrics = self.observer.metrics();
-        let class = |c: &'static str| {
-            if let Some(m) = metrics {
-                m.proxy_responses
-                    .get_or_create(&crate::observe::metrics::UpstreamStatus {
-                        upstream: upstream.label.clone(),
-                        status: c,
-                    })
-                    .inc();
+        let class = |i: usize| {
+            if let Some(m) = &upstream.meters {
+                m.responses[i].inc();
             }
         };
         match answer {
             Err(_) => {
                 let e = ProxyError::Timeout(upstream.name.clone());
                 upstream.health.failed(self.clock.now(), &e.to_string());
-                class("error");
+                class(5);
                 Err(e)
             }
             Ok(Err(e)) => {
                 tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
                 let e = ProxyError::Unreachable(upstream.name.clone());
                 upstream.health.failed(self.clock.now(), &e.to_string());
-                class("error");
+                class(5);
                 Err(e)
             }
             Ok(Ok(r)) => {
@@ -800,17 +782,15 @@ impl Proxy {
                     parts.status.as_u16(),
                     took.as_millis() as u64,
                 );
-                if let Some(m) = metrics {
-                    m.proxy_duration
-                        .get_or_create(&Self::upstream_label(upstream))
-                        .observe(took.as_secs_f64());
+                if let Some(m) = &upstream.meters {
+                    m.duration.observe(took.as_secs_f64());
                 }
                 class(match parts.status.as_u16() {
-                    100..=199 => "1xx",
-                    200..=299 => "2xx",
-                    300..=399 => "3xx",
-                    400..=499 => "4xx",
-                    _ => "5xx",
+                    100..=199 => 0,
+                    200..=299 => 1,
+                    300..=399 => 2,
+                    400..=499 => 3,
+                    _ => 4,
                 });
                 Ok((parts, body, sent))
             }
@@ -832,12 +812,8 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if is_sse {
-            if let Some(m) = self.observer.metrics() {
-                in_flight.track(
-                    m.sse_streams
-                        .get_or_create(&Self::upstream_label(upstream))
-                        .clone(),
-                );
+            if let Some(m) = &upstream.meters {
+                in_flight.track(m.sse.clone());
             }
             rparts.headers.insert(
                 HeaderName::from_static("x-accel-buffering"),
