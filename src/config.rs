@@ -1141,14 +1141,15 @@ impl Config {
     /// every URL reduced to scheme, host, port and path (no user, password or query) and
     /// no secret at all (a secret shows only as set).
     pub fn summary(&self) -> Vec<String> {
+        // Scheme, host and port only: some servers carry a key in the path too.
         fn url(u: &str) -> String {
             match Url::parse(u) {
-                Ok(mut p) => {
-                    let _ = p.set_username("");
-                    let _ = p.set_password(None);
-                    p.set_query(None);
-                    p.set_fragment(None);
-                    p.to_string()
+                Ok(p) => {
+                    let mut out = p.origin().ascii_serialization();
+                    if p.path().len() > 1 {
+                        out.push_str("/…");
+                    }
+                    out
                 }
                 Err(_) => "<not a URL>".into(),
             }
@@ -1165,7 +1166,22 @@ impl Config {
                 }
             ),
             format!("server.trusted_proxies = {:?}", self.server.trusted_proxies),
-            format!("store = {:?}", UrlWithoutPassword(&self.store.url)),
+            format!(
+                "store = {}",
+                match Url::parse(&self.store.url) {
+                    // A file: its path is no secret (and holds no user or password).
+                    Ok(u) if u.scheme() == "sqlite" => {
+                        self.store.url.split('?').next().unwrap_or("").to_string()
+                    }
+                    Ok(u) => format!(
+                        "{}://{}{}",
+                        u.scheme(),
+                        u.host_str().unwrap_or(""),
+                        u.path()
+                    ),
+                    Err(_) => "<not a URL>".into(),
+                }
+            ),
             format!(
                 "keys.encryption = {} key(s){}",
                 self.keys.encryption.len(),
@@ -1268,6 +1284,15 @@ impl Config {
             && self.server.trusted_proxies.is_empty()
         {
             out.push("server.trusted_proxies is empty while a reverse proxy seems to terminate TLS: every client will look like the proxy's address to the login throttles and rate limits".into());
+        }
+        if self.metrics.enabled
+            && self.metrics.listen.is_none()
+            && !listen_public
+            && public.starts_with("https://")
+            && self.server.tls_cert.is_none()
+            && self.server.trusted_proxies.is_empty()
+        {
+            out.push("metrics: a reverse proxy on this host seems to forward to the gateway, but server.trusted_proxies is empty: every request it forwards looks local, so /metrics answers whoever reaches the proxy; list the proxy in trusted_proxies, block /metrics at the proxy, or set metrics.listen".into());
         }
         if self.metrics.enabled
             && self.metrics.listen.is_none()

@@ -473,11 +473,11 @@ impl AuditLog {
             Sink::Queue { tx, .. } => match tx.try_send(s) {
                 Ok(()) => true,
                 Err(std::sync::mpsc::TrySendError::Full(_)) => {
-                    tracing::error!("the audit log cannot keep up; a record is dropped");
+                    warn_dropped("the audit log cannot keep up; records are being dropped");
                     false
                 }
                 Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
-                    tracing::error!("the audit writer has stopped; a record is dropped");
+                    warn_dropped("the audit writer has stopped; records are being dropped");
                     false
                 }
             },
@@ -495,15 +495,54 @@ impl AuditLog {
         }
     }
 
-    /// Writes what is queued and stops the writer (at shutdown); later records are dropped.
+    /// Writes what is queued and stops the writer (at shutdown), waiting at most 5 s for a
+    /// destination that may be stuck; later records are dropped.
     pub fn close(&self) {
         if let Sink::Queue { tx, writer } = &self.sink {
-            // Waits for room: the writer is draining, and nothing else is served any more.
-            let _ = tx.send(String::new());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            // Room for the stop mark, while the writer drains.
+            while let Err(std::sync::mpsc::TrySendError::Full(_)) = tx.try_send(String::new()) {
+                if std::time::Instant::now() >= deadline {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
             if let Some(handle) = writer.lock().ok().and_then(|mut w| w.take()) {
+                while !handle.is_finished() {
+                    if std::time::Instant::now() >= deadline {
+                        tracing::error!(
+                            "the audit writer did not finish in 5 s; what it holds is lost"
+                        );
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
                 let _ = handle.join();
             }
         }
+    }
+}
+
+/// Logs that records are being dropped, at most once every 10 s (the count is in the
+/// metrics): under a flood of drops the log must not become the next thing that blocks.
+fn warn_dropped(why: &str) {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+    if now >= last + 10
+        && LAST
+            .compare_exchange(
+                last,
+                now,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+    {
+        tracing::error!("{why}");
     }
 }
 

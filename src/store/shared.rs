@@ -1013,8 +1013,11 @@ impl GrantStore for $store {
 
     async fn last_tokens(&self, user_id: &str) -> StoreResult<Vec<(String, Timestamp)>> {
         let rows = sqlx::query(
-            "SELECT grant_id, MAX(created_at) AS last FROM access_tokens
-             WHERE user_id = $1 AND grant_id IS NOT NULL GROUP BY grant_id",
+            // Through the person's grants (indexed by user), then their tokens (indexed by
+            // grant): never a scan of every access token.
+            "SELECT a.grant_id AS grant_id, MAX(a.created_at) AS last
+             FROM grants g JOIN access_tokens a ON a.grant_id = g.id
+             WHERE g.user_id = $1 AND g.revoked_at IS NULL GROUP BY a.grant_id",
         )
         .bind(user_id)
         .fetch_all(self.reader())
@@ -1645,7 +1648,11 @@ impl DeviceStore for $store {
     async fn insert_device(&self, d: &DeviceAuthorization) -> StoreResult<bool> {
         let mut tx = self.write_tx().await?;
         // An expired one may still hold the user code until the sweep: it gives way.
-        sqlx::query("DELETE FROM device_authorizations WHERE user_code = $1 AND expires_at <= $2")
+        // (An approved one stays: its code is redeemed on its own clock.)
+        sqlx::query(
+            "DELETE FROM device_authorizations
+             WHERE user_code = $1 AND expires_at <= $2 AND status <> 'approved'",
+        )
             .bind(&d.user_code)
             .bind(d.created_at)
             .execute(&mut *tx)

@@ -45,9 +45,13 @@ pub async fn page_for_person(State(app): State<App>, headers: HeaderMap, uri: Ur
         let sessions = app.auth.own_sessions(&user_id).await?;
         let mine = crate::crypto::hash_secret(&secret);
         let connections = match &app.broker {
-            Some(b) => Some(b.statuses(&user_id).await.map_err(|e| PageError {
-                status: 500,
-                message: e.to_string(),
+            Some(b) => Some(b.statuses(&user_id).await.map_err(|e| {
+                tracing::warn!(error = %e, "the console could not list connections");
+                PageError {
+                    status: 503,
+                    message: "Your connections cannot be listed just now. Try again shortly."
+                        .into(),
+                }
             })?),
             None => None,
         };

@@ -108,7 +108,7 @@ pub async fn enter_code(
                 pages::device_entry(
                     &action(&app),
                     &form_token("device", &secret),
-                    typed.get(..32).unwrap_or(typed),
+                    &typed.chars().take(32).collect::<String>(),
                     Some(error),
                 ),
             )

@@ -207,13 +207,16 @@ fn read_at_scrape(
                 .collect()
         }),
     });
-    let broker = broker.cloned();
+    // Weak: the broker holds the observer that holds these series, and a strong reference
+    // back would keep the broker (and its store's connections) alive for ever.
+    let broker = broker.map(Arc::downgrade);
     m.read_at_scrape(GaugeCollector {
         name: "upstream_connections",
         help: "People's upstream OAuth connections, by upstream and state (counted every minute)",
         read: Box::new(move || {
             broker
                 .as_ref()
+                .and_then(std::sync::Weak::upgrade)
                 .map(|b| b.connection_counts())
                 .unwrap_or_default()
                 .into_iter()

@@ -416,10 +416,22 @@ fn check_config_reports_every_problem_advice_and_the_effective_settings() {
         out.contains("client `ci`: client_credentials") && !out.contains("a-very-secret-value"),
         "{out}"
     );
-    assert!(out.contains("https://up.example/mcp"), "{out}");
+    assert!(out.contains("https://up.example/…"), "{out}");
     for secret in ["proxy-password", "upstream-password", "query-secret"] {
         assert!(!out.contains(secret), "{secret}: {out}");
     }
+    // Behind a proxy on this host that is not declared: /metrics would answer everyone.
+    std::fs::write(
+        dir.path().join("proxied.toml"),
+        "[server]\nlisten = \"127.0.0.1:8080\"\npublic_url = \"https://gw.example\"\n",
+    )
+    .unwrap();
+    let (ok, out, _) = run(
+        dir.path(),
+        &["--config", "proxied.toml", "check-config"],
+        None,
+    );
+    assert!(ok && out.contains("reverse proxy on this host"), "{out}");
 }
 
 #[tokio::test]
