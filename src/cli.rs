@@ -194,6 +194,22 @@ pub enum ClientsCommand {
         #[arg(allow_hyphen_values = true)]
         client_id: String,
     },
+    /// Block a client (registered, CIMD URL or configured): refused from now on, its grants
+    /// and tokens revoked on every instance.
+    Block {
+        #[arg(allow_hyphen_values = true)]
+        client_id: String,
+        /// Why (kept with the block and in the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Let a blocked client in again (it must be authorized anew).
+    Unblock {
+        #[arg(allow_hyphen_values = true)]
+        client_id: String,
+    },
+    /// The blocked clients.
+    Blocked,
 }
 
 #[derive(Debug, Subcommand)]
@@ -770,6 +786,30 @@ async fn clients(c: ClientsCommand, admin: &Admin) -> Result<(), String> {
         ClientsCommand::Remove { client_id } => {
             admin.remove_client(&client_id).await.map_err(cli_error)?;
             println!("removed client `{client_id}` and revoked its grants");
+        }
+        ClientsCommand::Block { client_id, reason } => {
+            admin
+                .block_client(&client_id, &reason)
+                .await
+                .map_err(cli_error)?;
+            println!(
+                "blocked client `{}` and revoked its grants",
+                printable(&client_id)
+            );
+        }
+        ClientsCommand::Unblock { client_id } => {
+            admin.unblock_client(&client_id).await.map_err(cli_error)?;
+            println!("unblocked client `{}`", printable(&client_id));
+        }
+        ClientsCommand::Blocked => {
+            for (id, at, reason) in admin.blocked_clients().await.map_err(cli_error)? {
+                println!(
+                    "{}\tsince {}\t{}",
+                    printable(&id),
+                    crate::clock::utc_date_compact(at),
+                    printable(&reason)
+                );
+            }
         }
     }
     Ok(())

@@ -50,6 +50,14 @@ pub enum AuditEvent {
     ClientRemoved {
         client: String,
     },
+    /// A client (any kind) was blocked; its grants ended.
+    ClientBlocked {
+        client: String,
+        reason: String,
+    },
+    ClientUnblocked {
+        client: String,
+    },
     /// The selected live grants ended: `count` of them.
     GrantsRevoked {
         selection: GrantSelection,
@@ -83,6 +91,8 @@ impl AuditEvent {
             Self::UserRemoved { .. } => "user_removed",
             Self::SessionsEnded { .. } => "sessions_ended",
             Self::ClientRemoved { .. } => "client_removed",
+            Self::ClientBlocked { .. } => "client_blocked",
+            Self::ClientUnblocked { .. } => "client_unblocked",
             Self::GrantsRevoked { .. } => "grants_revoked",
             Self::SigningKeyRotated { .. } => "signing_key_rotated",
             Self::SigningKeyRetired { .. } => "signing_key_retired",
@@ -108,7 +118,12 @@ impl AuditEvent {
             | Self::SessionsEnded { user } => {
                 vec![("user", json!(user))]
             }
-            Self::ClientRemoved { client } => vec![("client", json!(client))],
+            Self::ClientRemoved { client } | Self::ClientUnblocked { client } => {
+                vec![("client", json!(client))]
+            }
+            Self::ClientBlocked { client, reason } => {
+                vec![("client", json!(client)), ("reason", json!(reason))]
+            }
             Self::GrantsRevoked { selection, count } => {
                 let mut v = Vec::new();
                 if let Some(u) = &selection.user {
@@ -206,6 +221,21 @@ pub fn emit(actor: &str, event: &AuditEvent) {
             actor,
             client = client.as_str(),
             "client removed"
+        ),
+        AuditEvent::ClientBlocked { client, reason } => tracing::info!(
+            target: TARGET,
+            action,
+            actor,
+            client = client.as_str(),
+            reason = reason.as_str(),
+            "client blocked"
+        ),
+        AuditEvent::ClientUnblocked { client } => tracing::info!(
+            target: TARGET,
+            action,
+            actor,
+            client = client.as_str(),
+            "client unblocked"
         ),
         // What was not part of the selection is left out rather than written empty.
         AuditEvent::GrantsRevoked { selection, count } => tracing::info!(
@@ -353,6 +383,21 @@ mod tests {
                     client: "mog_ci_x".into(),
                 },
                 "client_removed",
+                &["client"][..],
+            ),
+            (
+                AuditEvent::ClientBlocked {
+                    client: "mog_ci_x".into(),
+                    reason: "spam".into(),
+                },
+                "client_blocked",
+                &["client", "reason"][..],
+            ),
+            (
+                AuditEvent::ClientUnblocked {
+                    client: "mog_ci_x".into(),
+                },
+                "client_unblocked",
                 &["client"][..],
             ),
             (

@@ -23,6 +23,8 @@ pub enum Entity {
     User,
     Client,
     SigningKey,
+    /// A client's block.
+    Block,
 }
 
 /// How an entity is named in a message: "no {noun} `x`", "a {noun} `x` exists already".
@@ -31,6 +33,7 @@ fn noun(what: &Entity) -> &'static str {
         Entity::User => "user named",
         Entity::Client => "client",
         Entity::SigningKey => "live key",
+        Entity::Block => "block of the client",
     }
 }
 
@@ -479,6 +482,55 @@ impl Admin {
             client: client_id.to_string(),
         });
         Ok(())
+    }
+
+    /// Blocks a client (registered, CIMD or configured, by its id): refused at `/authorize`
+    /// and `/token` from now on, its grants and tokens ended on every instance. `reason` is
+    /// recorded with the block.
+    pub async fn block_client(&self, client_id: &str, reason: &str) -> Result<(), AdminError> {
+        if client_id.is_empty() || client_id.len() > 2048 {
+            return Err(AdminError::Invalid(
+                "a client id is 1 to 2048 characters".into(),
+            ));
+        }
+        let reason: String = reason
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(500)
+            .collect();
+        if !self
+            .store
+            .block_client(client_id, &reason, self.clock.now())
+            .await?
+        {
+            return Err(AdminError::Exists {
+                what: Entity::Block,
+                name: client_id.to_string(),
+            });
+        }
+        self.audit(AuditEvent::ClientBlocked {
+            client: client_id.to_string(),
+            reason,
+        });
+        Ok(())
+    }
+
+    pub async fn unblock_client(&self, client_id: &str) -> Result<(), AdminError> {
+        if !self.store.unblock_client(client_id).await? {
+            return Err(AdminError::NotFound {
+                what: Entity::Block,
+                name: client_id.to_string(),
+            });
+        }
+        self.audit(AuditEvent::ClientUnblocked {
+            client: client_id.to_string(),
+        });
+        Ok(())
+    }
+
+    /// Every blocked client: (client id, when, why).
+    pub async fn blocked_clients(&self) -> Result<Vec<(String, Timestamp, String)>, AdminError> {
+        Ok(self.store.client_blocks().await?)
     }
 
     // ----- grants -----

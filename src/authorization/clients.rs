@@ -213,6 +213,9 @@ impl AuthorizationServer {
         self.find_client_via(client_id, ClientLookup::Fresh).await
     }
 
+    /// [`Self::find_client`], refusing a client an administrator blocked. A client taken
+    /// from the cache needs no look at the blocks: blocking empties that cache on every
+    /// instance (as removing does).
     async fn find_client_via(
         &self,
         client_id: &str,
@@ -221,6 +224,24 @@ impl AuthorizationServer {
         if client_id.is_empty() || client_id.len() > 2048 {
             return Ok(None);
         }
+        if lookup == ClientLookup::Cached
+            && let Some(c) = self.clients_seen.get(client_id, self.clock.now())
+        {
+            return Ok(Some(c));
+        }
+        if self.store.client_block(client_id).await?.is_some() {
+            return Err(OAuthError::invalid_client(
+                "this client has been blocked by the gateway's administrator",
+            ));
+        }
+        self.resolve_client(client_id, lookup).await
+    }
+
+    async fn resolve_client(
+        &self,
+        client_id: &str,
+        lookup: ClientLookup,
+    ) -> Result<Option<Client>, OAuthError> {
         if let Some(c) = self
             .static_clients
             .iter()

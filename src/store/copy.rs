@@ -174,6 +174,10 @@ pub const TABLES: &[Table] = &[
         ],
     },
     Table {
+        name: "client_blocks",
+        columns: &[("client_id", Text), ("blocked_at", Int), ("reason", Text)],
+    },
+    Table {
         name: "device_authorizations",
         columns: &[
             ("device_code_hash", Text),

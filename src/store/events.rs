@@ -26,6 +26,8 @@ pub enum EndReason {
     AdminRevoked,
     UserRemoved,
     ClientRemoved,
+    /// An administrator blocked the client.
+    ClientBlocked,
     PasswordChanged,
     UserDisabled,
     /// Nothing live was left of it: its last refresh token (or, without one, its last access
@@ -50,6 +52,7 @@ impl EndReason {
             Self::AdminRevoked => "admin_revoked",
             Self::UserRemoved => "user_removed",
             Self::ClientRemoved => "client_removed",
+            Self::ClientBlocked => "client_blocked",
             Self::PasswordChanged => "password_changed",
             Self::UserDisabled => "user_disabled",
             Self::Expired => "expired",
@@ -64,7 +67,8 @@ impl EndReason {
     }
 }
 
-const ALL_REASONS: [EndReason; 12] = [
+const ALL_REASONS: [EndReason; 13] = [
+    EndReason::ClientBlocked,
     EndReason::ProviderRefused,
     EndReason::CredentialRefused,
     EndReason::Revoked,

@@ -341,6 +341,20 @@ pub trait ClientStore: Send + Sync {
     /// Deletes a client with its codes and consents; its grants end (`ClientRemoved`).
     async fn delete_client(&self, client_id: &str, now: Timestamp) -> StoreResult<bool>;
     async fn touch_client(&self, client_id: &str, now: Timestamp) -> StoreResult<()>;
+    /// Blocks a client (any kind, by id): its codes, requests and tokens go, its grants end
+    /// (`ClientBlocked`), and every instance forgets it; `false` when it was blocked already.
+    async fn block_client(
+        &self,
+        client_id: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> StoreResult<bool>;
+    /// `false` when it was not blocked.
+    async fn unblock_client(&self, client_id: &str) -> StoreResult<bool>;
+    /// When and why a client was blocked, if it is.
+    async fn client_block(&self, client_id: &str) -> StoreResult<Option<(Timestamp, String)>>;
+    /// Every blocked client: (client id, when, why).
+    async fn client_blocks(&self) -> StoreResult<Vec<(String, Timestamp, String)>>;
 }
 
 /// Authorization requests in flight and the codes they end in.

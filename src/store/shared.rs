@@ -566,6 +566,88 @@ impl ClientStore for $store {
         Ok(r.rows_affected() == 1)
     }
 
+    async fn block_client(&self, client_id: &str, reason: &str, now: Timestamp) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        let fresh = sqlx::query(
+            "INSERT INTO client_blocks (client_id, blocked_at, reason) VALUES ($1, $2, $3)
+             ON CONFLICT (client_id) DO NOTHING",
+        )
+        .bind(client_id)
+        .bind(now)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            tx.rollback().await.map_err(backend)?;
+            return Ok(false);
+        }
+        // Codes and requests before grants (see `end_user_access_in`); then the tokens it
+        // holds for itself (client credentials, no grant).
+        for sql in [
+            "DELETE FROM auth_codes WHERE client_id = $1",
+            "DELETE FROM pending_authorizations WHERE client_id = $1",
+            "DELETE FROM device_authorizations WHERE client_id = $1",
+            "DELETE FROM access_tokens WHERE client_id = $1 AND grant_id IS NULL",
+        ] {
+            sqlx::query(sql)
+                .bind(client_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        let filter = GrantFilter {
+            client_id: Some(client_id.to_string()),
+            ..Default::default()
+        };
+        let ended = end_grants_in(&mut tx, self.bus(), &filter, EndReason::ClientBlocked, now)
+            .await
+            .map_err(backend)?;
+        // What every instance forgets of a removed client (cached client, tokens, sessions)
+        // it forgets of a blocked one.
+        let gone = StoreEvent::ClientRemoved {
+            client: client_id.to_string(),
+        };
+        record_event_in(&mut tx, self.bus(), &gone, now)
+            .await
+            .map_err(backend)?;
+        commit_and_publish(tx, self.bus(), ended.into_iter().chain([gone])).await?;
+        Ok(true)
+    }
+
+    async fn unblock_client(&self, client_id: &str) -> StoreResult<bool> {
+        let r = sqlx::query("DELETE FROM client_blocks WHERE client_id = $1")
+            .bind(client_id)
+            .execute(self.writer())
+            .await
+            .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn client_block(&self, client_id: &str) -> StoreResult<Option<(Timestamp, String)>> {
+        let row = sqlx::query("SELECT blocked_at, reason FROM client_blocks WHERE client_id = $1")
+            .bind(client_id)
+            .fetch_optional(self.reader())
+            .await
+            .map_err(backend)?;
+        row.map(|r| Ok((r.try_get("blocked_at")?, r.try_get("reason")?)))
+            .transpose()
+            .map_err(backend)
+    }
+
+    async fn client_blocks(&self) -> StoreResult<Vec<(String, Timestamp, String)>> {
+        let rows = sqlx::query("SELECT client_id, blocked_at, reason FROM client_blocks ORDER BY client_id")
+            .fetch_all(self.reader())
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("client_id")?, r.try_get("blocked_at")?, r.try_get("reason")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(backend)
+    }
+
     async fn touch_client(&self, client_id: &str, now: Timestamp) -> StoreResult<()> {
         sqlx::query("UPDATE clients SET last_used_at = $1 WHERE client_id = $2 AND (last_used_at IS NULL OR last_used_at < $3)")
             .bind(now)

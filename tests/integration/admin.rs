@@ -277,3 +277,101 @@ async fn signing_keys_rotate_and_retire_with_audit_events() {
     assert_eq!(e.to_string(), format!("no live key `{second}`"));
     log.none();
 }
+
+/// A blocked client: its tokens stop working at once, its refresh and any new authorization
+/// are refused; unblocked, it may be authorized anew. The block goes through the same
+/// service as the CLI's `clients block`, into the gateway's audit log and series.
+#[tokio::test]
+async fn a_blocked_client_is_refused_everywhere_until_unblocked() {
+    use crate::support::{self, TestGateway};
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let audit_path = audit.display().to_string();
+    let gw = TestGateway::start_with(move |c| c.audit.path = Some(audit_path)).await;
+    let a = support::authorize_user(&gw, "alice").await;
+    let other = support::authorize_user(&gw, "bob").await;
+    assert_eq!(support::call_whoami(&gw, &a.access_token).await.0, 200);
+    let config = Config {
+        audit: mcp_oauth_gateway::config::AuditConfig {
+            path: Some(audit.display().to_string()),
+        },
+        ..Config::default()
+    };
+    let observer =
+        mcp_oauth_gateway::observe::Observer::for_command(&config, Arc::new(SystemClock)).unwrap();
+    let admin = Admin::new(gw.store.clone(), Arc::new(SystemClock), &config, "tester")
+        .unwrap()
+        .observed_by(observer);
+    admin
+        .block_client(&a.client_id, "abuse\nforged line")
+        .await
+        .unwrap();
+    assert!(matches!(
+        admin.block_client(&a.client_id, "again").await,
+        Err(AdminError::Exists {
+            what: Entity::Block,
+            ..
+        })
+    ));
+    // Its token: refused at once (the cache forgot it); its refresh: the client is refused.
+    assert_eq!(support::call_whoami(&gw, &a.access_token).await.0, 401);
+    let (status, v) = gw
+        .post_form(
+            "/token",
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &a.refresh_token),
+                ("client_id", &a.client_id),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (401, Some("invalid_client")),
+        "{v}"
+    );
+    // A new authorization: stopped on the gateway's page, nothing sent to the client.
+    let pkce = support::Pkce::new();
+    let resource = gw.resource();
+    let params = support::authorize_params(&a.client_id, &a.redirect, &pkce, &resource);
+    let url = url::Url::parse_with_params(&gw.url("/authorize"), &params).unwrap();
+    let r = TestGateway::browser()
+        .get(url.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("blocked"));
+    // Another client is untouched.
+    assert_eq!(support::call_whoami(&gw, &other.access_token).await.0, 200);
+    let blocked = admin.blocked_clients().await.unwrap();
+    assert_eq!(blocked.len(), 1);
+    assert_eq!(
+        blocked[0].2, "abuseforged line",
+        "control characters are dropped"
+    );
+
+    admin.unblock_client(&a.client_id).await.unwrap();
+    assert!(matches!(
+        admin.unblock_client(&a.client_id).await,
+        Err(AdminError::NotFound {
+            what: Entity::Block,
+            ..
+        })
+    ));
+    let location = support::approve(&TestGateway::browser(), &gw, url.as_str(), "alice").await;
+    assert!(location.contains("code="), "{location}");
+    // The audit log has both changes, by the acting administrator.
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let blocked = lines
+        .iter()
+        .find(|l| l["action"] == "client_blocked")
+        .expect("client_blocked recorded");
+    assert_eq!(blocked["client"], a.client_id.as_str());
+    assert_eq!(blocked["actor"], "tester");
+    assert!(lines.iter().any(|l| l["action"] == "client_unblocked"));
+}

@@ -1259,6 +1259,12 @@ async fn store_copy_moves_a_sqlite_installation_to_postgres_losing_nothing() {
             .await
             .unwrap()
     );
+    assert!(
+        source
+            .block_client("blocked-client", "a reason", a.now())
+            .await
+            .unwrap()
+    );
     let mut counts = Vec::new();
     for t in copy::TABLES {
         counts.push((t.name, source.count_rows(t).await.unwrap()));

@@ -1,0 +1,8 @@
+-- Clients an administrator blocked: by client id, whatever kind (registered, CIMD,
+-- configured). A blocked client is refused at /authorize and /token; its grants ended when
+-- it was blocked.
+CREATE TABLE client_blocks (
+    client_id TEXT PRIMARY KEY,
+    blocked_at BIGINT NOT NULL,
+    reason TEXT NOT NULL
+);
