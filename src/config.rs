@@ -65,6 +65,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The audit log of security events (`[audit]`).
     pub audit: AuditConfig,
+    /// Who administers the gateway at the console (`[console]`).
+    pub console: ConsoleConfig,
     /// Where the configuration came from, for error messages.
     #[serde(skip)]
     pub origin: String,
@@ -87,6 +89,7 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             metrics: MetricsConfig::default(),
             audit: AuditConfig::default(),
+            console: ConsoleConfig::default(),
             origin: "defaults".into(),
         }
     }
@@ -586,6 +589,38 @@ impl Default for MetricsConfig {
             listen: None,
             bearer_token: None,
         }
+    }
+}
+
+/// `[console]`: who administers the gateway at the web console.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Usernames of the gateway's users who administer it. Names made for people of an
+    /// identity provider or a database carry the source's name (`ann.corp`), so no source can
+    /// make a user of a name listed here.
+    pub admins: Vec<String>,
+    /// Users in any of these groups administer it too (groups set with `users add --group`,
+    /// or taken from an identity provider's groups claim at the first sign-in).
+    pub admin_groups: Vec<String>,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            // The account the first start creates.
+            admins: vec!["admin".into()],
+            admin_groups: Vec::new(),
+        }
+    }
+}
+
+impl ConsoleConfig {
+    /// Whether a user of this name and these groups administers (a disabled user signs in
+    /// to nothing, so is not asked about).
+    pub fn administers(&self, username: &str, groups: &[String]) -> bool {
+        self.admins.iter().any(|a| a == username)
+            || groups.iter().any(|g| self.admin_groups.contains(g))
     }
 }
 

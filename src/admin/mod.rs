@@ -4,6 +4,7 @@
 //! [`audit`] event once the change is made.
 
 pub mod audit;
+pub mod audit_log;
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -64,6 +65,14 @@ pub enum AdminError {
         crate::proxy::KEY_ACTIVATION_DELAY_SECS
     )]
     KeyStillSigns { kid: String },
+    /// The audit log is read back only from a file.
+    #[error(
+        "the audit log is not written to a file: set `[audit] path` to read it here (standard output and the log are read where they go)"
+    )]
+    NoAuditFile,
+    /// The audit log's file could not be read.
+    #[error("the audit log cannot be read: {0}")]
+    AuditLog(String),
     /// Re-encrypting needs an encryption key in the configuration.
     #[error("`keys.encryption` is empty: configure an encryption key first")]
     NoEncryptionKey,
@@ -209,6 +218,8 @@ pub struct Admin {
     encryption: Option<Arc<EncryptionKeys>>,
     actor: Arc<str>,
     observer: crate::observe::SharedObserver,
+    /// The audit log's file, to read it back.
+    audit_file: Option<Arc<std::path::Path>>,
 }
 
 impl Admin {
@@ -234,6 +245,10 @@ impl Admin {
             encryption,
             actor: actor.into(),
             observer: crate::observe::Observer::off(),
+            audit_file: match config.audit.destination() {
+                Some(crate::observe::audit::Destination::File(p)) => Some(p.into()),
+                _ => None,
+            },
         })
     }
 
@@ -413,6 +428,21 @@ impl Admin {
             user: name.to_string(),
         });
         Ok(())
+    }
+
+    // ----- the audit log -----
+
+    /// The newest audit records that match, newest first (see [`audit_log::read_recent`]).
+    pub async fn audit_records(
+        &self,
+        filter: audit_log::AuditFilter,
+        limit: usize,
+    ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, AdminError> {
+        let path = self.audit_file.clone().ok_or(AdminError::NoAuditFile)?;
+        tokio::task::spawn_blocking(move || audit_log::read_recent(&path, &filter, limit))
+            .await
+            .map_err(|e| AdminError::AuditLog(e.to_string()))?
+            .map_err(|e| AdminError::AuditLog(e.to_string()))
     }
 
     // ----- clients -----

@@ -1,6 +1,8 @@
 //! HTTP: the router, thin handlers, and the mapping from results to responses. The logic they
 //! call lives in `authorization`, `login` and `mcp`.
 
+mod admin;
+mod admin_pages;
 pub mod challenge;
 mod connect;
 mod console;
@@ -46,6 +48,12 @@ pub struct App {
     pub observer: crate::observe::SharedObserver,
     /// The token that opens `/metrics` on the main listener to a non-loopback client.
     metrics_token: Option<Arc<str>>,
+    /// The administration service the administrators' console acts through.
+    admin: crate::admin::Admin,
+    /// Who administers.
+    console: Arc<crate::config::ConsoleConfig>,
+    /// The registration settings, shown to administrators.
+    registration: Arc<crate::config::RegistrationConfig>,
 }
 
 /// Which Host and Origin headers MCP requests may carry (DNS-rebinding protection).
@@ -403,6 +411,9 @@ impl Gateway {
                 ));
             }
         }
+        let admin = crate::admin::Admin::new(store.clone(), clock.clone(), &config, "console")
+            .map_err(|e| e.to_string())?
+            .observed_by(observer.clone());
         let proxy = Arc::new(Proxy::new(
             &config,
             store,
@@ -436,6 +447,9 @@ impl Gateway {
                     .bearer_token
                     .as_ref()
                     .map(|t| t.expose().into()),
+                admin,
+                console: Arc::new(config.console.clone()),
+                registration: Arc::new(config.registration.clone()),
             },
             config,
         })
@@ -575,6 +589,35 @@ impl Gateway {
                 post(console::end_session),
             )
             .route(&format!("{base}/console"), get(console::redirect))
+            // The administrators' console.
+            .route(
+                &format!("{base}/authorize/console/admin"),
+                get(admin::users),
+            )
+            .route(
+                &format!("{base}/authorize/console/admin/clients"),
+                get(admin::clients),
+            )
+            .route(
+                &format!("{base}/authorize/console/admin/grants"),
+                get(admin::grants),
+            )
+            .route(
+                &format!("{base}/authorize/console/admin/upstreams"),
+                get(admin::upstreams),
+            )
+            .route(
+                &format!("{base}/authorize/console/admin/keys"),
+                get(admin::keys),
+            )
+            .route(
+                &format!("{base}/authorize/console/admin/audit"),
+                get(admin::audit),
+            )
+            .route(
+                &format!("{base}/authorize/console/admin/do"),
+                post(admin::act),
+            )
             // "Authorize a device" (RFC 8628's verification URI).
             .route(
                 &format!("{base}/authorize/device"),

@@ -326,6 +326,14 @@ pub(super) async fn read_page_form(
         "decision",
         "grant",
         "session",
+        // The administrators' console.
+        "action",
+        "user",
+        "client",
+        "reason",
+        "email",
+        "groups",
+        "kid",
     ] {
         if let Some(v) = p.get(k).map_err(page_error)? {
             out.insert(k.to_string(), v.to_string());

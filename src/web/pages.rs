@@ -19,7 +19,7 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-fn layout(title: &str, body: &str) -> String {
+pub(super) fn layout(title: &str, body: &str) -> String {
     format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -488,10 +488,12 @@ pub struct ConsoleView<'a> {
     pub this_session: &'a str,
     pub connections: Option<&'a [crate::broker::ConnectionStatus]>,
     pub note: Option<&'a str>,
+    /// Whether the person administers the gateway (a link to those pages).
+    pub administers: bool,
 }
 
 /// A time as people read it: `2026-12-03 05:20 UTC`.
-fn when(ts: i64) -> String {
+pub(super) fn when(ts: i64) -> String {
     let s = crate::clock::rfc3339_millis(ts * 1000);
     format!("{} {} UTC", &s[..10], &s[11..16])
 }
@@ -585,13 +587,18 @@ pub fn console(v: &ConsoleView<'_>) -> String {
         "Your access",
         &format!(
             r#"<h1>Your access</h1>
-<p class="muted">Signed in as <strong>{user}</strong>. <a href="{base}/device">Authorize a device</a> · <a href="{base}/logout">Sign out</a></p>
+<p class="muted">Signed in as <strong>{user}</strong>. <a href="{base}/device">Authorize a device</a>{admin} · <a href="{base}/logout">Sign out</a></p>
 {note}<h2>Applications you allowed</h2>
 {grants}
 {connections}
 <h2>Your browser sessions</h2>
 <table><thead><tr><th>Signed in with</th><th>Since</th><th>Until</th><th></th></tr></thead><tbody>{sessions}</tbody></table>"#,
             user = escape(&v.username),
+            admin = if v.administers {
+                format!(r#" · <a href="{base}/console/admin">Administration</a>"#)
+            } else {
+                String::new()
+            },
         ),
     )
 }

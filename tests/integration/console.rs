@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::support::{self, PASSWORD, TestGateway};
 
 /// A browser signed in as `user` at the gateway's own sign-in page, sent on to the console.
-async fn signed_in(gw: &TestGateway, user: &str) -> reqwest::Client {
+pub(crate) async fn signed_in(gw: &TestGateway, user: &str) -> reqwest::Client {
     let browser = TestGateway::browser();
     let r = browser.get(gw.url("/console")).send().await.unwrap();
     assert_eq!(r.status(), 303);

@@ -2,6 +2,7 @@
 //! One integration-test binary: the real gateway in-process on port 0, real clients.
 
 mod admin;
+mod admin_console;
 mod authorize;
 mod backends;
 mod broker;
