@@ -52,6 +52,10 @@ pub enum Command {
     /// Grants (a user's authorization of a client, with its tokens).
     #[command(subcommand)]
     Grants(GrantsCommand),
+    /// Who may register and which metadata documents are accepted, changed while the
+    /// gateway runs (every instance follows within seconds).
+    #[command(subcommand)]
+    Registration(RegistrationCommand),
     /// Check the configuration: every problem found, advice, and the effective settings.
     CheckConfig,
     /// Ask the running gateway's `/readyz` (for container health checks and systemd): exit 0
@@ -180,6 +184,36 @@ pub enum UsersCommand {
 pub enum SessionsCommand {
     /// Sign the user out of every browser (grants stay; see `grants revoke`).
     Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegistrationCommand {
+    /// The policy in force, and whether it is the configuration file's.
+    Show,
+    /// Changes what is given; the rest stays as it is.
+    Set {
+        /// Dynamic client registration: open, token or off.
+        #[arg(long, value_parser = ["open", "token", "off"])]
+        dcr: Option<String>,
+        /// Accept Client ID Metadata Documents: true or false.
+        #[arg(long)]
+        cimd: Option<bool>,
+        /// Accept metadata documents only from these domains (`example.com`,
+        /// `*.example.com`); repeat it, or give none with --any-domain.
+        #[arg(long = "allow-domain")]
+        allow: Vec<String>,
+        /// Accept metadata documents from any domain not blocked (empties the allowed list).
+        #[arg(long, conflicts_with = "allow")]
+        any_domain: bool,
+        /// Refuse metadata documents from these domains; replaces the blocked list.
+        #[arg(long = "block-domain")]
+        block: Vec<String>,
+        /// Empty the blocked list.
+        #[arg(long, conflicts_with = "block")]
+        no_blocked_domains: bool,
+    },
+    /// Back to the configuration file's `[registration]`.
+    Reset,
 }
 
 #[derive(Debug, Subcommand)]
@@ -335,6 +369,7 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         Command::Users(c) => users(c, &cli_admin(&config, store, clock)?).await,
         Command::Clients(c) => clients(c, &cli_admin(&config, store, clock)?).await,
         Command::Grants(c) => grants(c, &cli_admin(&config, store, clock)?).await,
+        Command::Registration(c) => registration(c, &cli_admin(&config, store, clock)?).await,
         Command::Keys(c) => keys(c, &cli_admin(&config, store, clock)?).await,
         Command::Upstreams(UpstreamsCommand::Probe { name }) => {
             let mut out = std::io::stdout();
@@ -810,6 +845,85 @@ async fn clients(c: ClientsCommand, admin: &Admin) -> Result<(), String> {
                     printable(&reason)
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+fn print_policy(p: &crate::authorization::policy::RegistrationPolicy, configured: bool) {
+    let list = |l: &[String]| {
+        if l.is_empty() {
+            "-".to_string()
+        } else {
+            l.join(" ")
+        }
+    };
+    println!(
+        "dcr\t{}\ncimd\t{}\ncimd_allowed_domains\t{}\ncimd_blocked_domains\t{}\nfrom\t{}",
+        match p.dcr {
+            crate::config::DcrMode::Open => "open",
+            crate::config::DcrMode::Token => "token",
+            crate::config::DcrMode::Off => "off",
+        },
+        p.cimd,
+        list(&p.cimd_allowed_domains),
+        list(&p.cimd_blocked_domains),
+        if configured {
+            "the configuration file"
+        } else {
+            "set at run time (registration reset goes back to the file's)"
+        }
+    );
+}
+
+async fn registration(c: RegistrationCommand, admin: &Admin) -> Result<(), String> {
+    use crate::config::DcrMode;
+    match c {
+        RegistrationCommand::Show => {
+            let (p, configured) = admin.registration_policy().await.map_err(cli_error)?;
+            print_policy(&p, configured);
+        }
+        RegistrationCommand::Set {
+            dcr,
+            cimd,
+            allow,
+            any_domain,
+            block,
+            no_blocked_domains,
+        } => {
+            let (mut p, _) = admin.registration_policy().await.map_err(cli_error)?;
+            if let Some(d) = dcr {
+                p.dcr = match d.as_str() {
+                    "open" => DcrMode::Open,
+                    "token" => DcrMode::Token,
+                    _ => DcrMode::Off,
+                };
+            }
+            if let Some(c) = cimd {
+                p.cimd = c;
+            }
+            if any_domain {
+                p.cimd_allowed_domains.clear();
+            } else if !allow.is_empty() {
+                p.cimd_allowed_domains = allow;
+            }
+            if no_blocked_domains {
+                p.cimd_blocked_domains.clear();
+            } else if !block.is_empty() {
+                p.cimd_blocked_domains = block;
+            }
+            let p = admin
+                .set_registration_policy(Some(p))
+                .await
+                .map_err(cli_error)?;
+            print_policy(&p, false);
+        }
+        RegistrationCommand::Reset => {
+            let p = admin
+                .set_registration_policy(None)
+                .await
+                .map_err(cli_error)?;
+            print_policy(&p, true);
         }
     }
     Ok(())

@@ -356,7 +356,7 @@ impl Default for AuthorizationConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DcrMode {
     /// Anyone may register (what most MCP clients need).
@@ -391,6 +391,11 @@ pub struct RegistrationConfig {
     /// found before sign-in redirected back (RFC 6749 §4.1.2.1); every other client's are
     /// shown on the gateway's own page, so it is never an open redirector.
     pub cimd_trusted_domains: Vec<String>,
+    /// When not empty, Client ID Metadata Documents are accepted only from these hosts
+    /// (exact, or `*.example.com`). Administrators can change it at run time.
+    pub cimd_allowed_domains: Vec<String>,
+    /// Client ID Metadata Documents from these hosts are refused.
+    pub cimd_blocked_domains: Vec<String>,
 }
 
 impl Default for RegistrationConfig {
@@ -405,6 +410,8 @@ impl Default for RegistrationConfig {
             cimd_allow_http_loopback: false,
             cimd_default_cache_secs: 300,
             cimd_trusted_domains: Vec::new(),
+            cimd_allowed_domains: Vec::new(),
+            cimd_blocked_domains: Vec::new(),
         }
     }
 }
@@ -1384,6 +1391,25 @@ impl Config {
         self.authorization.validate()?;
         self.login.validate()?;
         self.trust.validate()?;
+        for (key, list) in [
+            (
+                "cimd_trusted_domains",
+                &self.registration.cimd_trusted_domains,
+            ),
+            (
+                "cimd_allowed_domains",
+                &self.registration.cimd_allowed_domains,
+            ),
+            (
+                "cimd_blocked_domains",
+                &self.registration.cimd_blocked_domains,
+            ),
+        ] {
+            for (i, d) in list.iter().enumerate() {
+                crate::authorization::policy::normal_domain(d)
+                    .map_err(|m| Invalid::at(format!("registration.{key}[{i}]"), m))?;
+            }
+        }
         // A name shared with a sign-in source links the same users: only for the same
         // provider, or one provider's subjects would become another's users.
         for (i, t) in self.trust.id_jag.iter().enumerate() {

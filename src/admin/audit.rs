@@ -77,6 +77,14 @@ pub enum AuditEvent {
         encryption_key: String,
         count: u64,
     },
+    /// The registration policy in force now; `configured`: the configuration file's again.
+    RegistrationPolicyChanged {
+        dcr: &'static str,
+        cimd: bool,
+        cimd_allowed_domains: Vec<String>,
+        cimd_blocked_domains: Vec<String>,
+        configured: bool,
+    },
 }
 
 impl AuditEvent {
@@ -97,6 +105,7 @@ impl AuditEvent {
             Self::SigningKeyRotated { .. } => "signing_key_rotated",
             Self::SigningKeyRetired { .. } => "signing_key_retired",
             Self::SigningKeysResealed { .. } => "signing_keys_resealed",
+            Self::RegistrationPolicyChanged { .. } => "registration_policy_changed",
         }
     }
 }
@@ -147,6 +156,19 @@ impl AuditEvent {
             } => vec![
                 ("encryption_key", json!(encryption_key)),
                 ("count", json!(count)),
+            ],
+            Self::RegistrationPolicyChanged {
+                dcr,
+                cimd,
+                cimd_allowed_domains,
+                cimd_blocked_domains,
+                configured,
+            } => vec![
+                ("dcr", json!(dcr)),
+                ("cimd", json!(cimd)),
+                ("cimd_allowed_domains", json!(cimd_allowed_domains)),
+                ("cimd_blocked_domains", json!(cimd_blocked_domains)),
+                ("configured", json!(configured)),
             ],
         }
     }
@@ -273,6 +295,27 @@ pub fn emit(actor: &str, event: &AuditEvent) {
             count = *count,
             "signing keys re-encrypted"
         ),
+        AuditEvent::RegistrationPolicyChanged {
+            dcr,
+            cimd,
+            cimd_allowed_domains,
+            cimd_blocked_domains,
+            configured,
+        } => {
+            let allowed = cimd_allowed_domains.join(",");
+            let blocked = cimd_blocked_domains.join(",");
+            tracing::info!(
+                target: TARGET,
+                action,
+                actor,
+                dcr = *dcr,
+                cimd = *cimd,
+                cimd_allowed_domains = allowed.as_str(),
+                cimd_blocked_domains = blocked.as_str(),
+                configured = *configured,
+                "registration policy changed"
+            );
+        }
     }
 }
 
@@ -429,6 +472,23 @@ mod tests {
                 },
                 "signing_keys_resealed",
                 &["encryption_key", "count"][..],
+            ),
+            (
+                AuditEvent::RegistrationPolicyChanged {
+                    dcr: "off",
+                    cimd: true,
+                    cimd_allowed_domains: vec!["*.example.com".into()],
+                    cimd_blocked_domains: Vec::new(),
+                    configured: false,
+                },
+                "registration_policy_changed",
+                &[
+                    "dcr",
+                    "cimd",
+                    "cimd_allowed_domains",
+                    "cimd_blocked_domains",
+                    "configured",
+                ][..],
             ),
         ];
         for (event, action, own) in cases {

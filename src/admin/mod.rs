@@ -18,6 +18,8 @@ use crate::store::{ClientRecord, EndReason, GrantFilter, SharedStore, StoreError
 
 pub use audit::AuditEvent;
 
+use crate::authorization::policy::{self, RegistrationPolicy};
+
 /// What an [`AdminError`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Entity {
@@ -220,6 +222,10 @@ pub struct Admin {
     observer: crate::observe::SharedObserver,
     /// The audit log's file, to read it back.
     audit_file: Option<Arc<std::path::Path>>,
+    /// The registration policy of the configuration file.
+    configured_policy: Arc<RegistrationPolicy>,
+    /// Whether the configuration has initial access tokens (`dcr = token` needs one).
+    initial_access_tokens: bool,
 }
 
 impl Admin {
@@ -245,6 +251,8 @@ impl Admin {
             encryption,
             actor: actor.into(),
             observer: crate::observe::Observer::off(),
+            configured_policy: Arc::new(RegistrationPolicy::from_config(&config.registration)),
+            initial_access_tokens: !config.registration.initial_access_tokens.is_empty(),
             audit_file: match config.audit.destination() {
                 Some(crate::observe::audit::Destination::File(p)) => Some(p.into()),
                 _ => None,
@@ -428,6 +436,59 @@ impl Admin {
             user: name.to_string(),
         });
         Ok(())
+    }
+
+    // ----- the registration policy -----
+
+    /// The policy in force and whether it is the configuration file's (none set at run time).
+    pub async fn registration_policy(&self) -> Result<(RegistrationPolicy, bool), AdminError> {
+        let stored = self.store.setting(policy::SETTING).await?;
+        let configured = stored.is_none();
+        Ok((
+            policy::read(&self.store, &self.configured_policy).await?,
+            configured,
+        ))
+    }
+
+    /// Puts `new` in force on every instance (within seconds); `None` goes back to the
+    /// configuration file's policy.
+    pub async fn set_registration_policy(
+        &self,
+        new: Option<RegistrationPolicy>,
+    ) -> Result<RegistrationPolicy, AdminError> {
+        let now = self.clock.now();
+        let (in_force, configured) = match new {
+            Some(p) => {
+                let p = p.normalized().map_err(AdminError::Invalid)?;
+                if p.dcr == crate::config::DcrMode::Token && !self.initial_access_tokens {
+                    return Err(AdminError::Invalid(
+                        "registration with a token needs `registration.initial_access_tokens` in the configuration, and none is set".into(),
+                    ));
+                }
+                let json =
+                    serde_json::to_string(&p).map_err(|e| AdminError::Invalid(e.to_string()))?;
+                self.store
+                    .put_setting(policy::SETTING, Some(&json), now)
+                    .await?;
+                (p, false)
+            }
+            None => {
+                self.store.put_setting(policy::SETTING, None, now).await?;
+                ((*self.configured_policy).clone(), true)
+            }
+        };
+        self.audit(AuditEvent::RegistrationPolicyChanged {
+            dcr: match in_force.dcr {
+                crate::config::DcrMode::Open => "open",
+                crate::config::DcrMode::Token => "token",
+                crate::config::DcrMode::Off => "off",
+            },
+            cimd: in_force.cimd,
+            cimd_allowed_domains: in_force.cimd_allowed_domains.clone(),
+            cimd_blocked_domains: in_force.cimd_blocked_domains.clone(),
+            configured,
+        });
+        Ok(in_force)
     }
 
     // ----- the audit log -----

@@ -230,6 +230,13 @@ impl AuthorizationServer {
             return Ok(Some(c));
         }
         if self.store.client_block(client_id).await?.is_some() {
+            self.observer.record(
+                crate::observe::Event::ClientRefused {
+                    client: crate::observe::audit::bounded(client_id),
+                    reason: "blocked".into(),
+                },
+                None,
+            );
             return Err(OAuthError::invalid_client(
                 "this client has been blocked by the gateway's administrator",
             ));
@@ -250,8 +257,19 @@ impl AuthorizationServer {
             return Ok(Some(c.clone()));
         }
         if client_id.starts_with("https://") || client_id.starts_with("http://") {
-            if !self.settings.cimd {
+            let policy = self.policy.get().await;
+            if !policy.cimd {
                 return Ok(None);
+            }
+            if let Some(why) = policy.cimd_refusal(client_id) {
+                self.observer.record(
+                    crate::observe::Event::ClientRefused {
+                        client: crate::observe::audit::bounded(client_id),
+                        reason: why.into(),
+                    },
+                    None,
+                );
+                return Err(OAuthError::invalid_client(why));
             }
             return self
                 .cimd
@@ -285,7 +303,8 @@ impl AuthorizationServer {
         bearer: Option<&str>,
         ip: &str,
     ) -> Result<Value, OAuthError> {
-        match self.settings.dcr {
+        let policy = self.policy.get().await;
+        match policy.dcr {
             DcrMode::Off => {
                 return Err(OAuthError::new(
                     ErrorCode::AccessDenied,
@@ -322,7 +341,7 @@ impl AuthorizationServer {
                 "the registration request must be a JSON object",
             ));
         };
-        let open = self.settings.dcr == DcrMode::Open;
+        let open = policy.dcr == DcrMode::Open;
         let reg = self.check_registration(m, open)?;
         let client_id = crypto::new_secret(crypto::CLIENT_ID_PREFIX);
         let secret = (reg.auth_method != AuthMethod::None)

@@ -12,6 +12,8 @@ impl AuthorizationServer {
 
     pub fn server_metadata(&self) -> Value {
         let s = &self.settings;
+        // As this instance last read it: the handler reads it first.
+        let policy = self.policy.last();
         let mut m = json!({
             "issuer": s.issuer,
             "authorization_endpoint": self.endpoint("/authorize"),
@@ -28,11 +30,11 @@ impl AuthorizationServer {
             "revocation_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
             "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "authorization_response_iss_parameter_supported": true,
-            "client_id_metadata_document_supported": s.cimd,
+            "client_id_metadata_document_supported": policy.cimd,
             // Keys of the identity assertions sent to upstreams.
             "jwks_uri": self.endpoint("/.well-known/jwks.json"),
         });
-        if s.dcr != DcrMode::Off
+        if policy.dcr != DcrMode::Off
             && let Value::Object(o) = &mut m
         {
             o.insert(

@@ -13,6 +13,7 @@ pub mod id_jag;
 pub mod metadata;
 pub mod own;
 pub mod params;
+pub mod policy;
 pub mod redirect;
 pub mod token;
 
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use url::Url;
 
 use crate::clock::SharedClock;
-use crate::config::{Config, DcrMode};
+use crate::config::Config;
 use crate::crypto;
 use crate::login::{LocalAccounts, LocalSource, LoginContexts, LoginSource, LoginSources};
 use crate::net::SafeFetcher;
@@ -62,12 +63,10 @@ pub struct Settings {
     pub refresh_retry_window: i64,
     pub remember_consent: bool,
     pub request_ttl: i64,
-    pub dcr: DcrMode,
     pub initial_access_token_hashes: Vec<String>,
     pub max_clients: i64,
     pub unused_client_ttl: i64,
     pub dcr_per_ip_per_hour: i64,
-    pub cimd: bool,
     pub cimd_trusted_domains: Vec<String>,
     pub secure_cookies: bool,
     /// The issuer's host is loopback: native clients' callbacks share it.
@@ -92,6 +91,8 @@ pub struct AuthorizationServer {
     session_ttl: i64,
     static_clients: Vec<Client>,
     cimd: cimd::CimdResolver,
+    /// Whether and whom registration and metadata documents admit, as administrators set it.
+    pub policy: policy::PolicyCache,
     pub tokens: Arc<token::TokenCache>,
     /// Registered clients recently read, so `/token` does not read the client on every call.
     /// A removed client's grants, tokens and codes go with it, and the removal empties this
@@ -224,7 +225,6 @@ impl AuthorizationServer {
             refresh_retry_window: config.authorization.refresh_retry_window_secs,
             remember_consent: config.authorization.remember_consent,
             request_ttl: config.authorization.request_ttl_secs,
-            dcr: config.registration.dcr,
             initial_access_token_hashes: config
                 .registration
                 .initial_access_tokens
@@ -234,7 +234,6 @@ impl AuthorizationServer {
             max_clients: config.registration.max_clients,
             unused_client_ttl: config.registration.unused_client_ttl_secs,
             dcr_per_ip_per_hour: config.registration.per_ip_per_hour,
-            cimd: config.registration.cimd,
             cimd_trusted_domains: config
                 .registration
                 .cimd_trusted_domains
@@ -310,6 +309,11 @@ impl AuthorizationServer {
                 Some((v as Arc<dyn external::TokenValidator>, issuers))
             }
         };
+        let policy = policy::PolicyCache::new(
+            store.clone(),
+            clock.clone(),
+            policy::RegistrationPolicy::from_config(&config.registration),
+        );
         Ok(Arc::new(Self {
             external,
             accounts: LocalAccounts::new(store.clone(), clock.clone(), &config.login),
@@ -323,6 +327,7 @@ impl AuthorizationServer {
             session_ttl: config.login.session_ttl_secs,
             static_clients,
             cimd: cimd::CimdResolver::new(fetcher, config.registration.cimd_default_cache_secs),
+            policy,
             tokens,
             clients_seen,
             observer,
@@ -343,12 +348,7 @@ impl AuthorizationServer {
                     self.settings
                         .cimd_trusted_domains
                         .iter()
-                        .any(|d| match d.strip_prefix("*.") {
-                            Some(parent) => host
-                                .strip_suffix(parent)
-                                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
-                            None => host == *d,
-                        })
+                        .any(|d| policy::domain_matches(&host, d))
                 }),
         }
     }

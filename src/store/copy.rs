@@ -178,6 +178,10 @@ pub const TABLES: &[Table] = &[
         columns: &[("client_id", Text), ("blocked_at", Int), ("reason", Text)],
     },
     Table {
+        name: "settings",
+        columns: &[("name", Text), ("value", Text), ("updated_at", Int)],
+    },
+    Table {
         name: "device_authorizations",
         columns: &[
             ("device_code_hash", Text),

@@ -355,6 +355,11 @@ pub trait ClientStore: Send + Sync {
     async fn client_block(&self, client_id: &str) -> StoreResult<Option<(Timestamp, String)>>;
     /// Every blocked client: (client id, when, why).
     async fn client_blocks(&self) -> StoreResult<Vec<(String, Timestamp, String)>>;
+    /// A setting changed at run time (JSON), by name; `None`: the configuration's applies.
+    async fn setting(&self, name: &str) -> StoreResult<Option<String>>;
+    /// Sets it, or with `None` removes it (the configuration's applies again).
+    async fn put_setting(&self, name: &str, value: Option<&str>, now: Timestamp)
+    -> StoreResult<()>;
 }
 
 /// Authorization requests in flight and the codes they end in.

@@ -648,6 +648,30 @@ impl ClientStore for $store {
             .map_err(backend)
     }
 
+    async fn setting(&self, name: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_optional(self.reader())
+            .await
+            .map_err(backend)?;
+        row.map(|r| r.try_get("value")).transpose().map_err(backend)
+    }
+
+    async fn put_setting(&self, name: &str, value: Option<&str>, now: Timestamp) -> StoreResult<()> {
+        let q = match value {
+            Some(v) => sqlx::query(
+                "INSERT INTO settings (name, value, updated_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            )
+            .bind(name)
+            .bind(v)
+            .bind(now),
+            None => sqlx::query("DELETE FROM settings WHERE name = $1").bind(name),
+        };
+        q.execute(self.writer()).await.map_err(backend)?;
+        Ok(())
+    }
+
     async fn touch_client(&self, client_id: &str, now: Timestamp) -> StoreResult<()> {
         sqlx::query("UPDATE clients SET last_used_at = $1 WHERE client_id = $2 AND (last_used_at IS NULL OR last_used_at < $3)")
             .bind(now)

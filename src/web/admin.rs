@@ -171,7 +171,16 @@ async fn section_body(
                 .collect();
             seen.sort();
             seen.dedup();
-            view::clients(&forms, &clients, &seen, &blocked, &app.registration)
+            let (policy, configured) = op.admin.registration_policy().await?;
+            view::clients(
+                &forms,
+                &clients,
+                &seen,
+                &blocked,
+                &policy,
+                configured,
+                &app.registration,
+            )
         }
         Section::Grants => {
             let select = GrantSelection {
@@ -271,7 +280,7 @@ pub async fn act(State(app): State<App>, headers: HeaderMap, body: Body) -> Resp
                 ),
             });
         };
-        match run(&op, action, &p).await {
+        match run(&app, &op, action, &p).await {
             Ok(Done::Note(code)) => Ok(no_store(
                 Redirect::to(&format!(
                     "{}?done={code}",
@@ -311,6 +320,7 @@ pub async fn act(State(app): State<App>, headers: HeaderMap, body: Body) -> Resp
 }
 
 async fn run(
+    app: &App,
     op: &Operator,
     action: &str,
     p: &std::collections::HashMap<String, String>,
@@ -388,6 +398,40 @@ async fn run(
             } else {
                 Done::Note("revoked")
             }
+        }
+        "registration_set" => {
+            use crate::config::DcrMode;
+            let words = |key: &str| -> Vec<String> {
+                p.get(key)
+                    .map(|v| {
+                        v.split(|c: char| c.is_whitespace() || c == ',')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let policy = crate::authorization::policy::RegistrationPolicy {
+                dcr: match p.get("dcr").map(String::as_str) {
+                    Some("open") => DcrMode::Open,
+                    Some("token") => DcrMode::Token,
+                    Some("off") => DcrMode::Off,
+                    _ => {
+                        return Err(AdminError::Invalid("`dcr` is open, token or off".into()));
+                    }
+                },
+                cimd: p.get("cimd").is_some_and(|v| v == "1"),
+                cimd_allowed_domains: words("cimd_allowed_domains"),
+                cimd_blocked_domains: words("cimd_blocked_domains"),
+            };
+            admin.set_registration_policy(Some(policy)).await?;
+            app.auth.policy.forget();
+            Done::Note("policy_set")
+        }
+        "registration_reset" => {
+            admin.set_registration_policy(None).await?;
+            app.auth.policy.forget();
+            Done::Note("policy_reset")
         }
         "key_rotate" => {
             admin.rotate_signing_key().await?;

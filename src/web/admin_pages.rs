@@ -13,6 +13,7 @@ use crate::admin::{
     ClientSource, ClientSummary, GrantSelection, GrantSummary, KeyState, SigningKeySummary,
     UserSummary,
 };
+use crate::authorization::policy::RegistrationPolicy;
 use crate::clock::Timestamp;
 use crate::config::{DcrMode, RegistrationConfig};
 
@@ -65,7 +66,9 @@ impl Section {
             "user_add" | "user_password" | "user_disable" | "user_enable" | "user_sessions_end" => {
                 Self::Users
             }
-            "client_block" | "client_unblock" => Self::Clients,
+            "client_block" | "client_unblock" | "registration_set" | "registration_reset" => {
+                Self::Clients
+            }
             "grant_revoke" => Self::Grants,
             "key_rotate" | "key_retire" | "keys_reseal" => Self::Keys,
             _ => return None,
@@ -81,6 +84,8 @@ pub fn done_note(code: &str) -> Option<&'static str> {
         "sessions_ended" => "The user was signed out of every browser.",
         "blocked" => "The client is blocked: its tokens, codes and grants ended.",
         "unblocked" => "The client is no longer blocked.",
+        "policy_set" => "The registration policy is in force (on every instance within seconds).",
+        "policy_reset" => "The configuration file's registration policy is in force again.",
         "revoked" => "The grant and its tokens ended.",
         "nothing" => "That grant had ended already.",
         "rotated" => "A new signing key was made; it signs once every instance has published it.",
@@ -229,6 +234,8 @@ pub fn clients(
     clients: &[ClientSummary],
     seen: &[String],
     blocked: &[(String, Timestamp, String)],
+    policy: &RegistrationPolicy,
+    configured: bool,
     registration: &RegistrationConfig,
 ) -> String {
     let is_blocked = |id: &str| blocked.iter().any(|(b, _, _)| b == id);
@@ -304,8 +311,42 @@ pub fn clients(
 <h2>Blocked clients</h2>
 {blocked}
 <h2>Registration</h2>
-<p>Dynamic registration: <strong>{dcr}</strong> · Client ID Metadata Documents: <strong>{cimd}</strong> · Trusted metadata domains: {domains}</p>
-<p class="muted">These are set in the configuration file (<code>[registration]</code>) and take effect when the gateway restarts.</p>"#,
+{policy_open}<label for="dcr">Dynamic client registration</label><select id="dcr" name="dcr">{dcr_options}</select>
+<label><input type="checkbox" name="cimd" value="1"{cimd_checked}> Accept Client ID Metadata Documents (a client named by the https URL of its document)</label>
+<label for="cimd_allowed_domains">Accept metadata documents only from these domains (<code>example.com</code>, <code>*.example.com</code>; separated by spaces or lines; empty: any domain)</label><textarea id="cimd_allowed_domains" name="cimd_allowed_domains" rows="2">{allowed}</textarea>
+<label for="cimd_blocked_domains">Refuse metadata documents from these domains</label><textarea id="cimd_blocked_domains" name="cimd_blocked_domains" rows="2">{blocked_domains}</textarea>
+<button type="submit">Save</button></form>
+{reset}
+<p class="muted">{origin} Changes reach every instance within seconds. A client refused by a new rule gets no new authorization or token; access tokens it holds stay valid until they expire (block the client to end its grants at once). Metadata documents from these trusted domains may send errors back to the client: {domains}.</p>"#,
+        policy_open = forms.open("registration_set"),
+        dcr_options = [
+            ("open", "open to anyone", DcrMode::Open),
+            ("token", "with an initial access token", DcrMode::Token),
+            ("off", "off", DcrMode::Off)
+        ]
+        .iter()
+        .map(|(v, label, mode)| format!(
+            r#"<option value="{v}"{}>{label}</option>"#,
+            if *mode == policy.dcr { " selected" } else { "" }
+        ))
+        .collect::<String>(),
+        cimd_checked = if policy.cimd { " checked" } else { "" },
+        allowed = escape(&policy.cimd_allowed_domains.join(" ")),
+        blocked_domains = escape(&policy.cimd_blocked_domains.join(" ")),
+        reset = if configured {
+            String::new()
+        } else {
+            forms.button(
+                "registration_reset",
+                &[],
+                "Go back to the configuration file's settings",
+            )
+        },
+        origin = if configured {
+            "In force: the configuration file's <code>[registration]</code>."
+        } else {
+            "In force: set by an administrator at run time (the configuration file's <code>[registration]</code> applies again after going back)."
+        },
         clients = table(&["Client", "Kind", "Redirect URIs", ""], &rows),
         open = forms.open("client_block"),
         blocked = if blocked.is_empty() {
@@ -313,12 +354,6 @@ pub fn clients(
         } else {
             table(&["Client", "Since", "Reason", ""], &blocked_rows)
         },
-        dcr = match registration.dcr {
-            DcrMode::Open => "open to anyone",
-            DcrMode::Token => "with an initial access token",
-            DcrMode::Off => "off",
-        },
-        cimd = if registration.cimd { "accepted" } else { "off" },
     )
 }
 

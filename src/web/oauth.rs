@@ -25,6 +25,7 @@ fn json_public(v: Value) -> Response {
 }
 
 pub async fn server_metadata(State(app): State<App>) -> Response {
+    app.auth.policy.get().await;
     json_public(app.auth.server_metadata())
 }
 
@@ -334,6 +335,10 @@ pub(super) async fn read_page_form(
         "email",
         "groups",
         "kid",
+        "dcr",
+        "cimd",
+        "cimd_allowed_domains",
+        "cimd_blocked_domains",
     ] {
         if let Some(v) = p.get(k).map_err(page_error)? {
             out.insert(k.to_string(), v.to_string());

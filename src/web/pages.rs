@@ -28,7 +28,8 @@ pub(super) fn layout(title: &str, body: &str) -> String {
 body{{font-family:system-ui,sans-serif;background:#f4f5f7;margin:0;padding:2rem 1rem;color:#1d2330}}
 main{{max-width:26rem;margin:0 auto;background:#fff;border-radius:8px;padding:1.5rem 1.75rem;box-shadow:0 1px 4px #0002}}
 h1{{font-size:1.25rem;margin-top:0}} label{{display:block;margin:.75rem 0 .25rem}}
-input[type=text],input[type=password]{{width:100%;box-sizing:border-box;padding:.5rem;font-size:1rem}}
+input[type=text],input[type=password],textarea,select{{width:100%;box-sizing:border-box;padding:.5rem;font-size:1rem}}
+form.inline{{display:inline-block;margin:0 .3rem .3rem 0}} nav{{margin:.75rem 0}}
 button{{padding:.55rem 1.1rem;font-size:1rem;margin-top:1rem;margin-right:.5rem;cursor:pointer}}
 .error{{background:#fdecec;color:#8a1c1c;padding:.5rem .75rem;border-radius:4px}}
 .muted{{color:#5c6370;font-size:.9rem}} .verified{{color:#11734b;font-weight:600}}

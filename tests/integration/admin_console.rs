@@ -455,3 +455,169 @@ async fn without_an_audit_file_the_log_page_says_where_to_set_it() {
 fn urlencoding(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
+
+/// The authorization page's status for a CIMD client (200: the sign-in page).
+async fn cimd_authorize(gw: &TestGateway, client_id: &str) -> (u16, String) {
+    let pkce = support::Pkce::new();
+    let resource = gw.resource();
+    let params = support::authorize_params(
+        client_id,
+        "http://127.0.0.1:9999/callback",
+        &pkce,
+        &resource,
+    );
+    let url = url::Url::parse_with_params(&gw.url("/authorize"), &params).unwrap();
+    let r = TestGateway::http().get(url.as_str()).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+async fn register(gw: &TestGateway) -> u16 {
+    TestGateway::http()
+        .post(gw.url("/register"))
+        .json(&json!({"redirect_uris": ["http://127.0.0.1:9999/callback"], "token_endpoint_auth_method": "none"}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn administrators_change_the_registration_policy_while_it_runs() {
+    let fixture =
+        crate::cimd_fixture::CimdFixture::standard("http://127.0.0.1:9999/callback").await;
+    let gw = TestGateway::start_with(|c| {
+        c.console.admins = vec!["alice".into()];
+        c.registration.cimd_allow_http_loopback = true;
+    })
+    .await;
+    assert_eq!(cimd_authorize(&gw, &fixture.client_id).await.0, 200);
+    assert_eq!(register(&gw).await, 201);
+    let alice = signed_in(&gw, "alice").await;
+    let (_, page) = get(&gw, &alice, "/authorize/console/admin/clients").await;
+    assert!(page.contains("the configuration file"), "{page}");
+    let csrf = support::hidden(&page, "csrf").unwrap();
+
+    // A domain that is not one: refused with the reason, nothing changes.
+    let (status, page) = act(
+        &gw,
+        &alice,
+        &csrf,
+        &[
+            ("action", "registration_set"),
+            ("dcr", "open"),
+            ("cimd", "1"),
+            ("cimd_blocked_domains", "https://127.0.0.1/"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(page.contains("is not a domain"), "{page}");
+    assert_eq!(cimd_authorize(&gw, &fixture.client_id).await.0, 200);
+    // Token registration without any configured token would lock everyone out: refused.
+    let (status, page) = act(
+        &gw,
+        &alice,
+        &csrf,
+        &[
+            ("action", "registration_set"),
+            ("dcr", "token"),
+            ("cimd", "1"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400, "{page}");
+
+    // Block the fixture's host, close registration: both refused at once on this instance,
+    // and the metadata stops naming the registration endpoint.
+    let (status, to) = act(
+        &gw,
+        &alice,
+        &csrf,
+        &[
+            ("action", "registration_set"),
+            ("dcr", "off"),
+            ("cimd", "1"),
+            ("cimd_blocked_domains", "example.org 127.0.0.1"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (status, to.ends_with("done=policy_set")),
+        (303, true),
+        "{to}"
+    );
+    let (status, page) = cimd_authorize(&gw, &fixture.client_id).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("from this domain are refused"), "{page}");
+    assert_eq!(register(&gw).await, 403);
+    let meta: Value = TestGateway::http()
+        .get(gw.url("/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(meta.get("registration_endpoint").is_none(), "{meta}");
+    // An allowed list without the host refuses it too; with it, it is accepted.
+    let (status, _) = act(
+        &gw,
+        &alice,
+        &csrf,
+        &[
+            ("action", "registration_set"),
+            ("dcr", "open"),
+            ("cimd", "1"),
+            ("cimd_allowed_domains", "*.example.com"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (status, page) = cimd_authorize(&gw, &fixture.client_id).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("only from other domains"), "{page}");
+    assert_eq!(register(&gw).await, 201);
+    let (_, page) = get(&gw, &alice, "/authorize/console/admin/clients").await;
+    assert!(page.contains("set by an administrator") && page.contains("*.example.com"));
+
+    // Another instance (here the command line's service) goes back to the file's policy:
+    // this instance follows once its few seconds have passed.
+    let config = {
+        let mut c = mcp_oauth_gateway::config::Config::default();
+        c.registration.cimd_allow_http_loopback = true;
+        c
+    };
+    let other =
+        mcp_oauth_gateway::admin::Admin::new(gw.store.clone(), gw.clock.clone(), &config, "cli")
+            .unwrap();
+    let (_, configured) = other.registration_policy().await.unwrap();
+    assert!(!configured);
+    other.set_registration_policy(None).await.unwrap();
+    assert_eq!(
+        cimd_authorize(&gw, &fixture.client_id).await.0,
+        400,
+        "not yet"
+    );
+    gw.clock
+        .advance(mcp_oauth_gateway::authorization::policy::POLICY_TTL_SECS);
+    assert_eq!(cimd_authorize(&gw, &fixture.client_id).await.0, 200);
+    // Client ids that dress a blocked host up: a trailing dot, upper case.
+    other
+        .set_registration_policy(Some(
+            mcp_oauth_gateway::authorization::policy::RegistrationPolicy {
+                dcr: mcp_oauth_gateway::config::DcrMode::Open,
+                cimd: true,
+                cimd_allowed_domains: Vec::new(),
+                cimd_blocked_domains: vec!["127.0.0.1".into()],
+            },
+        ))
+        .await
+        .unwrap();
+    gw.clock
+        .advance(mcp_oauth_gateway::authorization::policy::POLICY_TTL_SECS);
+    let dotted = fixture.client_id.replacen("127.0.0.1", "127.0.0.1.", 1);
+    let (status, page) = cimd_authorize(&gw, &dotted).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("from this domain are refused"), "{page}");
+}

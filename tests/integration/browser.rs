@@ -1,7 +1,9 @@
 //! Browser tests in a real browser: Playwright (`playwright-core` from npm) driving Debian's
 //! Chromium headless, on loopback (tests/js/browser.mjs). A person signs in and consents
 //! for an MCP client, sees the grant on the console and revokes it — the client's next call
-//! is refused; then approves a device on "Authorize a device" while the device polls.
+//! is refused; then approves a device on "Authorize a device" while the device polls; then
+//! an administrator blocks a client at the administrators' console, and the client's token
+//! and its next authorization are refused.
 //! Screenshots of each page land in `target/screenshots` (the docs' come from there).
 
 use std::path::PathBuf;
@@ -91,7 +93,13 @@ async fn in_a_real_browser_a_person_consents_revokes_and_approves_a_device() {
     };
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
     std::fs::create_dir_all(&shots).unwrap();
-    let gw = TestGateway::start().await;
+    let audit = tempfile::tempdir().unwrap();
+    let audit_path = audit.path().join("audit.jsonl").display().to_string();
+    let gw = TestGateway::start_with(move |c| {
+        c.console.admins = vec!["alice".into()];
+        c.audit.path = Some(audit_path);
+    })
+    .await;
     let mut browser = Browser::start(&node, &chromium, &shots);
 
     // An MCP client's authorization, in the browser: sign in, consent, back with a code.
@@ -169,8 +177,52 @@ async fn in_a_real_browser_a_person_consents_revokes_and_approves_a_device() {
     let (status, who) = support::call_whoami(&gw, tokens["access_token"].as_str().unwrap()).await;
     assert_eq!(status, 200);
     assert!(who.to_string().contains("alice"));
+
+    // The administrator blocks the first client: its new grant's token is refused, and so
+    // is its next authorization.
+    let pkce = support::Pkce::new();
+    let params = support::authorize_params(&client_id, redirect, &pkce, &resource);
+    let url = url::Url::parse_with_params(&gw.url("/authorize"), &params).unwrap();
+    let v = browser
+        .step(json!({"do": "authorize", "url": url.as_str()}))
+        .await;
+    let (status, tokens) = gw
+        .post_form(
+            "/token",
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", v["code"].as_str().unwrap()),
+                ("redirect_uri", redirect),
+                ("client_id", &client_id),
+                ("code_verifier", &pkce.verifier),
+                ("resource", &resource),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap().to_string();
+    assert_eq!(support::call_whoami(&gw, &access).await.0, 200);
+    let v = browser
+        .step(json!({"do": "admin_block", "base": gw.url("/authorize"), "client": client_id}))
+        .await;
+    assert_eq!(v["blocked"], true);
+    assert_eq!(support::call_whoami(&gw, &access).await.0, 401);
+    let pkce = support::Pkce::new();
+    let params = support::authorize_params(&client_id, redirect, &pkce, &resource);
+    let url = url::Url::parse_with_params(&gw.url("/authorize"), &params).unwrap();
+    let v = browser
+        .step(json!({"do": "refused", "url": url.as_str()}))
+        .await;
+    assert!(
+        v["text"].as_str().unwrap().contains("blocked"),
+        "{}",
+        v["text"]
+    );
     browser.quit().await;
     for name in [
+        "admin-users",
+        "admin-clients",
+        "admin-audit",
         "sign-in",
         "consent",
         "console",

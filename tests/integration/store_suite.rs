@@ -638,6 +638,21 @@ async fn counters_sessions_consents_keys_and_users() {
         s.insert_access_token(&access("old", "gx")).await.unwrap();
         let swept = s.sweep(NOW + 3601, NOW, None).await.unwrap();
         assert!(swept.access_tokens >= 1, "{}", e.name);
+
+        // Settings changed at run time: set, replaced, removed.
+        assert_eq!(s.setting("p").await.unwrap(), None, "{}", e.name);
+        s.put_setting("p", Some("{\"a\":1}"), NOW).await.unwrap();
+        s.put_setting("p", Some("{\"a\":2}"), NOW + 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.setting("p").await.unwrap().as_deref(),
+            Some("{\"a\":2}"),
+            "{}",
+            e.name
+        );
+        s.put_setting("p", None, NOW + 2).await.unwrap();
+        assert_eq!(s.setting("p").await.unwrap(), None, "{}", e.name);
         e.finish().await;
     }
 }
@@ -1265,6 +1280,10 @@ async fn store_copy_moves_a_sqlite_installation_to_postgres_losing_nothing() {
             .await
             .unwrap()
     );
+    source
+        .put_setting("registration_policy", Some("{}"), a.now())
+        .await
+        .unwrap();
     let mut counts = Vec::new();
     for t in copy::TABLES {
         counts.push((t.name, source.count_rows(t).await.unwrap()));

@@ -6,6 +6,7 @@
 //   {"do":"authorize","url":…}      sign in, consent, catch the redirect → {"code":…}
 //   {"do":"console_revoke","client":…}  the console: find the grant of that client, revoke → {"revoked":true}
 //   {"do":"device","url":…}          open a verification URI, confirm the code, allow → {"approved":true}
+//   {"do":"admin_block","client":…}  the administrators' console: block that client → {"blocked":true}
 //   {"do":"refused","url":…}         open an authorization URL, report the page's text → {"text":…}
 //   {"do":"quit"}
 import { chromium } from 'playwright-core';
@@ -79,6 +80,22 @@ const steps = {
     await page.getByText('The device is allowed').waitFor();
     await shot('device-done');
     return { approved: true };
+  },
+  async admin_block({ base, client }) {
+    await page.goto(`${base}/console/admin`);
+    await signInIfAsked();
+    await page.getByRole('heading', { name: 'Administration: Users' }).waitFor();
+    await shot('admin-users');
+    await page.goto(`${base}/console/admin/clients`);
+    const row = page.locator('tr', { hasText: client });
+    await row.waitFor();
+    await Promise.all([page.waitForLoadState('load'), row.getByRole('button', { name: 'Block' }).click()]);
+    await page.getByText('The client is blocked').waitFor();
+    await shot('admin-clients');
+    await page.goto(`${base}/console/admin/audit?action=client_blocked`);
+    await page.locator('tr', { hasText: client }).waitFor();
+    await shot('admin-audit');
+    return { blocked: true };
   },
   async refused({ url }) {
     await page.goto(url);
