@@ -211,6 +211,9 @@ pub enum RegistrationCommand {
         /// Empty the blocked list.
         #[arg(long, conflicts_with = "block")]
         no_blocked_domains: bool,
+        /// New registered and metadata document clients wait for approval: true or false.
+        #[arg(long)]
+        approve_new_clients: Option<bool>,
     },
     /// Back to the configuration file's `[registration]`.
     Reset,
@@ -237,6 +240,14 @@ pub enum ClientsCommand {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Let a client be authorized when `approve_new_clients` is on (one waiting, or one not
+    /// seen yet).
+    Approve {
+        #[arg(allow_hyphen_values = true)]
+        client_id: String,
+    },
+    /// Clients waiting for approval, and approved ones.
+    Approvals,
     /// Let a blocked client in again (it must be authorized anew).
     Unblock {
         #[arg(allow_hyphen_values = true)]
@@ -832,6 +843,26 @@ async fn clients(c: ClientsCommand, admin: &Admin) -> Result<(), String> {
                 printable(&client_id)
             );
         }
+        ClientsCommand::Approve { client_id } => {
+            admin.approve_client(&client_id).await.map_err(cli_error)?;
+            println!("approved client `{}`", printable(&client_id));
+        }
+        ClientsCommand::Approvals => {
+            for a in admin.client_approvals().await.map_err(cli_error)? {
+                println!(
+                    "{}\t{}\t{}",
+                    printable(&a.client_id),
+                    match a.approved_at {
+                        Some(at) => format!("approved {}", crate::clock::utc_date_compact(at)),
+                        None => format!(
+                            "waiting since {}",
+                            crate::clock::utc_date_compact(a.seen_at)
+                        ),
+                    },
+                    printable(a.client_name.as_deref().unwrap_or(""))
+                );
+            }
+        }
         ClientsCommand::Unblock { client_id } => {
             admin.unblock_client(&client_id).await.map_err(cli_error)?;
             println!("unblocked client `{}`", printable(&client_id));
@@ -859,7 +890,7 @@ fn print_policy(p: &crate::authorization::policy::RegistrationPolicy, configured
         }
     };
     println!(
-        "dcr\t{}\ncimd\t{}\ncimd_allowed_domains\t{}\ncimd_blocked_domains\t{}\nfrom\t{}",
+        "dcr\t{}\ncimd\t{}\ncimd_allowed_domains\t{}\ncimd_blocked_domains\t{}\napprove_new_clients\t{}\nfrom\t{}",
         match p.dcr {
             crate::config::DcrMode::Open => "open",
             crate::config::DcrMode::Token => "token",
@@ -868,6 +899,7 @@ fn print_policy(p: &crate::authorization::policy::RegistrationPolicy, configured
         p.cimd,
         list(&p.cimd_allowed_domains),
         list(&p.cimd_blocked_domains),
+        p.approve_new_clients,
         if configured {
             "the configuration file"
         } else {
@@ -890,8 +922,12 @@ async fn registration(c: RegistrationCommand, admin: &Admin) -> Result<(), Strin
             any_domain,
             block,
             no_blocked_domains,
+            approve_new_clients,
         } => {
             let (mut p, _) = admin.registration_policy().await.map_err(cli_error)?;
+            if let Some(a) = approve_new_clients {
+                p.approve_new_clients = a;
+            }
             if let Some(d) = dcr {
                 p.dcr = match d.as_str() {
                     "open" => DcrMode::Open,

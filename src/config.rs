@@ -396,6 +396,9 @@ pub struct RegistrationConfig {
     pub cimd_allowed_domains: Vec<String>,
     /// Client ID Metadata Documents from these hosts are refused.
     pub cimd_blocked_domains: Vec<String>,
+    /// Registered and metadata document clients wait for an administrator's approval (the
+    /// console, `clients approve`) before anyone can authorize them.
+    pub approve_new_clients: bool,
 }
 
 impl Default for RegistrationConfig {
@@ -412,6 +415,7 @@ impl Default for RegistrationConfig {
             cimd_trusted_domains: Vec::new(),
             cimd_allowed_domains: Vec::new(),
             cimd_blocked_domains: Vec::new(),
+            approve_new_clients: false,
         }
     }
 }

@@ -58,6 +58,10 @@ pub enum AuditEvent {
     ClientUnblocked {
         client: String,
     },
+    /// A client may be authorized (the policy asks for approval of new clients).
+    ClientApproved {
+        client: String,
+    },
     /// The selected live grants ended: `count` of them.
     GrantsRevoked {
         selection: GrantSelection,
@@ -101,6 +105,7 @@ impl AuditEvent {
             Self::ClientRemoved { .. } => "client_removed",
             Self::ClientBlocked { .. } => "client_blocked",
             Self::ClientUnblocked { .. } => "client_unblocked",
+            Self::ClientApproved { .. } => "client_approved",
             Self::GrantsRevoked { .. } => "grants_revoked",
             Self::SigningKeyRotated { .. } => "signing_key_rotated",
             Self::SigningKeyRetired { .. } => "signing_key_retired",
@@ -127,7 +132,9 @@ impl AuditEvent {
             | Self::SessionsEnded { user } => {
                 vec![("user", json!(user))]
             }
-            Self::ClientRemoved { client } | Self::ClientUnblocked { client } => {
+            Self::ClientRemoved { client }
+            | Self::ClientUnblocked { client }
+            | Self::ClientApproved { client } => {
                 vec![("client", json!(client))]
             }
             Self::ClientBlocked { client, reason } => {
@@ -258,6 +265,13 @@ pub fn emit(actor: &str, event: &AuditEvent) {
             actor,
             client = client.as_str(),
             "client unblocked"
+        ),
+        AuditEvent::ClientApproved { client } => tracing::info!(
+            target: TARGET,
+            action,
+            actor,
+            client = client.as_str(),
+            "client approved"
         ),
         // What was not part of the selection is left out rather than written empty.
         AuditEvent::GrantsRevoked { selection, count } => tracing::info!(

@@ -619,6 +619,35 @@ impl Admin {
         Ok(())
     }
 
+    /// Lets a client be authorized when the policy asks for approval (one waiting, or one
+    /// not seen yet: approved ahead).
+    pub async fn approve_client(&self, client_id: &str) -> Result<(), AdminError> {
+        if client_id.is_empty() || client_id.len() > 2048 {
+            return Err(AdminError::Invalid(
+                "a client id is 1 to 2048 characters".into(),
+            ));
+        }
+        if !self
+            .store
+            .approve_client(client_id, self.clock.now())
+            .await?
+        {
+            return Err(AdminError::Invalid(format!(
+                "`{}` is approved already",
+                crate::observe::audit::bounded(client_id)
+            )));
+        }
+        self.audit(AuditEvent::ClientApproved {
+            client: client_id.to_string(),
+        });
+        Ok(())
+    }
+
+    /// Clients waiting for approval, then approved ones.
+    pub async fn client_approvals(&self) -> Result<Vec<crate::store::ClientApproval>, AdminError> {
+        Ok(self.store.client_approvals().await?)
+    }
+
     /// Every blocked client: (client id, when, why).
     pub async fn blocked_clients(&self) -> Result<Vec<(String, Timestamp, String)>, AdminError> {
         Ok(self.store.client_blocks().await?)

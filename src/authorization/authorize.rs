@@ -277,20 +277,22 @@ impl AuthorizationServer {
             .get("client_id")
             .map_err(|e| PageError::bad(e.description))?
             .ok_or_else(|| PageError::bad("The request names no client (client_id is missing)."))?;
+        let unverified = |e: OAuthError| {
+            if e.code == ErrorCode::InvalidClient {
+                PageError::bad(format!(
+                    "The client could not be verified: {}",
+                    e.description
+                ))
+            } else {
+                PageError::from(e)
+            }
+        };
         let client = self
             .find_client(client_id)
             .await
-            .map_err(|e| {
-                if e.code == ErrorCode::InvalidClient {
-                    PageError::bad(format!(
-                        "The client could not be verified: {}",
-                        e.description
-                    ))
-                } else {
-                    PageError::from(e)
-                }
-            })?
+            .map_err(unverified)?
             .ok_or_else(|| PageError::bad("The client is not known to this server."))?;
+        self.check_approved(&client).await.map_err(unverified)?;
         let presented = params
             .get("redirect_uri")
             .map_err(|e| PageError::bad(e.description))?;

@@ -244,6 +244,34 @@ impl AuthorizationServer {
         self.resolve_client(client_id, lookup).await
     }
 
+    /// Refuses a client that waits for an administrator's approval, when the registration
+    /// policy asks for approval (configured clients never wait). Asked where authorizations
+    /// begin (the browser and device flows), not at `/token`: grants made before stay.
+    pub async fn check_approved(&self, client: &Client) -> Result<(), OAuthError> {
+        if client.kind == ClientKind::Configured || !self.policy.get().await.approve_new_clients {
+            return Ok(());
+        }
+        let name = client.name.as_deref().map(crate::observe::audit::bounded);
+        if self
+            .store
+            .client_approval(&client.client_id, name.as_deref(), self.clock.now())
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        self.observer.record(
+            crate::observe::Event::ClientRefused {
+                client: crate::observe::audit::bounded(&client.client_id),
+                reason: "waiting for approval".into(),
+            },
+            None,
+        );
+        Err(OAuthError::invalid_client(
+            "this client waits for the gateway administrator's approval",
+        ))
+    }
+
     async fn resolve_client(
         &self,
         client_id: &str,

@@ -142,6 +142,7 @@ impl AuthorizationServer {
         let client = self
             .authenticate_client(params, basic, super::clients::ClientLookup::Fresh)
             .await?;
+        self.check_approved(&client).await?;
         if !client.allows_grant(DEVICE_CODE) {
             return Err(OAuthError::new(
                 ErrorCode::UnauthorizedClient,

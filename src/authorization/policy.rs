@@ -29,6 +29,10 @@ pub struct RegistrationPolicy {
     pub cimd_allowed_domains: Vec<String>,
     /// Metadata documents on these hosts are refused, whatever the allowed list says.
     pub cimd_blocked_domains: Vec<String>,
+    /// Registered and metadata document clients wait for an administrator's approval before
+    /// anyone can authorize them (configured clients never wait; grants made before stay).
+    #[serde(default)]
+    pub approve_new_clients: bool,
 }
 
 /// Whether `host` (lower case) is `pattern`, or under it for `*.parent`.
@@ -72,6 +76,7 @@ impl RegistrationPolicy {
             cimd: r.cimd,
             cimd_allowed_domains: r.cimd_allowed_domains.clone(),
             cimd_blocked_domains: r.cimd_blocked_domains.clone(),
+            approve_new_clients: r.approve_new_clients,
         }
     }
 
@@ -212,6 +217,7 @@ mod tests {
             cimd: true,
             cimd_allowed_domains: allowed.iter().map(|s| s.to_string()).collect(),
             cimd_blocked_domains: blocked.iter().map(|s| s.to_string()).collect(),
+            approve_new_clients: false,
         }
         .normalized()
         .unwrap()

@@ -178,6 +178,15 @@ pub const TABLES: &[Table] = &[
         columns: &[("client_id", Text), ("blocked_at", Int), ("reason", Text)],
     },
     Table {
+        name: "client_approvals",
+        columns: &[
+            ("client_id", Text),
+            ("client_name", Text),
+            ("seen_at", Int),
+            ("approved_at", Int),
+        ],
+    },
+    Table {
         name: "settings",
         columns: &[("name", Text), ("value", Text), ("updated_at", Int)],
     },

@@ -98,6 +98,19 @@ pub struct BrowserSession {
     pub login_source: String,
 }
 
+/// Most clients kept as waiting for approval: strangers cannot fill the store with them.
+pub const MAX_WAITING_CLIENTS: i64 = 1000;
+
+/// A client an administrator approved, or one waiting for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientApproval {
+    pub client_id: String,
+    pub client_name: Option<String>,
+    /// When it first asked to be authorized.
+    pub seen_at: Timestamp,
+    pub approved_at: Option<Timestamp>,
+}
+
 /// A browser session as its owner sees it in the console.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSummary {
@@ -355,6 +368,18 @@ pub trait ClientStore: Send + Sync {
     async fn client_block(&self, client_id: &str) -> StoreResult<Option<(Timestamp, String)>>;
     /// Every blocked client: (client id, when, why).
     async fn client_blocks(&self) -> StoreResult<Vec<(String, Timestamp, String)>>;
+    /// When `client_id` was approved. A client not approved is kept as waiting (with its
+    /// name) unless [`MAX_WAITING_CLIENTS`] wait already.
+    async fn client_approval(
+        &self,
+        client_id: &str,
+        client_name: Option<&str>,
+        now: Timestamp,
+    ) -> StoreResult<Option<Timestamp>>;
+    /// Approves a client (waiting or not seen yet); `false` when it was approved already.
+    async fn approve_client(&self, client_id: &str, now: Timestamp) -> StoreResult<bool>;
+    /// Waiting and approved clients, waiting first, newest first.
+    async fn client_approvals(&self) -> StoreResult<Vec<ClientApproval>>;
     /// A setting changed at run time (JSON), by name; `None`: the configuration's applies.
     async fn setting(&self, name: &str) -> StoreResult<Option<String>>;
     /// Sets it, or with `None` removes it (the configuration's applies again).

@@ -648,6 +648,75 @@ impl ClientStore for $store {
             .map_err(backend)
     }
 
+    async fn client_approval(
+        &self,
+        client_id: &str,
+        client_name: Option<&str>,
+        now: Timestamp,
+    ) -> StoreResult<Option<Timestamp>> {
+        let row = sqlx::query("SELECT approved_at FROM client_approvals WHERE client_id = $1")
+            .bind(client_id)
+            .fetch_optional(self.reader())
+            .await
+            .map_err(backend)?;
+        if let Some(r) = row {
+            return r.try_get("approved_at").map_err(backend);
+        }
+        // The cap is checked in the same statement: concurrent strangers cannot pass it
+        // together by much (each insert sees the others' committed rows).
+        sqlx::query(
+            "INSERT INTO client_approvals (client_id, client_name, seen_at, approved_at)
+             SELECT $1, $2, $3, NULL
+             WHERE (SELECT COUNT(*) FROM client_approvals WHERE approved_at IS NULL) < $4
+             ON CONFLICT (client_id) DO NOTHING",
+        )
+        .bind(client_id)
+        .bind(client_name)
+        .bind(now)
+        .bind(crate::store::MAX_WAITING_CLIENTS)
+        .execute(self.writer())
+        .await
+        .map_err(backend)?;
+        Ok(None)
+    }
+
+    async fn approve_client(&self, client_id: &str, now: Timestamp) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "INSERT INTO client_approvals (client_id, client_name, seen_at, approved_at)
+             VALUES ($1, NULL, $2, $3)
+             ON CONFLICT (client_id) DO UPDATE SET approved_at = excluded.approved_at
+             WHERE client_approvals.approved_at IS NULL",
+        )
+        .bind(client_id)
+        .bind(now)
+        .bind(now)
+        .execute(self.writer())
+        .await
+        .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn client_approvals(&self) -> StoreResult<Vec<crate::store::ClientApproval>> {
+        let rows = sqlx::query(
+            "SELECT client_id, client_name, seen_at, approved_at FROM client_approvals
+             ORDER BY approved_at IS NOT NULL, seen_at DESC, client_id",
+        )
+        .fetch_all(self.reader())
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok(crate::store::ClientApproval {
+                    client_id: r.try_get("client_id")?,
+                    client_name: r.try_get("client_name")?,
+                    seen_at: r.try_get("seen_at")?,
+                    approved_at: r.try_get("approved_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(backend)
+    }
+
     async fn setting(&self, name: &str) -> StoreResult<Option<String>> {
         let row = sqlx::query("SELECT value FROM settings WHERE name = $1")
             .bind(name)

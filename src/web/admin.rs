@@ -172,14 +172,18 @@ async fn section_body(
             seen.sort();
             seen.dedup();
             let (policy, configured) = op.admin.registration_policy().await?;
+            let approvals = op.admin.client_approvals().await?;
             view::clients(
                 &forms,
-                &clients,
-                &seen,
-                &blocked,
-                &policy,
-                configured,
-                &app.registration,
+                &view::ClientsView {
+                    clients: &clients,
+                    seen: &seen,
+                    blocked: &blocked,
+                    approvals: &approvals,
+                    policy: &policy,
+                    configured,
+                    registration: &app.registration,
+                },
             )
         }
         Section::Grants => {
@@ -384,6 +388,10 @@ async fn run(
             admin.block_client(&need("client")?, &reason).await?;
             Done::Note("blocked")
         }
+        "client_approve" => {
+            admin.approve_client(&need("client")?).await?;
+            Done::Note("approved")
+        }
         "client_unblock" => {
             admin.unblock_client(&need("client")?).await?;
             Done::Note("unblocked")
@@ -423,6 +431,7 @@ async fn run(
                 cimd: p.get("cimd").is_some_and(|v| v == "1"),
                 cimd_allowed_domains: words("cimd_allowed_domains"),
                 cimd_blocked_domains: words("cimd_blocked_domains"),
+                approve_new_clients: p.get("approve_new_clients").is_some_and(|v| v == "1"),
             };
             admin.set_registration_policy(Some(policy)).await?;
             app.auth.policy.forget();

@@ -66,9 +66,8 @@ impl Section {
             "user_add" | "user_password" | "user_disable" | "user_enable" | "user_sessions_end" => {
                 Self::Users
             }
-            "client_block" | "client_unblock" | "registration_set" | "registration_reset" => {
-                Self::Clients
-            }
+            "client_block" | "client_unblock" | "client_approve" | "registration_set"
+            | "registration_reset" => Self::Clients,
             "grant_revoke" => Self::Grants,
             "key_rotate" | "key_retire" | "keys_reseal" => Self::Keys,
             _ => return None,
@@ -84,6 +83,7 @@ pub fn done_note(code: &str) -> Option<&'static str> {
         "sessions_ended" => "The user was signed out of every browser.",
         "blocked" => "The client is blocked: its tokens, codes and grants ended.",
         "unblocked" => "The client is no longer blocked.",
+        "approved" => "The client is approved: people can authorize it now.",
         "policy_set" => "The registration policy is in force (on every instance within seconds).",
         "policy_reset" => "The configuration file's registration policy is in force again.",
         "revoked" => "The grant and its tokens ended.",
@@ -229,15 +229,29 @@ pub fn users(
     )
 }
 
-pub fn clients(
-    forms: &Forms<'_>,
-    clients: &[ClientSummary],
-    seen: &[String],
-    blocked: &[(String, Timestamp, String)],
-    policy: &RegistrationPolicy,
-    configured: bool,
-    registration: &RegistrationConfig,
-) -> String {
+/// What the clients page shows.
+pub struct ClientsView<'a> {
+    pub clients: &'a [ClientSummary],
+    /// Client ids known only by their live grants.
+    pub seen: &'a [String],
+    pub blocked: &'a [(String, Timestamp, String)],
+    pub approvals: &'a [crate::store::ClientApproval],
+    pub policy: &'a RegistrationPolicy,
+    /// Whether the policy is the configuration file's.
+    pub configured: bool,
+    pub registration: &'a RegistrationConfig,
+}
+
+pub fn clients(forms: &Forms<'_>, v: &ClientsView<'_>) -> String {
+    let ClientsView {
+        clients,
+        seen,
+        blocked,
+        approvals,
+        policy,
+        configured,
+        registration,
+    } = *v;
     let is_blocked = |id: &str| blocked.iter().any(|(b, _, _)| b == id);
     let block_button = |id: &str| {
         if is_blocked(id) {
@@ -304,6 +318,7 @@ pub fn clients(
     format!(
         r#"<p class="muted">Registered and configured clients, and clients known by the live grants they hold (a client that identifies itself by a metadata document is not stored).</p>
 {clients}
+{approvals}
 <h2>Block a client</h2>
 {open}<label for="client">Client id (or the URL of its metadata document)</label><input type="text" id="client" name="client" required>
 <label for="reason">Reason (kept in the audit log)</label><input type="text" id="reason" name="reason">
@@ -313,6 +328,7 @@ pub fn clients(
 <h2>Registration</h2>
 {policy_open}<label for="dcr">Dynamic client registration</label><select id="dcr" name="dcr">{dcr_options}</select>
 <label><input type="checkbox" name="cimd" value="1"{cimd_checked}> Accept Client ID Metadata Documents (a client named by the https URL of its document)</label>
+<label><input type="checkbox" name="approve_new_clients" value="1"{approve_checked}> New registered and metadata document clients wait for an administrator's approval before anyone can authorize them</label>
 <label for="cimd_allowed_domains">Accept metadata documents only from these domains (<code>example.com</code>, <code>*.example.com</code>; separated by spaces or lines; empty: any domain)</label><textarea id="cimd_allowed_domains" name="cimd_allowed_domains" rows="2">{allowed}</textarea>
 <label for="cimd_blocked_domains">Refuse metadata documents from these domains</label><textarea id="cimd_blocked_domains" name="cimd_blocked_domains" rows="2">{blocked_domains}</textarea>
 <button type="submit">Save</button></form>
@@ -331,6 +347,12 @@ pub fn clients(
         ))
         .collect::<String>(),
         cimd_checked = if policy.cimd { " checked" } else { "" },
+        approve_checked = if policy.approve_new_clients {
+            " checked"
+        } else {
+            ""
+        },
+        approvals = approvals_table(forms, approvals, policy.approve_new_clients, &is_blocked),
         allowed = escape(&policy.cimd_allowed_domains.join(" ")),
         blocked_domains = escape(&policy.cimd_blocked_domains.join(" ")),
         reset = if configured {
@@ -354,6 +376,46 @@ pub fn clients(
         } else {
             table(&["Client", "Since", "Reason", ""], &blocked_rows)
         },
+    )
+}
+
+/// At most this many clients waiting for approval are shown.
+const MAX_WAITING_ROWS: usize = 200;
+
+fn approvals_table(
+    forms: &Forms<'_>,
+    approvals: &[crate::store::ClientApproval],
+    asked: bool,
+    is_blocked: &dyn Fn(&str) -> bool,
+) -> String {
+    let waiting: Vec<&crate::store::ClientApproval> = approvals
+        .iter()
+        .filter(|a| a.approved_at.is_none() && !is_blocked(&a.client_id))
+        .collect();
+    if !asked && waiting.is_empty() {
+        return String::new();
+    }
+    let rows: String = waiting
+        .iter()
+        .take(MAX_WAITING_ROWS)
+        .map(|a| {
+            format!(
+                "<tr><td>{name}<br><code class=\"muted\">{id}</code></td><td>{since}</td><td>{approve}{block}</td></tr>",
+                name = a.client_name.as_deref().map(escape).unwrap_or_default(),
+                id = escape(&a.client_id),
+                since = when(a.seen_at),
+                approve = forms.button("client_approve", &[("client", &a.client_id)], "Approve"),
+                block = forms.button("client_block", &[("client", &a.client_id)], "Block"),
+            )
+        })
+        .collect();
+    format!(
+        "<h2>Waiting for approval</h2>{}",
+        if waiting.is_empty() {
+            r#"<p class="muted">No client is waiting.</p>"#.to_string()
+        } else {
+            table(&["Client", "Asked first", ""], &rows)
+        }
     )
 }
 

@@ -610,6 +610,7 @@ async fn administrators_change_the_registration_policy_while_it_runs() {
                 cimd: true,
                 cimd_allowed_domains: Vec::new(),
                 cimd_blocked_domains: vec!["127.0.0.1".into()],
+                approve_new_clients: false,
             },
         ))
         .await
@@ -620,4 +621,109 @@ async fn administrators_change_the_registration_policy_while_it_runs() {
     let (status, page) = cimd_authorize(&gw, &dotted).await;
     assert_eq!(status, 400);
     assert!(page.contains("from this domain are refused"), "{page}");
+}
+
+#[tokio::test]
+async fn with_approval_on_new_clients_wait_until_an_administrator_approves_them() {
+    let gw = TestGateway::start_with(|c| c.console.admins = vec!["alice".into()]).await;
+    // A grant made before approval is asked for keeps working.
+    let before = support::authorize_user(&gw, "bob").await;
+    let alice = signed_in(&gw, "alice").await;
+    let (_, page) = get(&gw, &alice, "/authorize/console/admin/clients").await;
+    assert!(!page.contains("Waiting for approval"), "{page}");
+    let csrf = support::hidden(&page, "csrf").unwrap();
+    let (status, _) = act(
+        &gw,
+        &alice,
+        &csrf,
+        &[
+            ("action", "registration_set"),
+            ("dcr", "open"),
+            ("cimd", "1"),
+            ("approve_new_clients", "1"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (status, v) = gw
+        .post_form(
+            "/token",
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &before.refresh_token),
+                ("client_id", &before.client_id),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+
+    // A new client: its authorization stops at a page saying why, and it waits.
+    let redirect = "http://127.0.0.1:9999/callback";
+    let r = TestGateway::http()
+        .post(gw.url("/register"))
+        .json(&json!({"client_name": "New Tool", "redirect_uris": [redirect], "token_endpoint_auth_method": "none",
+            "grant_types": ["authorization_code", "refresh_token", "urn:ietf:params:oauth:grant-type:device_code"]}))
+        .send()
+        .await
+        .unwrap();
+    let client_id = r.json::<Value>().await.unwrap()["client_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pkce = support::Pkce::new();
+    let resource = gw.resource();
+    let params = support::authorize_params(&client_id, redirect, &pkce, &resource);
+    let url = url::Url::parse_with_params(&gw.url("/authorize"), &params).unwrap();
+    let r = TestGateway::browser()
+        .get(url.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.headers().get("location").is_none());
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("waits for the gateway administrator")
+    );
+    // The device flow waits too.
+    let (status, v) = gw
+        .post_form(
+            "/device_authorization",
+            &[("client_id", &client_id), ("resource", &resource)],
+        )
+        .await;
+    assert!(status == 400 || status == 401, "{status} {v}");
+    assert_eq!(v["error"], "invalid_client");
+    let (_, page) = get(&gw, &alice, "/authorize/console/admin/clients").await;
+    assert!(
+        page.contains("Waiting for approval") && page.contains("New Tool"),
+        "{page}"
+    );
+    // Approved: authorized like any client, and not approved twice.
+    let (status, to) = act(
+        &gw,
+        &alice,
+        &csrf,
+        &[("action", "client_approve"), ("client", &client_id)],
+    )
+    .await;
+    assert_eq!((status, to.ends_with("done=approved")), (303, true), "{to}");
+    let location = support::approve(&TestGateway::browser(), &gw, url.as_str(), "bob").await;
+    assert!(
+        support::query_of(&location).contains_key("code"),
+        "{location}"
+    );
+    let (status, page) = act(
+        &gw,
+        &alice,
+        &csrf,
+        &[("action", "client_approve"), ("client", &client_id)],
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(page.contains("approved already"), "{page}");
+    let (_, page) = get(&gw, &alice, "/authorize/console/admin/clients").await;
+    assert!(page.contains("No client is waiting"), "{page}");
 }

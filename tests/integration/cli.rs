@@ -249,6 +249,87 @@ fn signing_keys_rotate_and_retire_from_the_command_line() {
     assert!(!ok && err.contains("no live key"), "{err}");
 }
 
+#[test]
+fn the_registration_policy_and_approvals_change_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out, err) = run(dir.path(), &["registration", "show"], None);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("dcr\topen") && out.contains("from\tthe configuration file"),
+        "{out}"
+    );
+    let (ok, out, err) = run(
+        dir.path(),
+        &[
+            "registration",
+            "set",
+            "--dcr",
+            "off",
+            "--block-domain",
+            "*.Evil.example",
+            "--approve-new-clients",
+            "true",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("dcr\toff")
+            && out.contains("cimd_blocked_domains\t*.evil.example")
+            && out.contains("approve_new_clients\ttrue")
+            && out.contains("set at run time"),
+        "{out}"
+    );
+    // Kept: the next command reads it back, and changes only what it names.
+    let (ok, out, _) = run(
+        dir.path(),
+        &["registration", "set", "--cimd", "false"],
+        None,
+    );
+    assert!(
+        ok && out.contains("dcr\toff") && out.contains("cimd\tfalse"),
+        "{out}"
+    );
+    let (ok, _, err) = run(
+        dir.path(),
+        &[
+            "registration",
+            "set",
+            "--allow-domain",
+            "https://x.example/",
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("is not a domain"), "{err}");
+    let (ok, _, err) = run(dir.path(), &["registration", "set", "--dcr", "token"], None);
+    assert!(!ok && err.contains("initial_access_tokens"), "{err}");
+    let (ok, _, err) = run(dir.path(), &["registration", "set", "--dcr", "maybe"], None);
+    assert!(!ok && err.contains("maybe"), "{err}");
+    let (ok, out, _) = run(dir.path(), &["registration", "reset"], None);
+    assert!(
+        ok && out.contains("dcr\topen") && out.contains("the configuration file"),
+        "{out}"
+    );
+    // Approving ahead of a client's first visit, once.
+    let (ok, out, err) = run(
+        dir.path(),
+        &["clients", "approve", "https://app.example/c.json"],
+        None,
+    );
+    assert!(ok && out.contains("approved client"), "{out}{err}");
+    let (ok, _, err) = run(
+        dir.path(),
+        &["clients", "approve", "https://app.example/c.json"],
+        None,
+    );
+    assert!(!ok && err.contains("approved already"), "{err}");
+    let (ok, out, _) = run(dir.path(), &["clients", "approvals"], None);
+    assert!(
+        ok && out.starts_with("https://app.example/c.json\tapproved "),
+        "{out}"
+    );
+}
+
 #[tokio::test]
 async fn encryption_keys_are_made_and_applied_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();

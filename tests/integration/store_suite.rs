@@ -653,6 +653,37 @@ async fn counters_sessions_consents_keys_and_users() {
         );
         s.put_setting("p", None, NOW + 2).await.unwrap();
         assert_eq!(s.setting("p").await.unwrap(), None, "{}", e.name);
+
+        // Clients waiting for approval, approved once.
+        assert_eq!(
+            s.client_approval("c1", Some("One"), NOW).await.unwrap(),
+            None
+        );
+        assert_eq!(s.client_approval("c1", None, NOW + 5).await.unwrap(), None);
+        assert!(
+            s.approve_client("c2", NOW).await.unwrap(),
+            "ahead of its first visit"
+        );
+        assert!(s.approve_client("c1", NOW + 9).await.unwrap());
+        assert!(
+            !s.approve_client("c1", NOW + 10).await.unwrap(),
+            "{}",
+            e.name
+        );
+        assert_eq!(
+            s.client_approval("c1", None, NOW + 11).await.unwrap(),
+            Some(NOW + 9)
+        );
+        let all = s.client_approvals().await.unwrap();
+        assert_eq!(all.len(), 2, "{}", e.name);
+        assert_eq!(
+            all.iter()
+                .find(|a| a.client_id == "c1")
+                .unwrap()
+                .client_name
+                .as_deref(),
+            Some("One")
+        );
         e.finish().await;
     }
 }
@@ -1282,6 +1313,10 @@ async fn store_copy_moves_a_sqlite_installation_to_postgres_losing_nothing() {
     );
     source
         .put_setting("registration_policy", Some("{}"), a.now())
+        .await
+        .unwrap();
+    source
+        .client_approval("waiting-client", Some("Waiting"), a.now())
         .await
         .unwrap();
     let mut counts = Vec::new();
