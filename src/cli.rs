@@ -248,6 +248,11 @@ pub enum ClientsCommand {
     },
     /// Clients waiting for approval, and approved ones.
     Approvals,
+    /// Take a client off the waiting list (listed again if it comes back).
+    Dismiss {
+        #[arg(allow_hyphen_values = true)]
+        client_id: String,
+    },
     /// Let a blocked client in again (it must be authorized anew).
     Unblock {
         #[arg(allow_hyphen_values = true)]
@@ -309,7 +314,60 @@ pub enum GrantsCommand {
     },
 }
 
-fn init_tracing(format: LogFormat) {
+/// With the `otel` feature: where the trace exporter is attached once the configuration is
+/// read (`None` when a subscriber was set already, as in tests).
+#[cfg(feature = "otel")]
+type TracesHandle = Option<crate::observe::traces::Handle>;
+#[cfg(not(feature = "otel"))]
+type TracesHandle = Option<()>;
+
+#[cfg(feature = "otel")]
+fn init_tracing(format: LogFormat) -> TracesHandle {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MCP_OAUTH_GATEWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let (slot, handle) =
+        tracing_subscriber::reload::Layer::new(None as crate::observe::traces::Slot);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .flatten_event(true)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(slot)
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .ok()
+        .map(|()| crate::observe::traces::Handle(handle))
+}
+
+/// The exporter of `[traces]`, attached to the subscriber; dropping it sends what is left.
+#[cfg(feature = "otel")]
+fn start_traces(
+    handle: &TracesHandle,
+    config: &Config,
+) -> Result<Option<crate::observe::traces::Exporter>, String> {
+    match handle {
+        Some(h) => crate::observe::traces::start(h, &config.traces),
+        None => Ok(None),
+    }
+}
+
+#[cfg(not(feature = "otel"))]
+fn start_traces(_handle: &TracesHandle, _config: &Config) -> Result<Option<()>, String> {
+    Ok(None)
+}
+
+#[cfg(not(feature = "otel"))]
+fn init_tracing(format: LogFormat) -> TracesHandle {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MCP_OAUTH_GATEWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt()
@@ -325,6 +383,7 @@ fn init_tracing(format: LogFormat) {
             .flatten_event(true)
             .try_init(),
     };
+    None
 }
 
 fn read_password_stdin() -> Result<String, String> {
@@ -340,7 +399,7 @@ fn read_password_stdin() -> Result<String, String> {
 
 /// Runs the parsed command line; the error is printed by `main`.
 pub async fn run(cli: Cli) -> Result<(), String> {
-    init_tracing(cli.log_format);
+    let traces = init_tracing(cli.log_format);
     let command = cli.command.unwrap_or(Command::Serve);
     if let Command::CheckConfig = command {
         return check_config(cli.config.as_deref());
@@ -375,6 +434,8 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Serve | Command::CheckConfig | Command::Healthcheck { .. } => {
+            // Kept until the gateway stops: dropping it sends the spans still buffered.
+            let _exporter = start_traces(&traces, &config)?;
             serve(config, store, clock).await
         }
         Command::Users(c) => users(c, &cli_admin(&config, store, clock)?).await,
@@ -846,6 +907,10 @@ async fn clients(c: ClientsCommand, admin: &Admin) -> Result<(), String> {
         ClientsCommand::Approve { client_id } => {
             admin.approve_client(&client_id).await.map_err(cli_error)?;
             println!("approved client `{}`", printable(&client_id));
+        }
+        ClientsCommand::Dismiss { client_id } => {
+            admin.dismiss_client(&client_id).await.map_err(cli_error)?;
+            println!("dismissed client `{}`", printable(&client_id));
         }
         ClientsCommand::Approvals => {
             for a in admin.client_approvals().await.map_err(cli_error)? {

@@ -67,6 +67,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Who administers the gateway at the console (`[console]`).
     pub console: ConsoleConfig,
+    /// OpenTelemetry traces (`[traces]`; the cargo feature `otel`).
+    pub traces: TracesConfig,
     /// Where the configuration came from, for error messages.
     #[serde(skip)]
     pub origin: String,
@@ -90,6 +92,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             audit: AuditConfig::default(),
             console: ConsoleConfig::default(),
+            traces: TracesConfig::default(),
             origin: "defaults".into(),
         }
     }
@@ -603,16 +606,75 @@ impl Default for MetricsConfig {
     }
 }
 
+/// `[traces]`: OpenTelemetry traces over OTLP/HTTP, in builds with the cargo feature `otel`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracesConfig {
+    /// The collector's OTLP/HTTP traces address (`http://collector:4318/v1/traces`); none:
+    /// no traces are exported.
+    pub endpoint: Option<String>,
+    /// `service.name` of the spans.
+    pub service_name: String,
+    /// Share of new traces kept (0 to 1); a request that arrives inside a trace follows its
+    /// caller's decision (`traceparent`).
+    pub sample_ratio: f64,
+}
+
+impl Default for TracesConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            service_name: "mcp-oauth-gateway".into(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
+impl TracesConfig {
+    fn validate(&self) -> Checked {
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(Invalid::at("traces.sample_ratio", "0 to 1"));
+        }
+        if self.service_name.trim().is_empty() {
+            return Err(Invalid::at("traces.service_name", "must not be empty"));
+        }
+        let Some(endpoint) = self.endpoint.as_deref() else {
+            return Ok(());
+        };
+        if !cfg!(feature = "otel") {
+            return Err(Invalid::at(
+                "traces.endpoint",
+                "this build has no OpenTelemetry: build it with `cargo build --release --features otel`",
+            ));
+        }
+        match Url::parse(endpoint) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.username().is_empty()
+                    && u.password().is_none() =>
+            {
+                Ok(())
+            }
+            Ok(_) => Err(Invalid::at(
+                "traces.endpoint",
+                "must be an http or https URL without a user or password (headers are not supported)",
+            )),
+            Err(e) => Err(Invalid::at("traces.endpoint", format!("not a URL: {e}"))),
+        }
+    }
+}
+
 /// `[console]`: who administers the gateway at the web console.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsoleConfig {
-    /// Usernames of the gateway's users who administer it. Names made for people of an
-    /// identity provider or a database carry the source's name (`ann.corp`), so no source can
-    /// make a user of a name listed here.
+    /// Who administers: the username of a local account, or `source:subject` for a person
+    /// of a login source (the subject the source vouches for, never a name it lets people
+    /// choose: a provider's `preferred_username` is first come, first served).
     pub admins: Vec<String>,
-    /// Users in any of these groups administer it too (groups set with `users add --group`,
-    /// or taken from an identity provider's groups claim at the first sign-in).
+    /// Local accounts in any of these groups administer too (groups an administrator set
+    /// with `users add|update --group`; a provider's groups claim does not count: some let
+    /// anyone make a group of any name).
     pub admin_groups: Vec<String>,
 }
 
@@ -627,11 +689,25 @@ impl Default for ConsoleConfig {
 }
 
 impl ConsoleConfig {
-    /// Whether a user of this name and these groups administers (a disabled user signs in
-    /// to nothing, so is not asked about).
-    pub fn administers(&self, username: &str, groups: &[String]) -> bool {
-        self.admins.iter().any(|a| a == username)
-            || groups.iter().any(|g| self.admin_groups.contains(g))
+    /// Whether a user administers: a local account (no `identities`) by its name or
+    /// groups, a person of a login source by a `source:subject` it is linked to. (A disabled
+    /// user signs in to nothing, so is not asked about.)
+    pub fn administers(
+        &self,
+        username: &str,
+        groups: &[String],
+        identities: &[(String, String)],
+    ) -> bool {
+        if identities.is_empty() {
+            return self.admins.iter().any(|a| a == username)
+                || groups.iter().any(|g| self.admin_groups.contains(g));
+        }
+        identities.iter().any(|(source, subject)| {
+            self.admins.iter().any(|a| {
+                a.split_once(':')
+                    .is_some_and(|(s, sub)| s == source && sub == subject)
+            })
+        })
     }
 }
 
@@ -1395,6 +1471,7 @@ impl Config {
         self.authorization.validate()?;
         self.login.validate()?;
         self.trust.validate()?;
+        self.traces.validate()?;
         for (key, list) in [
             (
                 "cimd_trusted_domains",

@@ -62,6 +62,10 @@ pub enum AuditEvent {
     ClientApproved {
         client: String,
     },
+    /// A client was taken off the list of those waiting for approval.
+    ClientDismissed {
+        client: String,
+    },
     /// The selected live grants ended: `count` of them.
     GrantsRevoked {
         selection: GrantSelection,
@@ -106,6 +110,7 @@ impl AuditEvent {
             Self::ClientBlocked { .. } => "client_blocked",
             Self::ClientUnblocked { .. } => "client_unblocked",
             Self::ClientApproved { .. } => "client_approved",
+            Self::ClientDismissed { .. } => "client_dismissed",
             Self::GrantsRevoked { .. } => "grants_revoked",
             Self::SigningKeyRotated { .. } => "signing_key_rotated",
             Self::SigningKeyRetired { .. } => "signing_key_retired",
@@ -134,7 +139,8 @@ impl AuditEvent {
             }
             Self::ClientRemoved { client }
             | Self::ClientUnblocked { client }
-            | Self::ClientApproved { client } => {
+            | Self::ClientApproved { client }
+            | Self::ClientDismissed { client } => {
                 vec![("client", json!(client))]
             }
             Self::ClientBlocked { client, reason } => {
@@ -272,6 +278,13 @@ pub fn emit(actor: &str, event: &AuditEvent) {
             actor,
             client = client.as_str(),
             "client approved"
+        ),
+        AuditEvent::ClientDismissed { client } => tracing::info!(
+            target: TARGET,
+            action,
+            actor,
+            client = client.as_str(),
+            "waiting client dismissed"
         ),
         // What was not part of the selection is left out rather than written empty.
         AuditEvent::GrantsRevoked { selection, count } => tracing::info!(

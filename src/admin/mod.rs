@@ -103,6 +103,9 @@ fn accounts_error(message: String, name: &str) -> AdminError {
             what: Entity::User,
             name: name.to_string(),
         }
+    } else if message.starts_with("store error: ") || message.starts_with("store unavailable: ") {
+        // The store's own words (tables, hosts) are for the log, not for a page.
+        AdminError::Store(StoreError::Backend(message))
     } else {
         AdminError::Accounts(message)
     }
@@ -303,6 +306,17 @@ impl Admin {
     pub async fn list_users(&self) -> Result<Vec<UserSummary>, AdminError> {
         let users = self.store.list_users().await?;
         Ok(users.into_iter().map(UserSummary::from).collect())
+    }
+
+    /// The login sources a user is linked to, as (source, subject); none for a local account.
+    pub async fn identities_of(&self, user_id: &str) -> Result<Vec<(String, String)>, AdminError> {
+        Ok(self.store.identities_of(user_id).await?)
+    }
+
+    /// Whether a user signs in through a login source (linked to one, no local password).
+    pub async fn user_signs_in_elsewhere(&self, name: &str) -> Result<bool, AdminError> {
+        let user = self.user_named(name).await?;
+        Ok(user.password_hash.is_empty() && !self.store.identities_of(&user.id).await?.is_empty())
     }
 
     /// Creates a local account with a profile; returns its id.
@@ -638,6 +652,23 @@ impl Admin {
             )));
         }
         self.audit(AuditEvent::ClientApproved {
+            client: client_id.to_string(),
+        });
+        Ok(())
+    }
+
+    /// Takes a client off the waiting list without approving or blocking it.
+    pub async fn dismiss_client(&self, client_id: &str) -> Result<(), AdminError> {
+        if !self.store.dismiss_waiting_client(client_id).await? {
+            return Err(AdminError::NotFound {
+                what: Entity::Client,
+                name: format!(
+                    "{} waiting for approval",
+                    crate::observe::audit::bounded(client_id)
+                ),
+            });
+        }
+        self.audit(AuditEvent::ClientDismissed {
             client: client_id.to_string(),
         });
         Ok(())

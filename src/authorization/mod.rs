@@ -238,7 +238,7 @@ impl AuthorizationServer {
                 .registration
                 .cimd_trusted_domains
                 .iter()
-                .map(|d| d.to_ascii_lowercase())
+                .map(|d| policy::normal_domain(d).unwrap_or_else(|_| d.to_ascii_lowercase()))
                 .collect(),
         };
         let static_clients: Vec<Client> = config

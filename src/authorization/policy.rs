@@ -70,12 +70,19 @@ pub fn normal_domain(pattern: &str) -> Result<String, String> {
 }
 
 impl RegistrationPolicy {
+    /// The file's policy, its domains written one way (configuration checks refused any that
+    /// is not a domain before this; such a one is lower-cased and matches nothing).
     pub fn from_config(r: &RegistrationConfig) -> Self {
+        let normal = |list: &[String]| -> Vec<String> {
+            list.iter()
+                .map(|d| normal_domain(d).unwrap_or_else(|_| d.to_ascii_lowercase()))
+                .collect()
+        };
         Self {
             dcr: r.dcr,
             cimd: r.cimd,
-            cimd_allowed_domains: r.cimd_allowed_domains.clone(),
-            cimd_blocked_domains: r.cimd_blocked_domains.clone(),
+            cimd_allowed_domains: normal(&r.cimd_allowed_domains),
+            cimd_blocked_domains: normal(&r.cimd_blocked_domains),
             approve_new_clients: r.approve_new_clients,
         }
     }
@@ -249,6 +256,17 @@ mod tests {
         assert!(open.cimd_refusal("https://A.EVIL.NET./c").is_some());
         assert!(open.cimd_refusal("https://a.evil.net.:443/c").is_some());
         assert!(open.cimd_refusal("https://a%2eevil.net/c").is_some());
+    }
+
+    #[test]
+    fn the_files_domains_are_written_one_way() {
+        let r = RegistrationConfig {
+            cimd_blocked_domains: vec!["Evil.Example".into(), " *.Bad.example ".into()],
+            ..Default::default()
+        };
+        let p = RegistrationPolicy::from_config(&r);
+        assert!(p.cimd_refusal("https://evil.example/c").is_some());
+        assert!(p.cimd_refusal("https://a.bad.example/c").is_some());
     }
 
     #[test]

@@ -207,6 +207,13 @@ impl AuthorizationServer {
             }
             "authorization_code" => self.exchange_code(params, &client).await,
             "refresh_token" => self.refresh(params, &client).await,
+            // Grants that begin here rather than at an authorization: an unapproved client
+            // gets none (a code or a refresh continues what an approval let begin).
+            "client_credentials" | super::id_jag::JWT_BEARER
+                if let Err(e) = self.check_approved(&client).await =>
+            {
+                Err(e)
+            }
             "client_credentials" => self.client_credentials(params, &client).await,
             super::device::DEVICE_CODE => self.device_token(params, &client).await,
             super::id_jag::JWT_BEARER if !self.id_jag.is_empty() => {

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod metrics;
 pub mod request;
+pub mod traces;
 
 use std::sync::Arc;
 

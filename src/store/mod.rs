@@ -100,6 +100,8 @@ pub struct BrowserSession {
 
 /// Most clients kept as waiting for approval: strangers cannot fill the store with them.
 pub const MAX_WAITING_CLIENTS: i64 = 1000;
+/// A client waiting longer is forgotten (it is listed again if it comes back).
+pub const WAITING_CLIENT_TTL_SECS: i64 = 7 * 24 * 3600;
 
 /// A client an administrator approved, or one waiting for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -329,6 +331,8 @@ pub trait UserStore: Send + Sync {
         disabled_at: Option<Timestamp>,
     ) -> StoreResult<bool>;
     async fn count_users(&self) -> StoreResult<i64>;
+    /// The (source, subject) pairs a user is linked to; none for a local account.
+    async fn identities_of(&self, user_id: &str) -> StoreResult<Vec<(String, String)>>;
     /// The user a login source's subject is linked to.
     async fn user_by_identity(
         &self,
@@ -376,6 +380,9 @@ pub trait ClientStore: Send + Sync {
         client_name: Option<&str>,
         now: Timestamp,
     ) -> StoreResult<Option<Timestamp>>;
+    /// Forgets a waiting client (it is listed again if it comes back); `false` when it was
+    /// not waiting.
+    async fn dismiss_waiting_client(&self, client_id: &str) -> StoreResult<bool>;
     /// Approves a client (waiting or not seen yet); `false` when it was approved already.
     async fn approve_client(&self, client_id: &str, now: Timestamp) -> StoreResult<bool>;
     /// Waiting and approved clients, waiting first, newest first.

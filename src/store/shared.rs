@@ -335,6 +335,20 @@ impl UserStore for $store {
         insert_user(self.writer(), u).await.map_err(backend)
     }
 
+    async fn identities_of(&self, user_id: &str) -> StoreResult<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT source, subject FROM identities WHERE user_id = $1 ORDER BY source, subject",
+        )
+        .bind(user_id)
+        .fetch_all(self.reader())
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("source")?, r.try_get("subject")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(backend)
+    }
+
     async fn user_by_identity(
         &self,
         source: &str,
@@ -591,6 +605,8 @@ impl ClientStore for $store {
             "DELETE FROM pending_authorizations WHERE client_id = $1",
             "DELETE FROM device_authorizations WHERE client_id = $1",
             "DELETE FROM access_tokens WHERE client_id = $1 AND grant_id IS NULL",
+            // A blocked client waits for nothing (and takes no place on that list).
+            "DELETE FROM client_approvals WHERE client_id = $1 AND approved_at IS NULL",
         ] {
             sqlx::query(sql)
                 .bind(client_id)
@@ -662,6 +678,12 @@ impl ClientStore for $store {
         if let Some(r) = row {
             return r.try_get("approved_at").map_err(backend);
         }
+        // Who waited a week without an answer is forgotten, so the list makes room.
+        sqlx::query("DELETE FROM client_approvals WHERE approved_at IS NULL AND seen_at < $1")
+            .bind(now - crate::store::WAITING_CLIENT_TTL_SECS)
+            .execute(self.writer())
+            .await
+            .map_err(backend)?;
         // The cap is checked in the same statement: concurrent strangers cannot pass it
         // together by much (each insert sees the others' committed rows).
         sqlx::query(
@@ -678,6 +700,17 @@ impl ClientStore for $store {
         .await
         .map_err(backend)?;
         Ok(None)
+    }
+
+    async fn dismiss_waiting_client(&self, client_id: &str) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "DELETE FROM client_approvals WHERE client_id = $1 AND approved_at IS NULL",
+        )
+        .bind(client_id)
+        .execute(self.writer())
+        .await
+        .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
     }
 
     async fn approve_client(&self, client_id: &str, now: Timestamp) -> StoreResult<bool> {

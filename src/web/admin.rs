@@ -41,10 +41,19 @@ async fn operator(app: &App, headers: &HeaderMap) -> Result<Result<Operator, Res
         .user_by_id(&user_id)
         .await
         .map_err(crate::authorization::OAuthError::from)?;
+    let Some(user) = user.filter(|u| u.disabled_at.is_none()) else {
+        return Err(not_administrator());
+    };
+    let identities = app
+        .auth
+        .store
+        .identities_of(&user.id)
+        .await
+        .map_err(crate::authorization::OAuthError::from)?;
     match user {
-        Some(user)
-            if user.disabled_at.is_none()
-                && app.console.administers(&user.username, &user.groups) =>
+        user if app
+            .console
+            .administers(&user.username, &user.groups, &identities) =>
         {
             Ok(Ok(Operator {
                 admin: app.admin.acting_as(&format!("console:{}", user.username)),
@@ -52,10 +61,18 @@ async fn operator(app: &App, headers: &HeaderMap) -> Result<Result<Operator, Res
                 user,
             }))
         }
-        _ => Err(PageError {
-            status: 403,
-            message: "This page is for the gateway's administrators.".into(),
-        }),
+        user => {
+            // Refusals are worth knowing about: someone is probing, or a list is wrong.
+            tracing::warn!(target: "audit", action = "console_refused", user = %user.username, "administration refused to a person who does not administer");
+            Err(not_administrator())
+        }
+    }
+}
+
+fn not_administrator() -> PageError {
+    PageError {
+        status: 403,
+        message: "This page is for the gateway's administrators.".into(),
     }
 }
 
@@ -152,9 +169,16 @@ async fn section_body(
     Ok(match section {
         Section::Users => {
             let users = op.admin.list_users().await?;
-            view::users(&forms, &users, &op.user.username, |u| {
-                app.console.administers(&u.username, &u.groups)
-            })
+            let mut rows = Vec::with_capacity(users.len());
+            for u in users {
+                let identities = op.admin.identities_of(&u.id).await?;
+                rows.push(view::UserRow {
+                    administers: app.console.administers(&u.username, &u.groups, &identities),
+                    user: u,
+                    identities,
+                });
+            }
+            view::users(&forms, &rows, &op.user.username)
         }
         Section::Clients => {
             let clients = op.admin.list_clients().await?;
@@ -357,6 +381,13 @@ async fn run(
         }
         "user_password" => {
             let name = need("user")?;
+            // A person of an identity provider or a database signs in there: a local
+            // password would let them in past its checks (and its offboarding).
+            if admin.user_signs_in_elsewhere(&name).await? {
+                return Err(AdminError::Invalid(format!(
+                    "`{name}` signs in through a login source and has no password here; the command line sets one if you really mean to"
+                )));
+            }
             let password = crate::crypto::new_secret("");
             // A reset is what follows a suspicion: what the old password allowed ends.
             admin.set_password(&name, &password, false).await?;
@@ -391,6 +422,10 @@ async fn run(
         "client_approve" => {
             admin.approve_client(&need("client")?).await?;
             Done::Note("approved")
+        }
+        "client_dismiss" => {
+            admin.dismiss_client(&need("client")?).await?;
+            Done::Note("dismissed")
         }
         "client_unblock" => {
             admin.unblock_client(&need("client")?).await?;

@@ -66,8 +66,8 @@ impl Section {
             "user_add" | "user_password" | "user_disable" | "user_enable" | "user_sessions_end" => {
                 Self::Users
             }
-            "client_block" | "client_unblock" | "client_approve" | "registration_set"
-            | "registration_reset" => Self::Clients,
+            "client_block" | "client_unblock" | "client_approve" | "client_dismiss"
+            | "registration_set" | "registration_reset" => Self::Clients,
             "grant_revoke" => Self::Grants,
             "key_rotate" | "key_retire" | "keys_reseal" => Self::Keys,
             _ => return None,
@@ -84,6 +84,7 @@ pub fn done_note(code: &str) -> Option<&'static str> {
         "blocked" => "The client is blocked: its tokens, codes and grants ended.",
         "unblocked" => "The client is no longer blocked.",
         "approved" => "The client is approved: people can authorize it now.",
+        "dismissed" => "The client is off the waiting list (it is listed again if it comes back).",
         "policy_set" => "The registration policy is in force (on every instance within seconds).",
         "policy_reset" => "The configuration file's registration policy is in force again.",
         "revoked" => "The grant and its tokens ended.",
@@ -182,22 +183,36 @@ fn table(head: &[&str], rows: &str) -> String {
     format!("<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
 }
 
-pub fn users(
-    forms: &Forms<'_>,
-    users: &[UserSummary],
-    operator: &str,
-    administers: impl Fn(&UserSummary) -> bool,
-) -> String {
+/// A user as the users page shows them.
+pub struct UserRow {
+    pub user: UserSummary,
+    /// The login sources they are linked to: (source, subject).
+    pub identities: Vec<(String, String)>,
+    pub administers: bool,
+}
+
+pub fn users(forms: &Forms<'_>, users: &[UserRow], operator: &str) -> String {
     let rows: String = users
         .iter()
-        .map(|u| {
+        .map(|row| {
+            let u = &row.user;
             let mut state = match u.disabled_at {
                 Some(at) => format!(r#"<span class="error">disabled</span> {}"#, when(at)),
                 None => "active".into(),
             };
-            if administers(u) {
+            if row.administers {
                 state.push_str(r#" <span class="verified">administrator</span>"#);
             }
+            // How to name them in `[console] admins`: their name, or source:subject.
+            let signs_in = if row.identities.is_empty() {
+                "local account".to_string()
+            } else {
+                row.identities
+                    .iter()
+                    .map(|(source, subject)| format!("<code>{}:{}</code>", escape(source), escape(subject)))
+                    .collect::<Vec<_>>()
+                    .join("<br>")
+            };
             let name = [("user", u.username.as_str())];
             let mut actions = String::new();
             if u.disabled_at.is_some() {
@@ -205,10 +220,12 @@ pub fn users(
             } else if u.username != operator {
                 actions.push_str(&forms.button("user_disable", &name, "Disable"));
             }
-            actions.push_str(&forms.button("user_password", &name, "Reset password"));
+            if row.identities.is_empty() {
+                actions.push_str(&forms.button("user_password", &name, "Reset password"));
+            }
             actions.push_str(&forms.button("user_sessions_end", &name, "End sessions"));
             format!(
-                "<tr><td><strong>{name}</strong></td><td>{email}</td><td>{groups}</td><td>{since}</td><td>{state}</td><td>{actions}</td></tr>",
+                "<tr><td><strong>{name}</strong><br><span class=\"muted\">{signs_in}</span></td><td>{email}</td><td>{groups}</td><td>{since}</td><td>{state}</td><td>{actions}</td></tr>",
                 name = escape(&u.username),
                 email = u.email.as_deref().map(escape).unwrap_or_default(),
                 groups = escape(&u.groups.join(" ")),
@@ -352,7 +369,13 @@ pub fn clients(forms: &Forms<'_>, v: &ClientsView<'_>) -> String {
         } else {
             ""
         },
-        approvals = approvals_table(forms, approvals, policy.approve_new_clients, &is_blocked),
+        approvals = approvals_table(
+            forms,
+            approvals,
+            clients,
+            policy.approve_new_clients,
+            &is_blocked
+        ),
         allowed = escape(&policy.cimd_allowed_domains.join(" ")),
         blocked_domains = escape(&policy.cimd_blocked_domains.join(" ")),
         reset = if configured {
@@ -385,6 +408,7 @@ const MAX_WAITING_ROWS: usize = 200;
 fn approvals_table(
     forms: &Forms<'_>,
     approvals: &[crate::store::ClientApproval],
+    clients: &[ClientSummary],
     asked: bool,
     is_blocked: &dyn Fn(&str) -> bool,
 ) -> String {
@@ -399,23 +423,48 @@ fn approvals_table(
         .iter()
         .take(MAX_WAITING_ROWS)
         .map(|a| {
+            // What tells a look-alike apart: where it sends people back to, or the host
+            // that serves its document. The name is the client's own words.
+            let whence = match clients.iter().find(|c| c.client_id == a.client_id) {
+                Some(c) => c
+                    .redirect_uris
+                    .iter()
+                    .map(|u| format!("<code>{}</code>", escape(u)))
+                    .collect::<Vec<_>>()
+                    .join("<br>"),
+                None => url::Url::parse(&a.client_id)
+                    .ok()
+                    .and_then(|u| u.host_str().map(|h| format!("document on <strong>{}</strong>", escape(h))))
+                    .unwrap_or_default(),
+            };
             format!(
-                "<tr><td>{name}<br><code class=\"muted\">{id}</code></td><td>{since}</td><td>{approve}{block}</td></tr>",
-                name = a.client_name.as_deref().map(escape).unwrap_or_default(),
+                "<tr><td>{name}<br><code class=\"muted\">{id}</code></td><td>{whence}</td><td>{since}</td><td>{approve}{dismiss}{block}</td></tr>",
+                name = a
+                    .client_name
+                    .as_deref()
+                    .map(|n| format!("“{}” <span class=\"muted\">(its own name)</span>", escape(n)))
+                    .unwrap_or_default(),
                 id = escape(&a.client_id),
                 since = when(a.seen_at),
                 approve = forms.button("client_approve", &[("client", &a.client_id)], "Approve"),
+                dismiss = forms.button("client_dismiss", &[("client", &a.client_id)], "Dismiss"),
                 block = forms.button("client_block", &[("client", &a.client_id)], "Block"),
             )
         })
         .collect();
     format!(
-        "<h2>Waiting for approval</h2>{}",
+        r#"<h2>Waiting for approval</h2>{}
+{}<label for="approve_client">Approve a client by id (or the URL of its metadata document), also before it asks</label><input type="text" id="approve_client" name="client" required>
+<button type="submit">Approve</button></form>"#,
         if waiting.is_empty() {
             r#"<p class="muted">No client is waiting.</p>"#.to_string()
         } else {
-            table(&["Client", "Asked first", ""], &rows)
-        }
+            table(
+                &["Client", "Sends people back to", "Asked first", ""],
+                &rows,
+            )
+        },
+        forms.open("client_approve"),
     )
 }
 

@@ -58,9 +58,18 @@ pub async fn page_for_person(State(app): State<App>, headers: HeaderMap, uri: Ur
         Ok(page(
             StatusCode::OK,
             pages::console(&pages::ConsoleView {
-                administers: user
-                    .as_ref()
-                    .is_some_and(|u| app.console.administers(&u.username, &u.groups)),
+                administers: match &user {
+                    Some(u) => app.console.administers(
+                        &u.username,
+                        &u.groups,
+                        &app.auth
+                            .store
+                            .identities_of(&u.id)
+                            .await
+                            .map_err(crate::authorization::OAuthError::from)?,
+                    ),
+                    None => false,
+                },
                 username: user.map(|u| u.username).unwrap_or_default(),
                 base: app.auth.browser_path(),
                 csrf: form_token("console", &secret),

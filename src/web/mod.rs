@@ -286,6 +286,19 @@ impl Gateway {
             login_sources,
             observer.clone(),
         )?;
+        // A policy an administrator set at run time outlives edits of the file: say so.
+        if let Ok(Some(_)) = store.setting(crate::authorization::policy::SETTING).await {
+            let in_force = auth.policy.get().await;
+            if *in_force
+                != crate::authorization::policy::RegistrationPolicy::from_config(
+                    &config.registration,
+                )
+            {
+                tracing::warn!(
+                    "the registration policy an administrator set at run time is in force, not the configuration file's [registration] (`registration show`; `registration reset` goes back to the file's)"
+                );
+            }
+        }
         let encryption = config.keys.encryption_keys()?.map(Arc::new);
         let signer = Arc::new(crate::proxy::Signer::load(&store, clock.now(), encryption).await?);
         // Upstreams that receive the user's identity provider token get it from the login

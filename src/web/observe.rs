@@ -73,12 +73,32 @@ pub async fn around(
         .observer
         .metrics()
         .map(|_| route_of(&app, req.uri().path()));
+    #[cfg(not(feature = "otel"))]
     let span = tracing::info_span!("request", id = %id);
+    // With traces, the span carries what a trace viewer shows (OpenTelemetry's HTTP names).
+    #[cfg(feature = "otel")]
+    let span = {
+        let route = route_of(&app, req.uri().path());
+        tracing::info_span!(
+            "request",
+            id = %id,
+            otel.name = %format_args!("{} {route}", req.method()),
+            otel.kind = "server",
+            http.request.method = %req.method(),
+            http.route = route,
+            http.response.status_code = tracing::field::Empty,
+        )
+    };
+    crate::observe::traces::adopt_parent(&span, req.headers());
+    #[cfg(feature = "otel")]
+    let recorded = span.clone();
     let context = RequestContext {
         id: id.clone(),
         ip: Some(ip),
     };
     let mut resp = context.scope(next.run(req)).instrument(span).await;
+    #[cfg(feature = "otel")]
+    recorded.record("http.response.status_code", resp.status().as_u16());
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }

@@ -156,6 +156,47 @@ async fn only_administrators_open_it_and_only_with_its_own_form_token() {
 }
 
 #[tokio::test]
+async fn people_of_a_login_source_administer_only_by_source_and_subject() {
+    // Eve's name and group come from a provider (which may let people choose both): they
+    // do not make her an administrator; Frank's source:subject does.
+    let gw = TestGateway::start_with(|c| {
+        c.console.admins = vec!["eve.corp".into(), "corp:subject-frank".into()];
+        c.console.admin_groups = vec!["ops".into()];
+    })
+    .await;
+    for (name, subject) in [("eve.corp", "subject-eve"), ("frank.corp", "subject-frank")] {
+        let user = mcp_oauth_gateway::store::UserRecord {
+            id: mcp_oauth_gateway::crypto::new_id(),
+            username: name.into(),
+            password_hash: String::new(),
+            created_at: gw.now(),
+            email: None,
+            groups: vec!["ops".into()],
+            disabled_at: None,
+        };
+        gw.store
+            .create_user_with_identity(&user, "corp", subject)
+            .await
+            .unwrap();
+        // A password only so that this test can sign them in at the gateway's own page.
+        gw.accounts
+            .set_password(name, support::PASSWORD, true)
+            .await
+            .unwrap();
+    }
+    let eve = signed_in(&gw, "eve.corp").await;
+    assert_eq!(get(&gw, &eve, "/authorize/console/admin").await.0, 403);
+    let frank = signed_in(&gw, "frank.corp").await;
+    let (status, page) = get(&gw, &frank, "/authorize/console/admin").await;
+    assert_eq!(status, 200, "{page}");
+    // The users page says how to name each one.
+    assert!(
+        page.contains("corp:subject-eve") && page.contains("local account"),
+        "{page}"
+    );
+}
+
+#[tokio::test]
 async fn administrators_manage_users_clients_grants_keys_and_read_the_audit_log() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.jsonl");
@@ -726,4 +767,115 @@ async fn with_approval_on_new_clients_wait_until_an_administrator_approves_them(
     assert!(page.contains("approved already"), "{page}");
     let (_, page) = get(&gw, &alice, "/authorize/console/admin/clients").await;
     assert!(page.contains("No client is waiting"), "{page}");
+    // Dismissed and blocked clients leave the list.
+    let r = TestGateway::http()
+        .post(gw.url("/register"))
+        .json(&json!({"client_name": "Second", "redirect_uris": [redirect], "token_endpoint_auth_method": "none"}))
+        .send()
+        .await
+        .unwrap();
+    let second = r.json::<Value>().await.unwrap()["client_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let params = support::authorize_params(&second, redirect, &pkce, &resource);
+    let url = url::Url::parse_with_params(&gw.url("/authorize"), &params).unwrap();
+    assert_eq!(
+        TestGateway::browser()
+            .get(url.as_str())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    let (_, page) = get(&gw, &alice, "/authorize/console/admin/clients").await;
+    assert!(
+        page.contains("(its own name)") && page.contains("Dismiss"),
+        "{page}"
+    );
+    let (status, to) = act(
+        &gw,
+        &alice,
+        &csrf,
+        &[("action", "client_dismiss"), ("client", &second)],
+    )
+    .await;
+    assert_eq!(
+        (status, to.ends_with("done=dismissed")),
+        (303, true),
+        "{to}"
+    );
+    let (status, _) = act(
+        &gw,
+        &alice,
+        &csrf,
+        &[("action", "client_dismiss"), ("client", &second)],
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        TestGateway::browser()
+            .get(url.as_str())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    let (status, _) = act(
+        &gw,
+        &alice,
+        &csrf,
+        &[("action", "client_block"), ("client", &second)],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let waiting = gw.store.client_approvals().await.unwrap();
+    assert!(
+        waiting.iter().all(|a| a.client_id != second),
+        "a blocked client waits for nothing"
+    );
+}
+
+#[tokio::test]
+async fn an_unapproved_client_gets_no_client_credentials_token() {
+    let gw = TestGateway::start_with(|c| {
+        c.registration.dcr = mcp_oauth_gateway::config::DcrMode::Token;
+        c.registration.initial_access_tokens =
+            vec![mcp_oauth_gateway::secret::Secret::from("iat-1".to_string())];
+        c.registration.approve_new_clients = true;
+    })
+    .await;
+    let r = TestGateway::http()
+        .post(gw.url("/register"))
+        .bearer_auth("iat-1")
+        .json(&json!({"client_name": "Service", "grant_types": ["client_credentials"], "token_endpoint_auth_method": "client_secret_post"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    let (id, secret) = (
+        v["client_id"].as_str().unwrap(),
+        v["client_secret"].as_str().unwrap(),
+    );
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", id),
+        ("client_secret", secret),
+        ("resource", &gw.resource()),
+    ];
+    let (status, v) = gw.post_form("/token", &form).await;
+    assert_eq!(v["error"], "invalid_client", "{status} {v}");
+    let admin = mcp_oauth_gateway::admin::Admin::new(
+        gw.store.clone(),
+        gw.clock.clone(),
+        &mcp_oauth_gateway::config::Config::default(),
+        "cli",
+    )
+    .unwrap();
+    admin.approve_client(id).await.unwrap();
+    let (status, v) = gw.post_form("/token", &form).await;
+    assert_eq!(status, 200, "{v}");
 }

@@ -1,0 +1,97 @@
+//! OpenTelemetry traces, in builds with the cargo feature `otel`: the span of each request
+//! (`request`, with the route, method and status) and the spans inside it go over OTLP/HTTP
+//! (protobuf) to `[traces] endpoint`; a request that arrives with a W3C `traceparent` joins
+//! its caller's trace. Without the feature, or without an endpoint, nothing here does any
+//! work: the subscriber is the plain one, and the request span has only its id.
+//!
+//! The exporter is attached after the configuration is read, through a reload layer that
+//! is empty until then, so that what is logged while reading it is not lost.
+
+#[cfg(feature = "otel")]
+mod enabled {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    use tracing_subscriber::{Layer, Registry, reload};
+
+    use crate::config::TracesConfig;
+
+    pub type Slot = Option<Box<dyn Layer<Registry> + Send + Sync>>;
+
+    /// Where the exporter's layer goes once the configuration is known.
+    pub struct Handle(pub reload::Handle<Slot, Registry>);
+
+    /// Whether spans are exported: the `traceparent` of requests is read only then.
+    static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+    /// The running exporter; dropping it sends what is buffered (a bounded wait).
+    pub struct Exporter(SdkTracerProvider);
+
+    impl Drop for Exporter {
+        fn drop(&mut self) {
+            EXPORTING.store(false, Ordering::Relaxed);
+            if let Err(e) = self
+                .0
+                .shutdown_with_timeout(std::time::Duration::from_secs(5))
+            {
+                eprintln!("traces: the last spans could not be sent: {e}");
+            }
+        }
+    }
+
+    pub fn start(handle: &Handle, config: &TracesConfig) -> Result<Option<Exporter>, String> {
+        let Some(endpoint) = config.endpoint.as_deref() else {
+            return Ok(None);
+        };
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(endpoint)
+            .with_timeout(std::time::Duration::from_secs(10))
+            .with_headers(std::collections::HashMap::new())
+            .build()
+            .map_err(|e| format!("traces.endpoint: {e}"))?;
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                config.sample_ratio,
+            ))))
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name(config.service_name.clone())
+                    .build(),
+            )
+            .build();
+        let tracer = provider.tracer("mcp-oauth-gateway");
+        let layer: Box<dyn Layer<Registry> + Send + Sync> =
+            Box::new(tracing_opentelemetry::layer().with_tracer(tracer));
+        handle
+            .0
+            .reload(Some(layer))
+            .map_err(|e| format!("traces: {e}"))?;
+        EXPORTING.store(true, Ordering::Relaxed);
+        Ok(Some(Exporter(provider)))
+    }
+
+    /// Makes `span` a child of the trace a `traceparent` header names, when spans are
+    /// exported. A malformed header is ignored (the request starts a trace of its own).
+    pub fn adopt_parent(span: &tracing::Span, headers: &http::HeaderMap) {
+        if !EXPORTING.load(Ordering::Relaxed) || !headers.contains_key("traceparent") {
+            return;
+        }
+        let parent =
+            TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(headers));
+        let _ = span.set_parent(parent);
+    }
+}
+
+#[cfg(feature = "otel")]
+pub use enabled::{Exporter, Handle, Slot, adopt_parent, start};
+
+/// Without the feature: nothing to adopt.
+#[cfg(not(feature = "otel"))]
+pub fn adopt_parent(_span: &tracing::Span, _headers: &http::HeaderMap) {}
