@@ -314,22 +314,28 @@ pub enum GrantsCommand {
     },
 }
 
-/// With the `otel` feature: where the trace exporter is attached once the configuration is
-/// read (`None` when a subscriber was set already, as in tests).
+/// With the `otel` feature: the running trace exporter, kept until the command ends
+/// (dropping it sends the spans still buffered).
 #[cfg(feature = "otel")]
-type TracesHandle = Option<crate::observe::traces::Handle>;
+type TracesGuard = Option<crate::observe::traces::Exporter>;
 #[cfg(not(feature = "otel"))]
-type TracesHandle = Option<()>;
+type TracesGuard = Option<()>;
 
+/// The log subscriber, and with `traces` (the `otel` build serving) the trace exporter.
 #[cfg(feature = "otel")]
-fn init_tracing(format: LogFormat) -> TracesHandle {
+fn init_tracing(
+    format: LogFormat,
+    traces: Option<&crate::config::TracesConfig>,
+) -> Result<TracesGuard, String> {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("MCP_OAUTH_GATEWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let (slot, handle) =
-        tracing_subscriber::reload::Layer::new(None as crate::observe::traces::Slot);
+    let (otel, exporter) = match traces.map(crate::observe::traces::layer).transpose()? {
+        Some(Some((layer, exporter))) => (Some(layer), Some(exporter)),
+        _ => (None, None),
+    };
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match format {
         LogFormat::Text => fmt.boxed(),
@@ -340,34 +346,19 @@ fn init_tracing(format: LogFormat) -> TracesHandle {
             .flatten_event(true)
             .boxed(),
     };
-    tracing_subscriber::registry()
-        .with(slot)
+    let _ = tracing_subscriber::registry()
+        .with(otel)
         .with(filter)
         .with(fmt)
-        .try_init()
-        .ok()
-        .map(|()| crate::observe::traces::Handle(handle))
-}
-
-/// The exporter of `[traces]`, attached to the subscriber; dropping it sends what is left.
-#[cfg(feature = "otel")]
-fn start_traces(
-    handle: &TracesHandle,
-    config: &Config,
-) -> Result<Option<crate::observe::traces::Exporter>, String> {
-    match handle {
-        Some(h) => crate::observe::traces::start(h, &config.traces),
-        None => Ok(None),
-    }
+        .try_init();
+    Ok(exporter)
 }
 
 #[cfg(not(feature = "otel"))]
-fn start_traces(_handle: &TracesHandle, _config: &Config) -> Result<Option<()>, String> {
-    Ok(None)
-}
-
-#[cfg(not(feature = "otel"))]
-fn init_tracing(format: LogFormat) -> TracesHandle {
+fn init_tracing(
+    format: LogFormat,
+    _traces: Option<&crate::config::TracesConfig>,
+) -> Result<TracesGuard, String> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MCP_OAUTH_GATEWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt()
@@ -383,7 +374,7 @@ fn init_tracing(format: LogFormat) -> TracesHandle {
             .flatten_event(true)
             .try_init(),
     };
-    None
+    Ok(None)
 }
 
 fn read_password_stdin() -> Result<String, String> {
@@ -399,13 +390,18 @@ fn read_password_stdin() -> Result<String, String> {
 
 /// Runs the parsed command line; the error is printed by `main`.
 pub async fn run(cli: Cli) -> Result<(), String> {
-    let traces = init_tracing(cli.log_format);
     let command = cli.command.unwrap_or(Command::Serve);
     if let Command::CheckConfig = command {
+        init_tracing(cli.log_format, None)?;
         return check_config(cli.config.as_deref());
     }
+    // Read before the subscriber is made: it decides where traces go. What reading it finds
+    // worth saying is logged by `serve` (its advice); errors are printed by `main`.
     let config =
         Config::load(cli.config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
+    let serving = matches!(command, Command::Serve);
+    // Kept until the command ends: dropping it sends the spans still buffered.
+    let _traces = init_tracing(cli.log_format, serving.then_some(&config.traces))?;
     if let Command::Healthcheck { wait, url } = &command {
         return healthcheck(&config, url.as_deref(), *wait).await;
     }
@@ -434,8 +430,6 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Serve | Command::CheckConfig | Command::Healthcheck { .. } => {
-            // Kept until the gateway stops: dropping it sends the spans still buffered.
-            let _exporter = start_traces(&traces, &config)?;
             serve(config, store, clock).await
         }
         Command::Users(c) => users(c, &cli_admin(&config, store, clock)?).await,
@@ -668,6 +662,9 @@ fn redact_url(url: &str) -> String {
 }
 
 async fn serve(config: Config, store: SharedStore, clock: SharedClock) -> Result<(), String> {
+    for a in config.advice() {
+        tracing::warn!("{a}");
+    }
     if store.count_users().await.map_err(|e| e.to_string())? == 0 {
         let admin = Admin::new(store.clone(), clock.clone(), &config, FIRST_START_ACTOR)
             .map_err(cli_error)?

@@ -1844,11 +1844,7 @@ impl ServerConfig {
                     "must not have a query or fragment (it is the OAuth issuer)",
                 ));
             }
-            if url.scheme() == "http" && !is_loopback_host(&url) {
-                tracing::warn!(
-                    "server.public_url is plain http on a non-loopback host; OAuth 2.1 requires https"
-                );
-            }
+            // Plain http beyond loopback is advice (`Config::advice`), logged at start.
         }
         if !(1..=300).contains(&self.header_read_timeout_secs) {
             return Err(Invalid::at("server.header_read_timeout_secs", "1 to 300"));

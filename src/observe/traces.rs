@@ -4,8 +4,8 @@
 //! its caller's trace. Without the feature, or without an endpoint, nothing here does any
 //! work: the subscriber is the plain one, and the request span has only its id.
 //!
-//! The exporter is attached after the configuration is read, through a reload layer that
-//! is empty until then, so that what is logged while reading it is not lost.
+//! The subscriber is made once the configuration is read (the advice found while reading
+//! it is logged when the gateway starts).
 
 #[cfg(feature = "otel")]
 mod enabled {
@@ -13,18 +13,16 @@ mod enabled {
 
     use opentelemetry::propagation::TextMapPropagator;
     use opentelemetry::trace::TracerProvider as _;
-    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+    use opentelemetry_otlp::WithExportConfig;
     use opentelemetry_sdk::propagation::TraceContextPropagator;
-    use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    use tracing_subscriber::{Layer, Registry, reload};
+    use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+    use tracing_opentelemetry::{OpenTelemetryLayer, OpenTelemetrySpanExt};
+    use tracing_subscriber::Registry;
 
     use crate::config::TracesConfig;
 
-    pub type Slot = Option<Box<dyn Layer<Registry> + Send + Sync>>;
-
-    /// Where the exporter's layer goes once the configuration is known.
-    pub struct Handle(pub reload::Handle<Slot, Registry>);
+    /// The layer that makes OpenTelemetry spans, right on the registry.
+    pub type TraceLayer = OpenTelemetryLayer<Registry, SdkTracer>;
 
     /// Whether spans are exported: the `traceparent` of requests is read only then.
     static EXPORTING: AtomicBool = AtomicBool::new(false);
@@ -44,7 +42,10 @@ mod enabled {
         }
     }
 
-    pub fn start(handle: &Handle, config: &TracesConfig) -> Result<Option<Exporter>, String> {
+    /// The layer that turns spans into OpenTelemetry spans, and the exporter behind it; the
+    /// layer sits right on the registry (the span extension that sets a parent finds it
+    /// only there, not through a reloadable or boxed layer).
+    pub fn layer(config: &TracesConfig) -> Result<Option<(TraceLayer, Exporter)>, String> {
         let Some(endpoint) = config.endpoint.as_deref() else {
             return Ok(None);
         };
@@ -52,7 +53,6 @@ mod enabled {
             .with_http()
             .with_endpoint(endpoint)
             .with_timeout(std::time::Duration::from_secs(10))
-            .with_headers(std::collections::HashMap::new())
             .build()
             .map_err(|e| format!("traces.endpoint: {e}"))?;
         let provider = SdkTracerProvider::builder()
@@ -67,14 +67,11 @@ mod enabled {
             )
             .build();
         let tracer = provider.tracer("mcp-oauth-gateway");
-        let layer: Box<dyn Layer<Registry> + Send + Sync> =
-            Box::new(tracing_opentelemetry::layer().with_tracer(tracer));
-        handle
-            .0
-            .reload(Some(layer))
-            .map_err(|e| format!("traces: {e}"))?;
         EXPORTING.store(true, Ordering::Relaxed);
-        Ok(Some(Exporter(provider)))
+        Ok(Some((
+            tracing_opentelemetry::layer().with_tracer(tracer),
+            Exporter(provider),
+        )))
     }
 
     /// Makes `span` a child of the trace a `traceparent` header names, when spans are
@@ -90,7 +87,7 @@ mod enabled {
 }
 
 #[cfg(feature = "otel")]
-pub use enabled::{Exporter, Handle, Slot, adopt_parent, start};
+pub use enabled::{Exporter, adopt_parent, layer};
 
 /// Without the feature: nothing to adopt.
 #[cfg(not(feature = "otel"))]

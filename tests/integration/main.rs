@@ -39,5 +39,6 @@ mod store_suite;
 mod support;
 mod tls;
 mod token;
+mod traces;
 mod upstream_fixture;
 mod whoami_modern;
