@@ -830,6 +830,16 @@ impl Admin {
 
     /// Re-encrypts every live signing key under the active encryption key, so that older
     /// encryption keys can be removed from the configuration.
+    /// The configured encryption keys' ids and the active one's; `None` without keys.
+    pub fn encryption_key_ids(&self) -> Option<(Vec<String>, String)> {
+        self.encryption.as_deref().map(|k| {
+            (
+                k.ids().into_iter().map(str::to_string).collect(),
+                k.active_id().to_string(),
+            )
+        })
+    }
+
     pub async fn reseal_signing_keys(&self) -> Result<Resealed, AdminError> {
         let keys = self
             .encryption

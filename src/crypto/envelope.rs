@@ -133,6 +133,11 @@ impl EncryptionKeys {
         Ok(format!("{id}:{}", STANDARD.encode(random_bytes::<32>())))
     }
 
+    /// Every key's id, in the configuration's order (never key material).
+    pub fn ids(&self) -> Vec<&str> {
+        self.keys.iter().map(|(id, _)| id.as_str()).collect()
+    }
+
     pub fn active_id(&self) -> &str {
         self.keys
             .get(self.active)

@@ -241,7 +241,7 @@ async fn section_body(
         }
         Section::Keys => {
             let keys = op.admin.list_signing_keys().await?;
-            view::keys(&forms, &keys)
+            view::keys(&forms, &keys, op.admin.encryption_key_ids())
         }
         Section::Audit => {
             let filter = AuditFilter {

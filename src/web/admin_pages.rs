@@ -574,7 +574,27 @@ pub fn upstreams(rows: &[UpstreamRow]) -> String {
     )
 }
 
-pub fn keys(forms: &Forms<'_>, keys: &[SigningKeySummary]) -> String {
+pub fn keys(
+    forms: &Forms<'_>,
+    keys: &[SigningKeySummary],
+    encryption: Option<(Vec<String>, String)>,
+) -> String {
+    let encryption = match encryption {
+        None => r#"<p>No encryption key is configured: the signing keys' private halves are stored as they are (<code>[keys] encryption</code>).</p>"#.to_string(),
+        Some((ids, active)) => {
+            let items: Vec<String> = ids
+                .iter()
+                .map(|id| {
+                    if *id == active {
+                        format!(r#"<code>{}</code> <span class="verified">encrypts</span>"#, escape(id))
+                    } else {
+                        format!("<code>{}</code> (opens what it sealed)", escape(id))
+                    }
+                })
+                .collect();
+            format!("<p>Encryption keys: {}</p>", items.join(" · "))
+        }
+    };
     let rows: String = keys
         .iter()
         .map(|k| {
@@ -603,6 +623,8 @@ pub fn keys(forms: &Forms<'_>, keys: &[SigningKeySummary]) -> String {
     format!(
         r#"{table}
 <p>{rotate} {reseal}</p>
+<h2>Encryption keys</h2>
+{encryption}
 <p class="muted">A new key signs once every instance has published it. Retire a key after the tokens it signed have expired. To change the encryption key, add the new key to <code>[keys] encryption</code> first (it becomes the active one), restart, then re-encrypt here.</p>"#,
         table = table(&["Key id", "Made", "State", "Sealed with", ""], &rows),
         rotate = forms.button("key_rotate", &[], "Make a new signing key"),

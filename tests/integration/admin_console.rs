@@ -430,6 +430,7 @@ async fn administrators_manage_users_clients_grants_keys_and_read_the_audit_log(
     // Keys: a new one; the signing key cannot be retired while it signs.
     let (_, page) = get(&gw, &alice, "/authorize/console/admin/keys").await;
     assert_eq!(page.matches("<tr><td><code>").count(), 1, "{page}");
+    assert!(page.contains("Encryption keys"), "{page}");
     let (status, to) = act(&gw, &alice, &csrf, &[("action", "key_rotate")]).await;
     assert_eq!((status, to.ends_with("done=rotated")), (303, true));
     let (_, page) = get(&gw, &alice, "/authorize/console/admin/keys").await;
