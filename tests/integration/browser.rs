@@ -1,7 +1,8 @@
 //! Browser tests in a real browser: Playwright (`playwright-core` from npm) driving Debian's
 //! Chromium headless, on loopback (tests/js/browser.mjs). A person signs in and consents
 //! for an MCP client, sees the grant on the console and revokes it — the client's next call
-//! is refused; then approves a device on "Authorize a device" while the device polls; then
+//! is refused; then enters the code mcp-remote `--device-code` prints on "Authorize a device"
+//! while it polls, and its MCP calls go through; then
 //! an administrator blocks a client at the administrators' console, and the client's token
 //! and its next authorization are refused.
 //! Screenshots of each page land in `target/screenshots` (the docs' come from there).
@@ -137,46 +138,26 @@ async fn in_a_real_browser_a_person_consents_revokes_and_approves_a_device() {
     assert_eq!(v["revoked"], true);
     assert_eq!(support::call_whoami(&gw, &access).await.0, 401);
 
-    // A device: it asks, the person approves in the browser while it polls.
-    let device_client =
-        {
-            let r = TestGateway::http()
-            .post(gw.url("/register"))
-            .json(&json!({"client_name": "Browserless agent", "token_endpoint_auth_method": "none",
-                "grant_types": ["urn:ietf:params:oauth:grant-type:device_code"]}))
-            .send()
-            .await
-            .unwrap();
-            r.json::<Value>().await.unwrap()["client_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        };
-    let (_, d) = gw
-        .post_form(
-            "/device_authorization",
-            &[("client_id", &device_client), ("resource", &resource)],
-        )
-        .await;
-    let device_code = d["device_code"].as_str().unwrap().to_string();
+    // A device: mcp-remote --device-code asks and polls while the person enters its code
+    // in the browser; then its MCP calls go through as that person.
+    let mut remote = crate::device::DeviceMcpRemote::start(&node, &gw).await;
+    let ticker = crate::device::keep_clock_moving(&gw);
     let v = browser
-        .step(json!({"do": "device", "url": d["verification_uri_complete"]}))
+        .step(json!({"do": "device", "url": remote.uri}))
         .await;
     assert_eq!(v["approved"], true);
-    let (status, tokens) = gw
-        .post_form(
-            "/token",
-            &[
-                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
-                ("device_code", &device_code),
-                ("client_id", &device_client),
-            ],
-        )
+    let reply = remote.reply(1, Duration::from_secs(60)).await;
+    assert!(reply["result"]["serverInfo"].is_object(), "{reply}");
+    remote
+        .send(&[
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}}),
+        ])
         .await;
-    assert_eq!(status, 200, "{tokens}");
-    let (status, who) = support::call_whoami(&gw, tokens["access_token"].as_str().unwrap()).await;
-    assert_eq!(status, 200);
-    assert!(who.to_string().contains("alice"));
+    let who = remote.reply(2, Duration::from_secs(30)).await;
+    ticker.abort();
+    assert!(who.to_string().contains("alice"), "{who}");
+    remote.child.kill().await.unwrap();
 
     // The administrator blocks the first client: its new grant's token is refused, and so
     // is its next authorization.

@@ -451,6 +451,108 @@ async fn codes_cannot_be_guessed_or_approved_from_another_site() {
     assert!(to.ends_with("/authorize/signin?device="), "{to}");
 }
 
+/// mcp-remote (a real MCP client) with `--device-code`, started and asked to initialize:
+/// it registers for the grant and prints the verification URI, which is returned.
+pub(crate) struct DeviceMcpRemote {
+    pub child: tokio::process::Child,
+    pub stdin: tokio::process::ChildStdin,
+    pub stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    pub uri: String,
+    _home: tempfile::TempDir,
+}
+
+impl DeviceMcpRemote {
+    pub(crate) async fn start(node: &std::path::Path, gw: &TestGateway) -> Self {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let home = tempfile::tempdir().unwrap();
+        let script = crate::js::js_dir().join("node_modules/mcp-remote/dist/proxy.js");
+        let mut child = tokio::process::Command::new(node)
+            .arg(&script)
+            .arg(gw.url("/mcp"))
+            .arg("--device-code")
+            .env("MCP_REMOTE_CONFIG_DIR", home.path())
+            .env("HOME", home.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut stdin = child.stdin.take().unwrap();
+        // mcp-remote connects when the MCP client speaks first.
+        let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "device-test", "version": "1"}}});
+        stdin
+            .write_all(format!("{init}\n").as_bytes())
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let uri = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(l) = stderr.next_line().await.unwrap() {
+                seen.push(l.clone());
+                if let Some(at) = l.find("/authorize/device?user_code=") {
+                    let start = l[..at].rfind("http").unwrap();
+                    return l[start..].trim().to_string();
+                }
+            }
+            panic!("mcp-remote ended: {seen:#?}");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no verification URI: {seen:#?}"));
+        // Its later output is not needed, but must not fill the pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+        Self {
+            child,
+            stdin,
+            stdout,
+            uri,
+            _home: home,
+        }
+    }
+
+    /// The answer to request `id`.
+    pub(crate) async fn reply(&mut self, id: i64, wait: Duration) -> Value {
+        tokio::time::timeout(wait, async {
+            while let Some(l) = self.stdout.next_line().await.unwrap() {
+                if let Ok(v) = serde_json::from_str::<Value>(&l)
+                    && v["id"] == id
+                {
+                    return v;
+                }
+            }
+            panic!("mcp-remote closed its output");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no answer to request {id}"))
+    }
+
+    /// Sends lines of JSON-RPC.
+    pub(crate) async fn send(&mut self, messages: &[Value]) {
+        use tokio::io::AsyncWriteExt;
+        for m in messages {
+            self.stdin
+                .write_all(format!("{m}\n").as_bytes())
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Its polls run on real time while a test gateway's clock stands still: keeps the clock
+/// moving so that a poll is never "too soon".
+pub(crate) fn keep_clock_moving(gw: &TestGateway) -> tokio::task::JoinHandle<()> {
+    let clock = gw.clock.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            clock.advance(1);
+        }
+    })
+}
+
 /// mcp-remote (a real MCP client) with `--device-code`: it registers for the grant, prints
 /// the verification URI, polls while a person approves, then proxies MCP calls.
 #[tokio::test]
@@ -459,92 +561,24 @@ async fn mcp_remote_signs_in_with_a_device_code() {
         return;
     };
     let gw = TestGateway::start().await;
-    let home = tempfile::tempdir().unwrap();
-    let script = crate::js::js_dir().join("node_modules/mcp-remote/dist/proxy.js");
-    let mut child = tokio::process::Command::new(&node)
-        .arg(&script)
-        .arg(gw.url("/mcp"))
-        .arg("--device-code")
-        .env("MCP_REMOTE_CONFIG_DIR", home.path())
-        .env("HOME", home.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut stdin = child.stdin.take().unwrap();
-    // mcp-remote connects when the MCP client speaks first.
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {},
-        "clientInfo": {"name": "device-test", "version": "1"}}});
-    stdin
-        .write_all(format!("{init}\n").as_bytes())
-        .await
-        .unwrap();
-    let mut seen = Vec::new();
-    let uri = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(l) = stderr.next_line().await.unwrap() {
-            seen.push(l.clone());
-            if let Some(at) = l.find("/authorize/device?user_code=") {
-                let start = l[..at].rfind("http").unwrap();
-                return l[start..].trim().to_string();
-            }
-        }
-        panic!("mcp-remote ended: {seen:#?}");
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no verification URI: {seen:#?}"));
-    let code = uri.rsplit("user_code=").next().unwrap().to_string();
+    let mut remote = DeviceMcpRemote::start(&node, &gw).await;
+    let code = remote.uri.rsplit("user_code=").next().unwrap().to_string();
     let browser = signed_in_at_device_page(&gw, "alice", &code).await;
     let (status, consent) = enter(&gw, &browser, &code).await;
     assert_eq!(status, 200, "{consent}");
     let (status, _) = decide(&gw, &browser, &consent, "allow").await;
     assert_eq!(status, 200);
-    // Its polls run on real time while the gateway's clock stands still: keep the clock
-    // moving so that a poll is never "too soon".
-    let clock = gw.clock.clone();
-    let ticker = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            clock.advance(1);
-        }
-    });
-    let reply = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(l) = stdout.next_line().await.unwrap() {
-            if let Ok(v) = serde_json::from_str::<Value>(&l)
-                && v["id"] == 1
-            {
-                return v;
-            }
-        }
-        panic!("mcp-remote closed its output");
-    })
-    .await
-    .expect("initialize answered after the device was approved");
+    let ticker = keep_clock_moving(&gw);
+    let reply = remote.reply(1, Duration::from_secs(60)).await;
     assert!(reply["result"]["serverInfo"].is_object(), "{reply}");
-    for m in [
-        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}}),
-    ] {
-        stdin.write_all(format!("{m}\n").as_bytes()).await.unwrap();
-    }
-    let who = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(l) = stdout.next_line().await.unwrap() {
-            if let Ok(v) = serde_json::from_str::<Value>(&l)
-                && v["id"] == 2
-            {
-                return v;
-            }
-        }
-        panic!("mcp-remote closed its output");
-    })
-    .await
-    .unwrap();
+    remote
+        .send(&[
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}}),
+        ])
+        .await;
+    let who = remote.reply(2, Duration::from_secs(30)).await;
     ticker.abort();
     assert!(who.to_string().contains("alice"), "{who}");
-    child.kill().await.unwrap();
+    remote.child.kill().await.unwrap();
 }
