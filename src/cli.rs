@@ -662,8 +662,8 @@ fn redact_url(url: &str) -> String {
 }
 
 async fn serve(config: Config, store: SharedStore, clock: SharedClock) -> Result<(), String> {
-    for a in config.advice() {
-        tracing::warn!("{a}");
+    for w in config.warnings() {
+        tracing::warn!("{w}");
     }
     if store.count_users().await.map_err(|e| e.to_string())? == 0 {
         let admin = Admin::new(store.clone(), clock.clone(), &config, FIRST_START_ACTOR)

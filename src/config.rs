@@ -615,9 +615,13 @@ pub struct TracesConfig {
     pub endpoint: Option<String>,
     /// `service.name` of the spans.
     pub service_name: String,
-    /// Share of new traces kept (0 to 1); a request that arrives inside a trace follows its
-    /// caller's decision (`traceparent`).
+    /// Share of new traces kept (0 to 1); a request that arrives inside a trusted caller's
+    /// trace follows its decision.
     pub sample_ratio: f64,
+    /// Join the trace a `traceparent` names when anyone sends it; otherwise only when it comes
+    /// through one of `server.trusted_proxies` (a stranger could otherwise have every request
+    /// of theirs sampled, or hang the gateway's spans on someone else's trace).
+    pub trust_any_traceparent: bool,
 }
 
 impl Default for TracesConfig {
@@ -626,6 +630,7 @@ impl Default for TracesConfig {
             endpoint: None,
             service_name: "mcp-oauth-gateway".into(),
             sample_ratio: 1.0,
+            trust_any_traceparent: false,
         }
     }
 }
@@ -1390,6 +1395,25 @@ impl Config {
 
     /// What is allowed but probably not meant, for `check-config`.
     pub fn advice(&self) -> Vec<String> {
+        let mut out = self.warnings();
+        if self.audit.path.is_none() {
+            out.push(
+                "audit.path is not set: security events go only to the log (target `audit`)".into(),
+            );
+        }
+        let public_loopback = Url::parse(&self.public_url())
+            .ok()
+            .as_ref()
+            .is_some_and(is_loopback_host);
+        if self.registration.dcr == DcrMode::Open && !public_loopback {
+            out.push("registration.dcr is open: anyone can register a client (the consent page marks them unverified); consider initial access tokens or CIMD".into());
+        }
+        out
+    }
+
+    /// The part of [`Self::advice`] that points at a risk (plain http beyond loopback, a
+    /// proxy that makes every client look alike or local): logged as warnings at start.
+    pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         let public = self.public_url();
         let public_url = Url::parse(&public).ok();
@@ -1422,14 +1446,6 @@ impl Config {
             && self.metrics.bearer_token.is_none()
         {
             out.push("metrics: /metrics on the main listener answers only local processes (not through a proxy); set metrics.listen or metrics.bearer_token for a scraper elsewhere".into());
-        }
-        if self.audit.path.is_none() {
-            out.push(
-                "audit.path is not set: security events go only to the log (target `audit`)".into(),
-            );
-        }
-        if self.registration.dcr == DcrMode::Open && !public_loopback {
-            out.push("registration.dcr is open: anyone can register a client (the consent page marks them unverified); consider initial access tokens or CIMD".into());
         }
         out
     }

@@ -313,6 +313,17 @@ impl Admin {
         Ok(self.store.identities_of(user_id).await?)
     }
 
+    /// Every user's links to login sources, by user id (one query for a whole list).
+    pub async fn all_identities(
+        &self,
+    ) -> Result<HashMap<String, Vec<(String, String)>>, AdminError> {
+        let mut by_user: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        for (user, source, subject) in self.store.all_identities().await? {
+            by_user.entry(user).or_default().push((source, subject));
+        }
+        Ok(by_user)
+    }
+
     /// Whether a user signs in through a login source (linked to one, no local password).
     pub async fn user_signs_in_elsewhere(&self, name: &str) -> Result<bool, AdminError> {
         let user = self.user_named(name).await?;

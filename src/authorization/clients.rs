@@ -245,8 +245,10 @@ impl AuthorizationServer {
     }
 
     /// Refuses a client that waits for an administrator's approval, when the registration
-    /// policy asks for approval (configured clients never wait). Asked where authorizations
-    /// begin (the browser and device flows), not at `/token`: grants made before stay.
+    /// policy asks for approval (configured clients never wait). Asked where grants begin:
+    /// the browser and device flows, and `/token` for `client_credentials` and jwt-bearer;
+    /// not for a code or a refresh, which continue what began before (grants made before
+    /// approval was asked for stay).
     pub async fn check_approved(&self, client: &Client) -> Result<(), OAuthError> {
         if client.kind == ClientKind::Configured || !self.policy.get().await.approve_new_clients {
             return Ok(());

@@ -209,14 +209,13 @@ impl AuthorizationServer {
             "refresh_token" => self.refresh(params, &client).await,
             // Grants that begin here rather than at an authorization: an unapproved client
             // gets none (a code or a refresh continues what an approval let begin).
-            "client_credentials" | super::id_jag::JWT_BEARER
-                if let Err(e) = self.check_approved(&client).await =>
-            {
-                Err(e)
+            "client_credentials" => {
+                self.check_approved(&client).await?;
+                self.client_credentials(params, &client).await
             }
-            "client_credentials" => self.client_credentials(params, &client).await,
             super::device::DEVICE_CODE => self.device_token(params, &client).await,
             super::id_jag::JWT_BEARER if !self.id_jag.is_empty() => {
+                self.check_approved(&client).await?;
                 self.jwt_bearer(params, &client).await
             }
             _ => Err(OAuthError::new(

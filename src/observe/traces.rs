@@ -75,9 +75,18 @@ mod enabled {
     }
 
     /// Makes `span` a child of the trace a `traceparent` header names, when spans are
-    /// exported. A malformed header is ignored (the request starts a trace of its own).
-    pub fn adopt_parent(span: &tracing::Span, headers: &http::HeaderMap) {
-        if !EXPORTING.load(Ordering::Relaxed) || !headers.contains_key("traceparent") {
+    /// exported and the sender is `trusted`. A malformed or oversized header is ignored (the
+    /// request starts a trace of its own).
+    pub fn adopt_parent(span: &tracing::Span, headers: &http::HeaderMap, trusted: bool) {
+        if !trusted || !EXPORTING.load(Ordering::Relaxed) {
+            return;
+        }
+        // 55 characters in version 00; room for a later version's few more, no more.
+        match headers.get("traceparent") {
+            Some(v) if v.len() <= 128 => {}
+            _ => return,
+        }
+        if headers.get("tracestate").is_some_and(|v| v.len() > 512) {
             return;
         }
         let parent =
@@ -89,6 +98,20 @@ mod enabled {
 #[cfg(feature = "otel")]
 pub use enabled::{Exporter, adopt_parent, layer};
 
-/// Without the feature: nothing to adopt.
-#[cfg(not(feature = "otel"))]
-pub fn adopt_parent(_span: &tracing::Span, _headers: &http::HeaderMap) {}
+/// A request's method as a span names it: the standard ones, anything else `_OTHER`
+/// (OpenTelemetry's HTTP conventions; a client's invented method must not become a name).
+pub fn method_name(m: &http::Method) -> &'static str {
+    use http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "_OTHER",
+    }
+}

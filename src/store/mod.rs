@@ -333,6 +333,8 @@ pub trait UserStore: Send + Sync {
     async fn count_users(&self) -> StoreResult<i64>;
     /// The (source, subject) pairs a user is linked to; none for a local account.
     async fn identities_of(&self, user_id: &str) -> StoreResult<Vec<(String, String)>>;
+    /// Every link: (user id, source, subject).
+    async fn all_identities(&self) -> StoreResult<Vec<(String, String, String)>>;
     /// The user a login source's subject is linked to.
     async fn user_by_identity(
         &self,

@@ -349,6 +349,19 @@ impl UserStore for $store {
             .map_err(backend)
     }
 
+    async fn all_identities(&self) -> StoreResult<Vec<(String, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT user_id, source, subject FROM identities ORDER BY user_id, source, subject",
+        )
+        .fetch_all(self.reader())
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("user_id")?, r.try_get("source")?, r.try_get("subject")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(backend)
+    }
+
     async fn user_by_identity(
         &self,
         source: &str,

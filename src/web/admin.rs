@@ -62,8 +62,23 @@ async fn operator(app: &App, headers: &HeaderMap) -> Result<Result<Operator, Res
             }))
         }
         user => {
-            // Refusals are worth knowing about: someone is probing, or a list is wrong.
-            tracing::warn!(target: "audit", action = "console_refused", user = %user.username, "administration refused to a person who does not administer");
+            // Worth knowing (someone probing, or a list that is wrong), but any signed-in
+            // person can ask: at most one line every ten seconds.
+            static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
+            let now = app.auth.clock.now();
+            let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+            if now.saturating_sub(last) >= 10
+                && LAST
+                    .compare_exchange(
+                        last,
+                        now,
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                tracing::warn!(target: "audit", action = "console_refused", user = %user.username, "administration refused to a person who does not administer (at most one such line every 10 s)");
+            }
             Err(not_administrator())
         }
     }
@@ -169,9 +184,10 @@ async fn section_body(
     Ok(match section {
         Section::Users => {
             let users = op.admin.list_users().await?;
+            let mut links = op.admin.all_identities().await?;
             let mut rows = Vec::with_capacity(users.len());
             for u in users {
-                let identities = op.admin.identities_of(&u.id).await?;
+                let identities = links.remove(&u.id).unwrap_or_default();
                 rows.push(view::UserRow {
                     administers: app.console.administers(&u.username, &u.groups, &identities),
                     user: u,

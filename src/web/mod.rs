@@ -54,6 +54,9 @@ pub struct App {
     console: Arc<crate::config::ConsoleConfig>,
     /// The registration settings, shown to administrators.
     registration: Arc<crate::config::RegistrationConfig>,
+    /// `[traces] trust_any_traceparent` (read only in the `otel` build).
+    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
+    trust_any_traceparent: bool,
 }
 
 /// Which Host and Origin headers MCP requests may carry (DNS-rebinding protection).
@@ -463,6 +466,7 @@ impl Gateway {
                 admin,
                 console: Arc::new(config.console.clone()),
                 registration: Arc::new(config.registration.clone()),
+                trust_any_traceparent: config.traces.trust_any_traceparent,
             },
             config,
         })

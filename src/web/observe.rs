@@ -79,17 +79,23 @@ pub async fn around(
     #[cfg(feature = "otel")]
     let span = {
         let route = route_of(&app, req.uri().path());
+        let method = crate::observe::traces::method_name(req.method());
         tracing::info_span!(
             "request",
             id = %id,
-            otel.name = %format_args!("{} {route}", req.method()),
+            otel.name = %format_args!("{method} {route}"),
             otel.kind = "server",
-            http.request.method = %req.method(),
+            http.request.method = method,
             http.route = route,
             http.response.status_code = tracing::field::Empty,
         )
     };
-    crate::observe::traces::adopt_parent(&span, req.headers());
+    #[cfg(feature = "otel")]
+    crate::observe::traces::adopt_parent(
+        &span,
+        req.headers(),
+        app.trust_any_traceparent || app.is_trusted_proxy(peer.ip()),
+    );
     #[cfg(feature = "otel")]
     let recorded = span.clone();
     let context = RequestContext {

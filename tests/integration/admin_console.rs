@@ -194,6 +194,39 @@ async fn people_of_a_login_source_administer_only_by_source_and_subject() {
         page.contains("corp:subject-eve") && page.contains("local account"),
         "{page}"
     );
+    // Someone who signs in only at the source gets no password here.
+    let gina = mcp_oauth_gateway::store::UserRecord {
+        id: mcp_oauth_gateway::crypto::new_id(),
+        username: "gina.corp".into(),
+        password_hash: String::new(),
+        created_at: gw.now(),
+        email: None,
+        groups: Vec::new(),
+        disabled_at: None,
+    };
+    gw.store
+        .create_user_with_identity(&gina, "corp", "subject-gina")
+        .await
+        .unwrap();
+    let csrf = support::hidden(&page, "csrf").unwrap();
+    let (status, page) = act(
+        &gw,
+        &frank,
+        &csrf,
+        &[("action", "user_password"), ("user", "gina.corp")],
+    )
+    .await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("signs in through a login source"), "{page}");
+    assert!(
+        gw.store
+            .user_by_name("gina.corp")
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash
+            .is_empty()
+    );
 }
 
 #[tokio::test]

@@ -546,8 +546,12 @@ impl DeviceMcpRemote {
 pub(crate) fn keep_clock_moving(gw: &TestGateway) -> tokio::task::JoinHandle<()> {
     let clock = gw.clock.clone();
     tokio::spawn(async move {
+        // An interval, not a sleep in a loop: on a busy machine the gateway's clock must not
+        // fall behind real time, or a poll on time would look too soon.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
         loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tick.tick().await;
             clock.advance(1);
         }
     })

@@ -603,6 +603,27 @@ async fn counters_sessions_consents_keys_and_users() {
             "{}",
             e.name
         );
+        assert!(
+            s.identities_of("u1").await.unwrap().is_empty(),
+            "a local account"
+        );
+        let linked = UserRecord {
+            id: "u-linked".into(),
+            username: "ann.corp".into(),
+            password_hash: String::new(),
+            ..user.clone()
+        };
+        s.create_user_with_identity(&linked, "corp", "sub-9")
+            .await
+            .unwrap();
+        assert_eq!(
+            s.identities_of("u-linked").await.unwrap(),
+            vec![("corp".to_string(), "sub-9".to_string())],
+            "{}",
+            e.name
+        );
+        assert!(s.delete_user("u-linked", NOW).await.unwrap());
+        assert!(s.identities_of("u-linked").await.unwrap().is_empty());
         s.set_profile("u1", Some("a@example.com"), &["g1".into(), "g2".into()])
             .await
             .unwrap();
@@ -676,6 +697,30 @@ async fn counters_sessions_consents_keys_and_users() {
         );
         let all = s.client_approvals().await.unwrap();
         assert_eq!(all.len(), 2, "{}", e.name);
+        assert!(
+            !s.dismiss_waiting_client("c1").await.unwrap(),
+            "approved: not waiting"
+        );
+        assert_eq!(s.client_approval("c3", None, NOW).await.unwrap(), None);
+        assert!(s.dismiss_waiting_client("c3").await.unwrap(), "{}", e.name);
+        // A week without an answer: forgotten when the next stranger comes.
+        assert_eq!(s.client_approval("c4", None, NOW).await.unwrap(), None);
+        let week = mcp_oauth_gateway::store::WAITING_CLIENT_TTL_SECS;
+        assert_eq!(
+            s.client_approval("c5", None, NOW + week + 1).await.unwrap(),
+            None
+        );
+        let ids: Vec<String> = s
+            .client_approvals()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.client_id)
+            .collect();
+        assert!(
+            !ids.contains(&"c4".to_string()) && ids.contains(&"c5".to_string()),
+            "{ids:?}"
+        );
         assert_eq!(
             all.iter()
                 .find(|a| a.client_id == "c1")
