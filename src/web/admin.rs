@@ -363,6 +363,19 @@ pub async fn act(State(app): State<App>, headers: HeaderMap, body: Body) -> Resp
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// Whether a one-use form's token is used for the first time (kept a day, shared by every
+/// instance through the store's counters).
+async fn first_use(app: &App, once: &str) -> Result<bool, AdminError> {
+    let now = app.auth.clock.now();
+    let key = format!("console-once:{}", crate::crypto::hash_secret(once));
+    Ok(app
+        .auth
+        .store
+        .hit(&key, now - now.rem_euclid(86_400))
+        .await?
+        == 1)
+}
+
 async fn run(
     app: &App,
     op: &Operator,
@@ -397,6 +410,11 @@ async fn run(
         }
         "user_password" => {
             let name = need("user")?;
+            if !first_use(app, &need("once")?).await? {
+                return Err(AdminError::Invalid(
+                    "this form was sent already (a reloaded page?): the password was reset then; open the users page to reset it again".into(),
+                ));
+            }
             // A person of an identity provider or a database signs in there: a local
             // password would let them in past its checks (and its offboarding).
             if admin.user_signs_in_elsewhere(&name).await? {

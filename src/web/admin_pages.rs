@@ -221,7 +221,14 @@ pub fn users(forms: &Forms<'_>, users: &[UserRow], operator: &str) -> String {
                 actions.push_str(&forms.button("user_disable", &name, "Disable"));
             }
             if row.identities.is_empty() {
-                actions.push_str(&forms.button("user_password", &name, "Reset password"));
+                // Its page shows the new password as the answer to the POST: a reload would
+                // send it again, so each button works once.
+                let once = crate::crypto::new_id();
+                actions.push_str(&forms.button(
+                    "user_password",
+                    &[("user", u.username.as_str()), ("once", once.as_str())],
+                    "Reset password",
+                ));
             }
             actions.push_str(&forms.button("user_sessions_end", &name, "End sessions"));
             format!(

@@ -340,6 +340,7 @@ pub(super) async fn read_page_form(
         "cimd_allowed_domains",
         "cimd_blocked_domains",
         "approve_new_clients",
+        "once",
     ] {
         if let Some(v) = p.get(k).map_err(page_error)? {
             out.insert(k.to_string(), v.to_string());

@@ -213,7 +213,11 @@ async fn people_of_a_login_source_administer_only_by_source_and_subject() {
         &gw,
         &frank,
         &csrf,
-        &[("action", "user_password"), ("user", "gina.corp")],
+        &[
+            ("action", "user_password"),
+            ("user", "gina.corp"),
+            ("once", "a-fresh-one"),
+        ],
     )
     .await;
     assert_eq!(status, 400, "{page}");
@@ -298,15 +302,40 @@ async fn administrators_manage_users_clients_grants_keys_and_read_the_audit_log(
     .await;
     assert_eq!(status, 400, "{page}");
     assert!(gw.store.user_by_name("dave").await.unwrap().is_none());
-    let (status, page) = act(
-        &gw,
-        &alice,
-        &csrf,
-        &[("action", "user_password"), ("user", "carol")],
-    )
-    .await;
+    let (_, users) = get(&gw, &alice, "/authorize/console/admin").await;
+    let once = users
+        .split("<tr>")
+        .find(|r| r.contains("<strong>carol</strong>"))
+        .and_then(|r| support::hidden(r, "once"))
+        .unwrap();
+    let reset = [
+        ("action", "user_password"),
+        ("user", "carol"),
+        ("once", once.as_str()),
+    ];
+    let (status, page) = act(&gw, &alice, &csrf, &reset).await;
     assert_eq!(status, 200);
     assert!(!page.contains(&password), "a new password");
+    // The page reloaded sends the form again: refused, the password stays the one shown.
+    let hash = gw
+        .store
+        .user_by_name("carol")
+        .await
+        .unwrap()
+        .unwrap()
+        .password_hash;
+    let (status, page) = act(&gw, &alice, &csrf, &reset).await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("sent already"), "{page}");
+    assert_eq!(
+        gw.store
+            .user_by_name("carol")
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        hash
+    );
 
     // Disabling Bob ends his grant: the client's next call is refused.
     let (status, to) = act(
