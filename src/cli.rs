@@ -953,11 +953,7 @@ fn print_policy(p: &crate::authorization::policy::RegistrationPolicy, configured
     };
     println!(
         "dcr\t{}\ncimd\t{}\ncimd_allowed_domains\t{}\ncimd_blocked_domains\t{}\napprove_new_clients\t{}\nfrom\t{}",
-        match p.dcr {
-            crate::config::DcrMode::Open => "open",
-            crate::config::DcrMode::Token => "token",
-            crate::config::DcrMode::Off => "off",
-        },
+        p.dcr.as_str(),
         p.cimd,
         list(&p.cimd_allowed_domains),
         list(&p.cimd_blocked_domains),
@@ -990,12 +986,9 @@ async fn registration(c: RegistrationCommand, admin: &Admin) -> Result<(), Strin
             if let Some(a) = approve_new_clients {
                 p.approve_new_clients = a;
             }
-            if let Some(d) = dcr {
-                p.dcr = match d.as_str() {
-                    "open" => DcrMode::Open,
-                    "token" => DcrMode::Token,
-                    _ => DcrMode::Off,
-                };
+            // clap accepted only these words.
+            if let Some(mode) = dcr.as_deref().and_then(DcrMode::parse) {
+                p.dcr = mode;
             }
             if let Some(c) = cimd {
                 p.cimd = c;

@@ -308,11 +308,6 @@ impl Admin {
         Ok(users.into_iter().map(UserSummary::from).collect())
     }
 
-    /// The login sources a user is linked to, as (source, subject); none for a local account.
-    pub async fn identities_of(&self, user_id: &str) -> Result<Vec<(String, String)>, AdminError> {
-        Ok(self.store.identities_of(user_id).await?)
-    }
-
     /// Every user's links to login sources, by user id (one query for a whole list).
     pub async fn all_identities(
         &self,
@@ -503,11 +498,7 @@ impl Admin {
             }
         };
         self.audit(AuditEvent::RegistrationPolicyChanged {
-            dcr: match in_force.dcr {
-                crate::config::DcrMode::Open => "open",
-                crate::config::DcrMode::Token => "token",
-                crate::config::DcrMode::Off => "off",
-            },
+            dcr: in_force.dcr.as_str(),
             cimd: in_force.cimd,
             cimd_allowed_domains: in_force.cimd_allowed_domains.clone(),
             cimd_blocked_domains: in_force.cimd_blocked_domains.clone(),

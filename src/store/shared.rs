@@ -311,6 +311,37 @@ async fn record_event_in(
 }
 
 /// Commits, then tells this process's subscribers what the transaction ended.
+/// What goes with a client that is removed or blocked, in its transaction: its codes,
+/// pending requests and device authorizations (before its grants: see `end_user_access_in`),
+/// its grants (ending for `reason`), and every instance's memory of it (cached client,
+/// tokens, sessions: the client-removed event). Returns the events to publish on commit.
+async fn end_client_in(
+    tx: &mut sqlx::Transaction<'static, $db>,
+    bus: &EventBus,
+    client_id: &str,
+    reason: EndReason,
+    now: Timestamp,
+) -> Result<Vec<StoreEvent>, sqlx::Error> {
+    for sql in [
+        "DELETE FROM auth_codes WHERE client_id = $1",
+        "DELETE FROM pending_authorizations WHERE client_id = $1",
+        "DELETE FROM device_authorizations WHERE client_id = $1",
+    ] {
+        sqlx::query(sql).bind(client_id).execute(&mut **tx).await?;
+    }
+    let filter = GrantFilter {
+        client_id: Some(client_id.to_string()),
+        ..Default::default()
+    };
+    let mut events = end_grants_in(tx, bus, &filter, reason, now).await?;
+    let removed = StoreEvent::ClientRemoved {
+        client: client_id.to_string(),
+    };
+    record_event_in(tx, bus, &removed, now).await?;
+    events.push(removed);
+    Ok(events)
+}
+
 async fn commit_and_publish(
     tx: sqlx::Transaction<'static, $db>,
     bus: &EventBus,
@@ -564,32 +595,10 @@ impl ClientStore for $store {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        // Codes and requests before grants (see `end_user_access_in`).
-        for sql in [
-            "DELETE FROM auth_codes WHERE client_id = $1",
-            "DELETE FROM pending_authorizations WHERE client_id = $1",
-            "DELETE FROM device_authorizations WHERE client_id = $1",
-        ] {
-            sqlx::query(sql)
-                .bind(client_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
-        let filter = GrantFilter {
-            client_id: Some(client_id.to_string()),
-            ..Default::default()
-        };
-        let ended = end_grants_in(&mut tx, self.bus(), &filter, EndReason::ClientRemoved, now)
+        let events = end_client_in(&mut tx, self.bus(), client_id, EndReason::ClientRemoved, now)
             .await
             .map_err(backend)?;
-        let removed = StoreEvent::ClientRemoved {
-            client: client_id.to_string(),
-        };
-        record_event_in(&mut tx, self.bus(), &removed, now)
-            .await
-            .map_err(backend)?;
-        commit_and_publish(tx, self.bus(), ended.into_iter().chain([removed])).await?;
+        commit_and_publish(tx, self.bus(), events).await?;
         Ok(r.rows_affected() == 1)
     }
 
@@ -611,14 +620,10 @@ impl ClientStore for $store {
             tx.rollback().await.map_err(backend)?;
             return Ok(false);
         }
-        // Codes and requests before grants (see `end_user_access_in`); then the tokens it
-        // holds for itself (client credentials, no grant).
+        // Beyond what goes with a removed client: the tokens it holds for itself (client
+        // credentials, no grant), and its place on the approval list.
         for sql in [
-            "DELETE FROM auth_codes WHERE client_id = $1",
-            "DELETE FROM pending_authorizations WHERE client_id = $1",
-            "DELETE FROM device_authorizations WHERE client_id = $1",
             "DELETE FROM access_tokens WHERE client_id = $1 AND grant_id IS NULL",
-            // A blocked client waits for nothing (and takes no place on that list).
             "DELETE FROM client_approvals WHERE client_id = $1 AND approved_at IS NULL",
         ] {
             sqlx::query(sql)
@@ -627,22 +632,11 @@ impl ClientStore for $store {
                 .await
                 .map_err(backend)?;
         }
-        let filter = GrantFilter {
-            client_id: Some(client_id.to_string()),
-            ..Default::default()
-        };
-        let ended = end_grants_in(&mut tx, self.bus(), &filter, EndReason::ClientBlocked, now)
+        // Every instance forgets a blocked client as it forgets a removed one.
+        let events = end_client_in(&mut tx, self.bus(), client_id, EndReason::ClientBlocked, now)
             .await
             .map_err(backend)?;
-        // What every instance forgets of a removed client (cached client, tokens, sessions)
-        // it forgets of a blocked one.
-        let gone = StoreEvent::ClientRemoved {
-            client: client_id.to_string(),
-        };
-        record_event_in(&mut tx, self.bus(), &gone, now)
-            .await
-            .map_err(backend)?;
-        commit_and_publish(tx, self.bus(), ended.into_iter().chain([gone])).await?;
+        commit_and_publish(tx, self.bus(), events).await?;
         Ok(true)
     }
 

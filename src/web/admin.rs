@@ -44,23 +44,12 @@ async fn operator(app: &App, headers: &HeaderMap) -> Result<Result<Operator, Res
     let Some(user) = user.filter(|u| u.disabled_at.is_none()) else {
         return Err(not_administrator());
     };
-    let identities = app
-        .auth
-        .store
-        .identities_of(&user.id)
-        .await
-        .map_err(crate::authorization::OAuthError::from)?;
     match user {
-        user if app
-            .console
-            .administers(&user.username, &user.groups, &identities) =>
-        {
-            Ok(Ok(Operator {
-                admin: app.admin.acting_as(&format!("console:{}", user.username)),
-                secret,
-                user,
-            }))
-        }
+        user if administers(app, &user).await? => Ok(Ok(Operator {
+            admin: app.admin.acting_as(&format!("console:{}", user.username)),
+            secret,
+            user,
+        })),
         user => {
             // Worth knowing (someone probing, or a list that is wrong), but any signed-in
             // person can ask: at most one line every ten seconds.
@@ -82,6 +71,20 @@ async fn operator(app: &App, headers: &HeaderMap) -> Result<Result<Operator, Res
             Err(not_administrator())
         }
     }
+}
+
+/// Whether this (live) user administers: `[console]` asked with their current name, groups
+/// and links to login sources.
+pub(super) async fn administers(app: &App, user: &UserRecord) -> Result<bool, PageError> {
+    let identities = app
+        .auth
+        .store
+        .identities_of(&user.id)
+        .await
+        .map_err(crate::authorization::OAuthError::from)?;
+    Ok(app
+        .console
+        .administers(&user.username, &user.groups, &identities))
 }
 
 fn not_administrator() -> PageError {
@@ -489,14 +492,10 @@ async fn run(
                     .unwrap_or_default()
             };
             let policy = crate::authorization::policy::RegistrationPolicy {
-                dcr: match p.get("dcr").map(String::as_str) {
-                    Some("open") => DcrMode::Open,
-                    Some("token") => DcrMode::Token,
-                    Some("off") => DcrMode::Off,
-                    _ => {
-                        return Err(AdminError::Invalid("`dcr` is open, token or off".into()));
-                    }
-                },
+                dcr: p
+                    .get("dcr")
+                    .and_then(|d| DcrMode::parse(d))
+                    .ok_or_else(|| AdminError::Invalid("`dcr` is open, token or off".into()))?,
                 cimd: p.get("cimd").is_some_and(|v| v == "1"),
                 cimd_allowed_domains: words("cimd_allowed_domains"),
                 cimd_blocked_domains: words("cimd_blocked_domains"),

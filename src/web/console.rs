@@ -59,15 +59,7 @@ pub async fn page_for_person(State(app): State<App>, headers: HeaderMap, uri: Ur
             StatusCode::OK,
             pages::console(&pages::ConsoleView {
                 administers: match &user {
-                    Some(u) => app.console.administers(
-                        &u.username,
-                        &u.groups,
-                        &app.auth
-                            .store
-                            .identities_of(&u.id)
-                            .await
-                            .map_err(crate::authorization::OAuthError::from)?,
-                    ),
+                    Some(u) => super::admin::administers(&app, u).await?,
                     None => false,
                 },
                 username: user.map(|u| u.username).unwrap_or_default(),

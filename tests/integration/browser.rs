@@ -87,6 +87,39 @@ impl Browser {
     }
 }
 
+/// The client's redirect URI: loopback port 9, where the browser script catches it.
+const REDIRECT: &str = "http://127.0.0.1:9/callback";
+
+/// An authorization request of `client_id` for the gateway's resource, and its PKCE.
+fn authorize_url(gw: &TestGateway, client_id: &str) -> (support::Pkce, String) {
+    let pkce = support::Pkce::new();
+    let resource = gw.resource();
+    let params = support::authorize_params(client_id, REDIRECT, &pkce, &resource);
+    let url = url::Url::parse_with_params(&gw.url("/authorize"), &params).unwrap();
+    (pkce, url.to_string())
+}
+
+/// Authorized in the browser (sign in if asked, consent), the code redeemed: the access token.
+async fn authorized(browser: &mut Browser, gw: &TestGateway, client_id: &str) -> String {
+    let (pkce, url) = authorize_url(gw, client_id);
+    let v = browser.step(json!({"do": "authorize", "url": url})).await;
+    let (status, tokens) = gw
+        .post_form(
+            "/token",
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", v["code"].as_str().unwrap()),
+                ("redirect_uri", REDIRECT),
+                ("client_id", client_id),
+                ("code_verifier", &pkce.verifier),
+                ("resource", &gw.resource()),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{tokens}");
+    tokens["access_token"].as_str().unwrap().to_string()
+}
+
 #[tokio::test]
 async fn in_a_real_browser_a_person_consents_revokes_and_approves_a_device() {
     let (Some(node), Some(chromium)) = (crate::js::node(), chromium()) else {
@@ -104,31 +137,8 @@ async fn in_a_real_browser_a_person_consents_revokes_and_approves_a_device() {
     let mut browser = Browser::start(&node, &chromium, &shots);
 
     // An MCP client's authorization, in the browser: sign in, consent, back with a code.
-    let redirect = "http://127.0.0.1:9/callback";
-    let client_id = gw.register_public(redirect).await;
-    let pkce = support::Pkce::new();
-    let resource = gw.resource();
-    let params = support::authorize_params(&client_id, redirect, &pkce, &resource);
-    let url = url::Url::parse_with_params(&gw.url("/authorize"), &params).unwrap();
-    let v = browser
-        .step(json!({"do": "authorize", "url": url.as_str()}))
-        .await;
-    let code = v["code"].as_str().unwrap().to_string();
-    let (status, tokens) = gw
-        .post_form(
-            "/token",
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", redirect),
-                ("client_id", &client_id),
-                ("code_verifier", &pkce.verifier),
-                ("resource", &resource),
-            ],
-        )
-        .await;
-    assert_eq!(status, 200, "{tokens}");
-    let access = tokens["access_token"].as_str().unwrap().to_string();
+    let client_id = gw.register_public(REDIRECT).await;
+    let access = authorized(&mut browser, &gw, &client_id).await;
     assert_eq!(support::call_whoami(&gw, &access).await.0, 200);
 
     // The console shows the grant; revoking it refuses the client's next call.
@@ -146,54 +156,22 @@ async fn in_a_real_browser_a_person_consents_revokes_and_approves_a_device() {
         .step(json!({"do": "device", "url": remote.uri}))
         .await;
     assert_eq!(v["approved"], true);
-    let reply = remote.reply(1, Duration::from_secs(60)).await;
-    assert!(reply["result"]["serverInfo"].is_object(), "{reply}");
-    remote
-        .send(&[
-            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}}),
-        ])
-        .await;
-    let who = remote.reply(2, Duration::from_secs(30)).await;
+    let who = remote.initialized_then_whoami().await;
     ticker.abort();
     assert!(who.to_string().contains("alice"), "{who}");
     remote.child.kill().await.unwrap();
 
     // The administrator blocks the first client: its new grant's token is refused, and so
     // is its next authorization.
-    let pkce = support::Pkce::new();
-    let params = support::authorize_params(&client_id, redirect, &pkce, &resource);
-    let url = url::Url::parse_with_params(&gw.url("/authorize"), &params).unwrap();
-    let v = browser
-        .step(json!({"do": "authorize", "url": url.as_str()}))
-        .await;
-    let (status, tokens) = gw
-        .post_form(
-            "/token",
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", v["code"].as_str().unwrap()),
-                ("redirect_uri", redirect),
-                ("client_id", &client_id),
-                ("code_verifier", &pkce.verifier),
-                ("resource", &resource),
-            ],
-        )
-        .await;
-    assert_eq!(status, 200, "{tokens}");
-    let access = tokens["access_token"].as_str().unwrap().to_string();
+    let access = authorized(&mut browser, &gw, &client_id).await;
     assert_eq!(support::call_whoami(&gw, &access).await.0, 200);
     let v = browser
         .step(json!({"do": "admin_block", "base": gw.url("/authorize"), "client": client_id}))
         .await;
     assert_eq!(v["blocked"], true);
     assert_eq!(support::call_whoami(&gw, &access).await.0, 401);
-    let pkce = support::Pkce::new();
-    let params = support::authorize_params(&client_id, redirect, &pkce, &resource);
-    let url = url::Url::parse_with_params(&gw.url("/authorize"), &params).unwrap();
-    let v = browser
-        .step(json!({"do": "refused", "url": url.as_str()}))
-        .await;
+    let (_, url) = authorize_url(&gw, &client_id);
+    let v = browser.step(json!({"do": "refused", "url": url})).await;
     assert!(
         v["text"].as_str().unwrap().contains("blocked"),
         "{}",

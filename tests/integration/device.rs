@@ -529,6 +529,19 @@ impl DeviceMcpRemote {
         .unwrap_or_else(|_| panic!("no answer to request {id}"))
     }
 
+    /// Once a person approved: the answer to its `initialize` (checked), then `tools/call
+    /// whoami`'s answer.
+    pub(crate) async fn initialized_then_whoami(&mut self) -> Value {
+        let reply = self.reply(1, Duration::from_secs(60)).await;
+        assert!(reply["result"]["serverInfo"].is_object(), "{reply}");
+        self.send(&[
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}}),
+        ])
+        .await;
+        self.reply(2, Duration::from_secs(30)).await
+    }
+
     /// Sends lines of JSON-RPC.
     pub(crate) async fn send(&mut self, messages: &[Value]) {
         use tokio::io::AsyncWriteExt;
@@ -573,15 +586,7 @@ async fn mcp_remote_signs_in_with_a_device_code() {
     let (status, _) = decide(&gw, &browser, &consent, "allow").await;
     assert_eq!(status, 200);
     let ticker = keep_clock_moving(&gw);
-    let reply = remote.reply(1, Duration::from_secs(60)).await;
-    assert!(reply["result"]["serverInfo"].is_object(), "{reply}");
-    remote
-        .send(&[
-            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}}),
-        ])
-        .await;
-    let who = remote.reply(2, Duration::from_secs(30)).await;
+    let who = remote.initialized_then_whoami().await;
     ticker.abort();
     assert!(who.to_string().contains("alice"), "{who}");
     remote.child.kill().await.unwrap();
